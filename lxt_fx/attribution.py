@@ -1,0 +1,59 @@
+"""``Attribution``: the result of ``explain`` — relevance per input token, with what was explained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .rewrite import RewriteReport
+
+
+@dataclass
+class Attribution:
+    """Relevance of every input token for one explained scalar per row.
+
+    ``relevance``: float32 ``[batch, seq]``, exactly 0 on padding; ``tokens``: the tokens of each row
+    (without padding); ``target_ids``: the explained output index per row (``-1`` for function targets);
+    ``target_scores``: the explained scalar per row; ``positions``: the sequence position explained per row
+    (``-1`` for sequence-level outputs); ``report``: the rewrite report of the graph that produced it.
+    """
+
+    relevance: Tensor
+    tokens: list[list[str]]
+    input_ids: Tensor
+    attention_mask: Tensor
+    target_ids: Tensor
+    target_scores: Tensor
+    positions: Tensor
+    report: RewriteReport
+    target_tokens: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.relevance.shape[0]
+
+    def row(self, i: int = 0) -> list[tuple[str, float]]:
+        """(token, relevance) pairs of row ``i``, padding left out."""
+        n = int(self.attention_mask[i].sum())
+        return list(zip(self.tokens[i], self.relevance[i, :n].tolist(), strict=True))
+
+    def top(self, k: int = 5, i: int = 0) -> list[tuple[str, float]]:
+        """The ``k`` most relevant tokens of row ``i``, most relevant first."""
+        return sorted(self.row(i), key=lambda tv: tv[1], reverse=True)[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python (JSON-ready) form."""
+        rows = []
+        for i in range(len(self)):
+            n = int(self.attention_mask[i].sum())
+            rows.append({
+                "tokens": self.tokens[i],
+                "input_ids": self.input_ids[i, :n].tolist(),
+                "relevance": self.relevance[i, :n].tolist(),
+                "target_id": int(self.target_ids[i]),
+                "target_token": self.target_tokens[i] if self.target_tokens else None,
+                "target_score": float(self.target_scores[i]),
+                "position": int(self.positions[i]),
+            })
+        return {"rows": rows, "composite": self.report.composite, "model": self.report.model_class}

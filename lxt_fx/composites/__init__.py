@@ -1,0 +1,10 @@
+"""Composites: ordered (pattern → rule) maps, the registry per model type, and the built-ins."""
+
+from .attnlrp import attnlrp
+from .composite import Composite
+from .cp_lrp import cp_lrp
+from .patterns import AnyOf, NodeInfo
+from .registry import for_model, register, registered, unregister
+
+__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "for_model", "register", "registered",
+           "unregister"]

@@ -1,0 +1,79 @@
+"""``Composite``: an ordered list of (pattern → rule); the first entry that fits a node decides its rule."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+from ..rules.base import Rule
+from .patterns import Matcher, NodeInfo, compile_pattern, describe
+
+if TYPE_CHECKING:
+    from ..rewrite import RewriteReport
+
+
+class Composite:
+    """An ordered map from graph patterns to LRP rules.
+
+    An entry fits a node when its pattern matches, its rule knows the node's op (``rule.supports``) and
+    the rule applies to the node's relevance-carrying inputs (``rule.applies``: e.g. the uniform rule needs
+    two or more). Entries are tried in order; composites combine with :meth:`extend` or ``|`` (the left
+    one's entries first).
+    """
+
+    def __init__(self, entries: Iterable[tuple[Any, Rule | None]] = (), name: str = "custom") -> None:
+        self.name = name
+        self.entries: tuple[tuple[Any, Rule | None], ...] = tuple(entries)
+        for _, rule in self.entries:
+            if rule is not None and not isinstance(rule, Rule):
+                raise TypeError(f"composite {name!r}: {rule!r} is not an lxt_fx Rule "
+                                "(use one from lxt_fx.rules, or None to leave an op as it is)")
+        self._matchers: tuple[Matcher, ...] = tuple(compile_pattern(p) for p, _ in self.entries)
+
+    def decide(self, node: fx.Node, info: NodeInfo) -> tuple[Rule | None, int | None]:
+        """(rule, entry index) for ``node``; (None, index) when an entry maps it to None; (None, None)
+        when no entry fits."""
+        for index, ((_, rule), match) in enumerate(zip(self.entries, self._matchers, strict=True)):
+            if rule is not None and not (rule.supports(node.target) and rule.applies(info.carrying)):
+                continue
+            if match(node, info):
+                return rule, index
+        return None, None
+
+    def extend(self, other: Composite | Iterable[tuple[Any, Rule | None]], name: str | None = None) -> Composite:
+        """A new composite: this one's entries, then ``other``'s."""
+        more = other.entries if isinstance(other, Composite) else tuple(other)
+        other_name = other.name if isinstance(other, Composite) else "custom"
+        return Composite(self.entries + more, name or f"{self.name}|{other_name}")
+
+    def __or__(self, other: Composite) -> Composite:
+        return self.extend(other)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(pattern, rule) as text, in order."""
+        return [(describe(p), repr(r)) for p, r in self.entries]
+
+    def __repr__(self) -> str:
+        return f"Composite({self.name!r}, {len(self.entries)} entries)"
+
+    def rewrite(self, model: nn.Module, example_inputs: dict[str, Any], strict: bool = False
+                ) -> tuple[fx.GraphModule, RewriteReport]:
+        """Capture ``model`` for ``example_inputs`` (cached) and return the rewritten graph and its report.
+
+        ``example_inputs``: the keyword arguments of a call (``input_ids`` or ``inputs_embeds``,
+        ``attention_mask``, …)."""
+        from ..session import rewritten
+
+        return rewritten(model, self, example_inputs, strict=strict)
+
+    @contextlib.contextmanager
+    def context(self, model: nn.Module, strict: bool = False) -> Iterator[nn.Module]:
+        """Inside, calling ``model(...)`` runs the rewritten graph; on exit — also after an exception —
+        the model is exactly as it came in (its ``forward`` and every attribute)."""
+        from ..session import patched_forward
+
+        with patched_forward(model, self, strict=strict):
+            yield model

@@ -1,0 +1,97 @@
+"""What lxt-fx knows about ATen ops: how torch-level callables map to them, and which need no rule.
+
+In Gradient×Input form a linear op (with respect to its relevance-carrying inputs) needs no rule: plain
+autograd is already ε-LRP with ε → 0. Selection ops (index, top-k, max, where, masked fill) are piecewise
+linear: they route relevance and need none either. Everything else that carries relevance needs a rule.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch._ops import OpOverload, OpOverloadPacket
+from torch._ops import ops as _ops
+
+aten = _ops.aten
+
+# torch functions, Tensor methods and Python operators → the ATen overload packets they lower to.
+_TORCH_TO_ATEN: dict[Any, tuple[OpOverloadPacket, ...]] = {
+    operator.matmul: (aten.matmul,), torch.matmul: (aten.matmul,), torch.Tensor.matmul: (aten.matmul,),
+    torch.bmm: (aten.bmm,), torch.mm: (aten.mm,),
+    operator.mul: (aten.mul,), torch.mul: (aten.mul,), torch.Tensor.mul: (aten.mul,),
+    operator.add: (aten.add,), torch.add: (aten.add,), operator.truediv: (aten.div,), torch.div: (aten.div,),
+    torch.softmax: (aten.softmax, aten._softmax, aten._safe_softmax),
+    F.softmax: (aten.softmax, aten._softmax, aten._safe_softmax),
+    torch.Tensor.softmax: (aten.softmax, aten._softmax, aten._safe_softmax),
+    F.silu: (aten.silu,), F.gelu: (aten.gelu,), F.relu: (aten.relu,), torch.relu: (aten.relu,),
+    F.leaky_relu: (aten.leaky_relu,), torch.tanh: (aten.tanh,), F.tanh: (aten.tanh,),
+    torch.sigmoid: (aten.sigmoid,), F.sigmoid: (aten.sigmoid,), F.softplus: (aten.softplus,),
+    F.elu: (aten.elu,), F.mish: (aten.mish,), F.hardswish: (aten.hardswish,),
+    torch.exp: (aten.exp,), torch.rsqrt: (aten.rsqrt,), torch.sqrt: (aten.sqrt,),
+    F.linear: (aten.linear,), F.layer_norm: (aten.layer_norm,), F.rms_norm: (aten.rms_norm,),
+    F.scaled_dot_product_attention: (aten.scaled_dot_product_attention,),
+    F.normalize: (aten.linalg_vector_norm, aten.norm),
+}
+
+SOFTMAX = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
+ACTIVATIONS = frozenset({aten.silu, aten.gelu, aten.relu, aten.leaky_relu, aten.tanh, aten.sigmoid,
+                         aten.softplus, aten.elu, aten.mish, aten.hardswish, aten.hardtanh, aten.hardsigmoid,
+                         aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf})
+NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.std})
+PRODUCTS = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm, aten.baddbmm, aten.einsum})
+
+# Linear in every relevance-carrying input (when products/divisions have at most one such input).
+LINEAR = frozenset({
+    aten.view, aten._unsafe_view, aten.reshape, aten.transpose, aten.permute, aten.expand, aten.expand_as,
+    aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.contiguous,
+    aten.clone, aten.alias, aten.t, aten.cat, aten.stack, aten.split, aten.split_with_sizes, aten.chunk,
+    aten.unbind, aten.narrow, aten.embedding, aten.add, aten.sub, aten.rsub, aten.neg, aten.sum, aten.mean,
+    aten.linear, aten.addmm, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.to,
+    aten._to_copy, aten.type_as, aten.dropout, aten.pad, aten.constant_pad_nd, aten.repeat,
+    aten.repeat_interleave, aten.roll, aten.flip, aten.lift_fresh_copy, aten.copy, aten.movedim,
+    aten.view_as, aten.reshape_as, aten.diagonal, aten.tril, aten.triu, aten.cumsum, aten.avg_pool1d,
+    aten.avg_pool2d, aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d, aten.index_add, aten.scatter_add,
+    aten.new_zeros, aten.zeros_like, aten.ones_like, aten.full_like, aten.matmul, aten.mm, aten.bmm,
+    aten.mul, aten.div, aten.baddbmm, aten.einsum, aten.index_put, aten.dropout_, aten.feature_dropout,
+    aten.alpha_dropout, aten.unfold, aten.im2col, aten.col2im, aten.pixel_shuffle, aten.squeeze_copy,
+})
+# Piecewise linear: pick or route entries without changing their value.
+SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
+                       aten.max, aten.min, aten.amax, aten.amin, aten.where, aten.masked_fill, aten.sort,
+                       aten.max_pool1d, aten.max_pool2d, aten.max_pool2d_with_indices, aten.clamp,
+                       aten.clamp_min, aten.clamp_max, aten.maximum, aten.minimum, aten.masked_select,
+                       aten.masked_scatter, aten.select_scatter, aten.slice_scatter, aten.abs})
+# Ops that produce no relevance-carrying value (metadata, asserts, integer results).
+IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, aten.argmax, aten.argmin,
+                     aten.eq, aten.ne, aten.lt, aten.le, aten.gt, aten.ge, aten.isinf, aten.isnan,
+                     aten.logical_not, aten.logical_and, aten.logical_or, aten.__and__, aten.__or__,
+                     aten.bitwise_and, aten.bitwise_or, aten.bitwise_not, aten.sign, aten.floor_divide,
+                     aten.any, aten.all, aten.arange, aten.zeros, aten.ones, aten.full, aten.empty,
+                     aten._local_scalar_dense, aten.item, aten.sym_numel, aten.sym_stride,
+                     aten.sym_storage_offset, aten.lt_, aten.eq_, aten.detach_})
+
+
+def packet(target: Any) -> Any:
+    """The overload packet of an ATen overload (``aten.mul.Tensor`` → ``aten.mul``), else the target."""
+    return target.overloadpacket if isinstance(target, OpOverload) else target
+
+
+def normalize(target: Any) -> frozenset[Any]:
+    """The ATen packets a pattern target means: ``operator.matmul``, ``torch.softmax``, ``F.silu`` or an
+    ATen overload/packet itself. Unknown callables stand for themselves (e.g. custom ops)."""
+    if isinstance(target, (OpOverload, OpOverloadPacket)):
+        return frozenset({packet(target)})
+    return frozenset(_TORCH_TO_ATEN.get(target, (target,)))
+
+
+def op_name(target: Any) -> str:
+    """A short readable name: ``aten.mul.Tensor``, ``operator.getitem``, a function's qualified name."""
+    if isinstance(target, OpOverload):
+        return str(target)
+    if isinstance(target, OpOverloadPacket):
+        return f"aten.{target.__name__}"
+    module = getattr(target, "__module__", "") or ""
+    return f"{module}.{getattr(target, '__name__', repr(target))}".lstrip(".")

@@ -1,0 +1,101 @@
+"""The explicit-form reference: relevance propagated node by node with each rule's explicit form.
+
+Independent of the GxI machinery: it runs the *unrewritten* captured graph, keeps every value, then walks
+the graph backwards applying, per node, the explicit form of the rule the composite decided on, and the
+explicit ε-rule (``R_x = x ⊙ Jᵀ(R_y / y)``, tiny ε) through every other (linear) op. It is slow and
+memory-hungry, and meant for checking that the production path computes the same relevance.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+from torch.utils import _pytree as pytree
+
+from .rules.base import epsilon_explicit
+from .session import Rewritten
+
+_EPSILON = 1e-12
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+
+
+def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None = None) -> None:
+    if index is not None:
+        slots = into.setdefault(node, {})
+        slots[index] = value if index not in slots else slots[index] + value
+        return
+    into[node] = value if node not in into else into[node] + value
+
+
+def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: Mapping[str, Tensor]
+                       ) -> dict[str, Tensor]:
+    """Relevance at every relevance input (e.g. ``inputs_embeds``) for output relevance ``seeds``
+    (``{output_key: R}``, e.g. the explained logit's value at its index and 0 elsewhere)."""
+    gm = graph.captured.module()
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(*[tensors[n.name.removeprefix("tensors_")].detach() for n in placeholders])
+    env = recorder.env
+    carrying_of = graph.plan.carrying
+    decisions = graph.plan.decisions
+    inputs = set(graph.plan.inputs)
+
+    relevance: dict[fx.Node, Any] = {}
+    output = next(n for n in nodes if n.op == "output")
+    flat_outputs = pytree.tree_leaves(output.args)
+    for key, out_node in zip(graph.captured.output_keys, flat_outputs, strict=True):
+        if key in seeds and isinstance(out_node, fx.Node):
+            _add(relevance, out_node, seeds[key].to(env[out_node].dtype))
+
+    for node in reversed(nodes):
+        if node not in relevance or node.op != "call_function":
+            continue
+        r_out = relevance[node]
+        if node.target is operator.getitem:
+            parent, index = node.args
+            _add(relevance, parent, r_out, index)
+            continue
+        if node.name not in carrying_of:
+            continue
+        if isinstance(r_out, dict):  # a multi-output op: R per output slot
+            val = env[node]
+            r_out = [r_out.get(i) for i in range(len(val))]
+        carrying = carrying_of[node.name]
+        args = fx.node.map_arg(node.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a])
+        rule = decisions.get(node.name, (None,))[0]
+        if rule is not None:
+            if rule.stops:
+                continue
+            rels = rule.explicit(node.target, list(args), dict(kwargs), env[node], r_out, carrying)
+            for i in carrying:
+                if rels[i] is not None:
+                    _add(relevance, node.args[i], rels[i])
+            continue
+        # No rule: the op is linear in its carrying inputs (ε-rule, ε → 0). Flatten list arguments (cat).
+        leaves, spec = pytree.tree_flatten((list(node.args), dict(node.kwargs)))
+        carrying_leaves = [i for i, leaf in enumerate(leaves) if isinstance(leaf, fx.Node)
+                           and (leaf.name in carrying_of or leaf.name in inputs)
+                           and isinstance(env[leaf], Tensor) and env[leaf].is_floating_point()]
+        values = [env[leaf] if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+
+        def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target) -> Any:
+            a, k = pytree.tree_unflatten(list(flat), _spec)
+            return _target(*a, **k)
+
+        rels = epsilon_explicit(flat_op, values, {}, env[node], r_out, carrying_leaves, _EPSILON)
+        for i in carrying_leaves:
+            _add(relevance, leaves[i], rels[i])
+
+    return {n.name.removeprefix("tensors_"): relevance.get(n, torch.zeros_like(env[n]))
+            for n in placeholders if n.name in inputs}

@@ -1,0 +1,209 @@
+"""Apply a composite to a captured graph: relevance-path analysis, rule decisions, node substitution.
+
+The pass, in three steps over the fx graph (no string surgery, no re-tracing):
+
+1. **decide** — in topological order, track which nodes carry relevance (data flow from the relevance
+   input, e.g. ``inputs_embeds``) and ask the composite for a rule for every ``call_function`` node with at
+   least one carrying input. A rule that stops relevance (``Stop``) makes its output constant, so a later
+   product with it is linear and needs no rule (RoPE, scaling, a detached norm scale).
+2. **path** — in reverse order, keep the carrying nodes whose value reaches the graph output through
+   carrying edges: the relevance path. Non-linear ops on it without a decision are *unhandled*.
+3. **apply** — each decided node's target becomes its rule's GxI function, called as
+   ``rule_fn(original_op, *args, **kwargs, **rule_params)``: an opaque ``call_function`` node whose
+   metadata (module path, source line) is kept; then ``recompile()``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from .composites.composite import Composite
+from .composites.patterns import NodeInfo
+from .ops import IGNORED, LINEAR, PRODUCTS, SELECTION, op_name, packet
+from .rules.base import Rule
+from .tracing.errors import LXTError
+from .tracing.meta import module_class, module_path, source_line
+
+aten = torch.ops.aten
+
+
+class UnhandledOpError(LXTError):
+    """``strict=True`` and non-linear ops on the relevance path got no rule."""
+
+    def __init__(self, unhandled: list[NodeRow], composite: str) -> None:
+        self.unhandled = unhandled
+        lines = "\n".join(f"  - {r.name}: {r.op} in {r.module_path or '<top>'} ({r.module_class}) "
+                          f"at {r.source}" for r in unhandled)
+        super().__init__(f"composite {composite!r} leaves {len(unhandled)} non-linear op(s) on the relevance "
+                         f"path without a rule:\n{lines}\n  what to do: add (pattern → rule) entries for "
+                         "them, e.g. composite.extend([(op, lxt_fx.rules.Identity())]), or pass strict=False")
+
+
+@dataclass
+class NodeRow:
+    """One graph node in a report."""
+
+    name: str
+    op: str
+    module_path: str
+    module_class: str
+    source: str
+    rule: str = ""
+    carrying: tuple[int, ...] = ()
+
+
+@dataclass
+class RewriteReport:
+    """What a rewrite did: every rewritten node, every relevance-path op left without a decision."""
+
+    composite: str
+    model_class: str
+    rewritten: list[NodeRow] = field(default_factory=list)
+    unhandled: list[NodeRow] = field(default_factory=list)
+    path_nodes: int = 0
+    graph_nodes: int = 0
+    capture_seconds: float = 0.0
+    rewrite_seconds: float = 0.0
+
+    def rule_counts(self) -> dict[str, int]:
+        """How many nodes each rule was applied to."""
+        counts: dict[str, int] = {}
+        for row in self.rewritten:
+            counts[row.rule] = counts.get(row.rule, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        head = (f"RewriteReport({self.model_class}, composite={self.composite!r}): {len(self.rewritten)} nodes "
+                f"rewritten, {len(self.unhandled)} unhandled, {self.path_nodes}/{self.graph_nodes} nodes on "
+                f"the relevance path; rules: {self.rule_counts()}")
+        rows = [f"  {r.name:<28} {r.op:<40} {r.rule:<14} {r.module_path}" for r in self.rewritten]
+        bad = [f"  UNHANDLED {r.name:<18} {r.op:<40} {r.module_path} {r.source}" for r in self.unhandled]
+        return "\n".join([head, *rows, *bad])
+
+
+def _top_level_carrying(node: fx.Node, carries: set[fx.Node]) -> tuple[int, ...]:
+    found = []
+    for i, arg in enumerate(node.args):
+        hit = False
+
+        def visit(a: fx.Node) -> fx.Node:
+            nonlocal hit
+            hit = hit or a in carries
+            return a
+
+        fx.node.map_arg(arg, visit)
+        if hit:
+            found.append(i)
+    return tuple(found)
+
+
+def _has_float_value(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else [val]
+    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in vals)
+
+
+def _needs_rule(node: fx.Node, carrying: tuple[int, ...]) -> bool:
+    p = packet(node.target)
+    if node.target is operator.getitem or p in IGNORED or p in SELECTION:
+        return False
+    if p in PRODUCTS:
+        return len(carrying) >= 2
+    if p is aten.div:
+        return 1 in carrying
+    if p is aten.where:
+        return 0 in carrying
+    return p not in LINEAR
+
+
+@dataclass
+class Plan:
+    """The decisions for one graph: rule and carrying inputs per node name, and the relevance path."""
+
+    decisions: dict[str, tuple[Rule, tuple[int, ...]]]
+    carrying: dict[str, tuple[int, ...]]
+    on_path: set[str]
+    unhandled: list[str]
+    inputs: tuple[str, ...]
+
+
+def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Plan:
+    """Decide a rule per node (steps 1 and 2 of the module docstring); changes nothing."""
+    inputs = tuple(inputs)
+    nodes = list(gm.graph.nodes)
+    reachable: set[fx.Node] = set()
+    for node in nodes:
+        if node.op == "placeholder" and node.name in inputs:
+            reachable.add(node)
+        elif node.op == "call_function" and _has_float_value(node) and _top_level_carrying(node, reachable):
+            reachable.add(node)
+    reachable_names = frozenset(n.name for n in reachable)
+
+    carries: set[fx.Node] = set()
+    decisions: dict[str, tuple[Rule, tuple[int, ...]]] = {}
+    carrying_of: dict[str, tuple[int, ...]] = {}
+    for node in nodes:
+        if node.op == "placeholder" and node.name in inputs:
+            carries.add(node)
+            continue
+        if node.op != "call_function" or not _has_float_value(node):
+            continue
+        carrying = _top_level_carrying(node, carries)
+        if not carrying or packet(node.target) in IGNORED:
+            continue
+        carrying_of[node.name] = carrying
+        rule, _ = composite.decide(node, NodeInfo(carrying, reachable_names))
+        if rule is not None:
+            decisions[node.name] = (rule, carrying)
+            if rule.stops:
+                continue
+        carries.add(node)
+
+    on_path: set[str] = set()
+    for node in reversed(nodes):
+        if node.op == "output":
+            fx.node.map_arg(node.args, lambda a: on_path.add(a.name) if a in carries else None)
+        elif node.name in on_path and node.name in carrying_of:
+            rule = decisions.get(node.name, (None,))[0]
+            if rule is not None and rule.stops:
+                continue
+            for i in carrying_of[node.name]:
+                fx.node.map_arg(node.args[i], lambda a: on_path.add(a.name) if a in carries else None)
+    unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
+                 and n.name not in decisions and _needs_rule(n, carrying_of[n.name])]
+    return Plan(decisions, carrying_of, on_path, unhandled, inputs)
+
+
+def row(node: fx.Node, rule: str = "", carrying: tuple[int, ...] = ()) -> NodeRow:
+    """A report row for ``node`` (before it is rewritten)."""
+    return NodeRow(node.name, op_name(node.target), module_path(node), module_class(node), source_line(node),
+                   rule, carrying)
+
+
+def apply(gm: fx.GraphModule, the_plan: Plan, report: RewriteReport) -> fx.GraphModule:
+    """Substitute each decided node's target with its rule's GxI function and recompile (step 3)."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for name, (rule, carrying) in the_plan.decisions.items():
+        node = by_name[name]
+        report.rewritten.append(row(node, rule.name, carrying))
+        fn, extra = rule.gxi(node.target, carrying)
+        node.meta["lxt_rule"] = rule
+        node.meta["lxt_original_target"] = node.target
+        node.args = (node.target, *node.args)
+        node.kwargs = {**node.kwargs, **extra}
+        node.target = fn
+    report.unhandled = [row(by_name[name]) for name in the_plan.unhandled]
+    report.path_nodes = len(the_plan.on_path)
+    report.graph_nodes = len(by_name)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

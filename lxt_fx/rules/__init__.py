@@ -1,0 +1,13 @@
+"""LRP rules: each a formula (docstring), a GxI form (production) and an explicit form (reference)."""
+
+from .attention import Attention
+from .base import Rule, safe_divide, scale_gradient, stabilize, stabilize_gradient
+from .epsilon import Epsilon
+from .identity import Identity
+from .norm import NormIdentity
+from .softmax import SoftmaxDT
+from .stop import Stop
+from .uniform import Uniform
+
+__all__ = ["Attention", "Epsilon", "Identity", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
+           "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

@@ -1,0 +1,167 @@
+"""Glue between a model call and its rewritten graph: input preparation, the rewrite cache, and the
+reversible ``forward`` swap behind ``Composite.context``."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from .rewrite import Plan, RewriteReport, UnhandledOpError, apply, plan
+from .tracing import CapturedGraph, capture
+from .tracing.errors import LXTError
+
+if TYPE_CHECKING:
+    from .composites.composite import Composite
+
+# Float inputs relevance is read at, in the order they are looked for.
+RELEVANCE_INPUTS = ("inputs_embeds", "decoder_inputs_embeds", "pixel_values")
+# Keyword arguments the rewritten graph handles itself.
+_DROPPED = frozenset({"use_cache", "return_dict", "past_key_values", "cache_position", "labels"})
+
+
+class NotAModuleError(LXTError, TypeError):
+    """Something other than a ``torch.nn.Module`` was given as the model."""
+
+
+class NoInputEmbeddingsError(LXTError):
+    """The model has no input embedding layer to read relevance at."""
+
+
+class DtypeError(LXTError):
+    """The model's dtype cannot be explained reliably (float16)."""
+
+
+def check_model(model: Any) -> nn.Module:
+    """Validate ``model`` for explanation; returns it."""
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"expected a torch.nn.Module (e.g. a transformers model), got "
+                              f"{type(model).__name__}; load one with AutoModelForCausalLM.from_pretrained(...)")
+    param = next(model.parameters(), None)
+    if param is not None and param.dtype == torch.float16:
+        raise DtypeError(f"{type(model).__name__} is in float16, whose range overflows in relevance "
+                         "(LRP sums can exceed 65504): load or convert it with torch_dtype=torch.bfloat16 or "
+                         "torch.float32 (model.to(torch.bfloat16))")
+    return model
+
+
+def input_embeddings(model: nn.Module) -> nn.Module:
+    """The model's input embedding module, or a named error."""
+    getter = getattr(model, "get_input_embeddings", None)
+    emb = None
+    if getter is not None:
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            emb = getter()
+    if not isinstance(emb, nn.Module):
+        raise NoInputEmbeddingsError(
+            f"{type(model).__name__} has no input embeddings (get_input_embeddings() gave {emb!r}); relevance "
+            "is read at the embedding output: pass a transformers model, or call the model with "
+            "inputs_embeds inside composite.context(model)")
+    return emb
+
+
+def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensor kwargs for the graph, static kwargs baked into it); ``input_ids`` become ``inputs_embeds``."""
+    tensors: dict[str, Tensor] = {}
+    static: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if value is None or name in _DROPPED:
+            continue
+        if isinstance(value, Tensor):
+            tensors[name] = value
+        else:
+            static[name] = value
+    for ids, embeds in (("input_ids", "inputs_embeds"), ("decoder_input_ids", "decoder_inputs_embeds")):
+        if ids in tensors and embeds not in tensors and ids == "input_ids":
+            tensors[embeds] = input_embeddings(model)(tensors.pop(ids))
+    return tensors, static
+
+
+@dataclass
+class Rewritten:
+    """A rewritten graph with what it came from."""
+
+    module: fx.GraphModule
+    report: RewriteReport
+    captured: CapturedGraph
+    plan: Plan
+
+    def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.module({k: tensors[k] for k in sorted(tensors)})
+
+
+def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str, Tensor],
+                    static: Mapping[str, Any], strict: bool = False) -> Rewritten:
+    """The rewritten graph of ``model`` for this call signature under ``composite`` (cached)."""
+    captured = capture(model, tensors, static)
+    hit = captured.rewrites.get(id(composite))
+    if hit is None or hit[0] is not composite:
+        start = time.perf_counter()
+        gm = captured.module()
+        inputs = [f"tensors_{name}" for name in RELEVANCE_INPUTS if name in tensors]
+        report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds)
+        decided = plan(gm, composite, inputs)
+        apply(gm, decided, report)
+        report.rewrite_seconds = time.perf_counter() - start
+        hit = (composite, Rewritten(gm, report, captured, decided))
+        captured.rewrites[id(composite)] = hit
+    result = hit[1]
+    if strict and result.report.unhandled:
+        raise UnhandledOpError(result.report.unhandled, composite.name)
+    return result
+
+
+def rewritten(model: nn.Module, composite: Composite, example_inputs: Mapping[str, Any], strict: bool = False
+              ) -> tuple[fx.GraphModule, RewriteReport]:
+    """``Composite.rewrite``: the rewritten ``GraphModule`` and its report."""
+    check_model(model)
+    tensors, static = split_inputs(model, example_inputs)
+    result = rewritten_graph(model, composite, tensors, static, strict)
+    return result.module, result.report
+
+
+def wrap_output(captured: CapturedGraph, out: dict[str, Tensor]) -> Any:
+    """Give the graph's dict of outputs the type the model returns."""
+    cls = captured.output_class
+    if cls is None or cls is dict:
+        return out
+    if issubclass(cls, Tensor):
+        return out["output"]
+    if cls is tuple:
+        return tuple(out.values())
+    return cls(**out)
+
+
+@contextlib.contextmanager
+def patched_forward(model: nn.Module, composite: Composite, strict: bool = False) -> Iterator[nn.Module]:
+    """Route ``model(...)`` through the rewritten graph by shadowing ``forward`` on the instance only;
+    the instance's own ``__dict__`` entry (or its absence) is restored on exit, also after an exception."""
+    check_model(model)
+    signature = inspect.signature(type(model).forward)
+    missing = object()
+    previous = model.__dict__.get("forward", missing)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(model, *args, **kwargs)
+        call = {k: v for k, v in bound.arguments.items() if k != "self"}
+        for name, param in signature.parameters.items():
+            if param.kind is param.VAR_KEYWORD and name in call:
+                call.update(call.pop(name))
+        tensors, static = split_inputs(model, call)
+        result = rewritten_graph(model, composite, tensors, static, strict)
+        return wrap_output(result.captured, result(tensors))
+
+    model.__dict__["forward"] = forward
+    try:
+        yield model
+    finally:
+        if previous is missing:
+            model.__dict__.pop("forward", None)
+        else:
+            model.__dict__["forward"] = previous

@@ -1,0 +1,104 @@
+"""What gets explained: the scalar per row that the backward pass is seeded from.
+
+An ``int`` or ``str`` target always means exactly that logit, for every model family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .tracing.errors import LXTError
+
+TokenSpec = int | str | Sequence[int] | Tensor | None
+
+
+class TargetError(LXTError, ValueError):
+    """A target that does not name exactly one vocabulary entry per row."""
+
+
+def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
+    """One target id per row: argmax for ``None``; an int, a single-token str, or one id per row."""
+    batch, vocab = logits.shape
+    if token is None:
+        return logits.argmax(-1)
+    if isinstance(token, str):
+        if tokenizer is None:
+            raise TargetError(f"target {token!r} is a string: pass tokenizer=... to explain, or give the id")
+        pieces = tokenizer.encode(token, add_special_tokens=False)
+        if len(pieces) != 1:
+            names = tokenizer.convert_ids_to_tokens(pieces)
+            raise TargetError(f"target {token!r} is {len(pieces)} tokens {names} (ids {pieces}), not one: "
+                              "pick one of those pieces (e.g. the first) or pass its id")
+        ids = torch.full((batch,), pieces[0], dtype=torch.long)
+    elif isinstance(token, int):
+        ids = torch.full((batch,), token, dtype=torch.long)
+    else:
+        ids = torch.as_tensor(token, dtype=torch.long).flatten()
+        if ids.numel() != batch:
+            raise TargetError(f"got {ids.numel()} target ids for a batch of {batch}: give one per row or one int")
+    ids = ids.to(logits.device)
+    if (ids < 0).any() or (ids >= vocab).any():
+        raise TargetError(f"target id(s) {ids.tolist()} outside the {vocab} outputs of the model")
+    return ids
+
+
+class Target:
+    """Base: ``ids`` picks one output index per row, ``score`` maps logits ``[batch, V]`` to ``[batch]``."""
+
+    token: TokenSpec = None
+
+    def ids(self, logits: Tensor, tokenizer: Any = None) -> Tensor:
+        return token_ids(self.token, logits, tokenizer)
+
+    def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
+        raise NotImplementedError
+
+
+class Logit(Target):
+    """The raw logit of ``token`` (the default; ``None`` = the argmax)."""
+
+    def __init__(self, token: TokenSpec = None) -> None:
+        self.token = token
+
+    def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
+        return logits.gather(-1, ids[:, None])[:, 0]
+
+
+class LogProb(Target):
+    """``log softmax(logits)[token]``: relevance of the probability, not the logit."""
+
+    def __init__(self, token: TokenSpec = None) -> None:
+        self.token = token
+
+    def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
+        return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, None])[:, 0]
+
+
+class Contrastive(Target):
+    """``logit[token] − logit[rival]``, or ``logit[token] − mean(logits)`` when ``rival`` is None."""
+
+    def __init__(self, token: TokenSpec = None, rival: TokenSpec = None) -> None:
+        self.token, self.rival = token, rival
+
+    def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
+        own = logits.gather(-1, ids[:, None])[:, 0]
+        if self.rival is None:
+            return own - logits.mean(-1)
+        rival = token_ids(self.rival, logits, tokenizer)
+        return own - logits.gather(-1, rival[:, None])[:, 0]
+
+
+class Function(Target):
+    """Any scalar per row computed from the model's outputs: ``fn(outputs: dict) -> Tensor[batch]``."""
+
+    def __init__(self, fn: Callable[[dict[str, Tensor]], Tensor]) -> None:
+        self.fn = fn
+
+
+def as_target(target: Target | TokenSpec) -> Target:
+    """``None``/int/str/ids → :class:`Logit`; a :class:`Target` as it is."""
+    return target if isinstance(target, Target) else Logit(target)

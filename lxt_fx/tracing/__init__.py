@@ -1,0 +1,8 @@
+"""Capture: turn a model into an fx ``GraphModule`` (torch.export, non-strict), cached per signature."""
+
+from .capture import CapturedGraph, Signature, accepts_kwarg, capture, capture_count
+from .errors import CaptureError, LXTError
+from .meta import module_class, module_path, source_line
+
+__all__ = ["CaptureError", "CapturedGraph", "LXTError", "Signature", "accepts_kwarg", "capture",
+           "capture_count", "module_class", "module_path", "source_line"]

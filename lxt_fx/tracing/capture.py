@@ -1,0 +1,165 @@
+"""Capture a model into an fx ``GraphModule`` with ``torch.export`` (non-strict), once per call signature.
+
+The captured program starts from ``inputs_embeds`` (or any float input the caller names), so relevance
+can be read at the input; batch and sequence dimensions are dynamic, so one capture serves every length
+and batch size. Captures are cached per (model instance, call signature) in a weak map: nothing is stored
+on the model and nothing global in torch or transformers changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CaptureError, capture_hint, failing_location
+
+# Kwargs whose second dimension is the token sequence.
+SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
+                             "decoder_input_ids", "decoder_inputs_embeds", "decoder_attention_mask"})
+
+
+class _Entry(nn.Module):
+    """What gets exported: the model called with keyword tensors, returning a dict of its tensor outputs."""
+
+    def __init__(self, model: nn.Module, static: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.static = dict(static)
+        self.seen: dict[str, type] = {}  # filled while tracing; mutated, never reassigned
+
+    def forward(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = self.model(**tensors, **self.static)
+        self.seen["output_class"] = type(out)
+        if isinstance(out, Tensor):
+            return {"output": out}
+        if isinstance(out, tuple) and not hasattr(out, "keys"):
+            return {f"output_{i}": o for i, o in enumerate(out) if isinstance(o, Tensor)}
+        return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+
+
+@dataclass
+class Signature:
+    """What a capture depends on besides the weights: tensor kwargs (name, dtype, rank), static kwargs."""
+
+    tensors: tuple[tuple[str, torch.dtype, int], ...]
+    static: tuple[tuple[str, str], ...]
+    training: bool
+    attn_implementation: str | None
+    device: str
+
+    def key(self) -> tuple:
+        return (self.tensors, self.static, self.training, self.attn_implementation, self.device)
+
+
+@dataclass
+class CapturedGraph:
+    """One export of one model for one call signature."""
+
+    program: torch.export.ExportedProgram
+    signature: Signature
+    output_class: type | None
+    output_keys: tuple[str, ...]
+    seconds: float
+    rewrites: dict[Any, Any] = field(default_factory=dict)
+
+    def module(self) -> torch.fx.GraphModule:
+        """A fresh, unrewritten ``GraphModule`` sharing the model's parameters."""
+        return self.program.module()
+
+
+_CAPTURES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, CapturedGraph]] = weakref.WeakKeyDictionary()
+_COUNTS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def capture_count(model: nn.Module) -> int:
+    """How many times ``model`` has been exported by lxt-fx in this process."""
+    return _COUNTS.get(model, 0)
+
+
+def accepts_kwarg(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` takes a keyword argument ``name``."""
+    params = inspect.signature(type(model).forward).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any]) -> Signature:
+    config = getattr(model, "config", None)
+    param = next(model.parameters(), None)
+    return Signature(
+        tensors=tuple(sorted((k, v.dtype, v.dim()) for k, v in tensors.items())),
+        static=tuple(sorted((k, repr(v)) for k, v in static.items())),
+        training=model.training,
+        attn_implementation=getattr(config, "_attn_implementation", None),
+        device=str(param.device) if param is not None else "cpu",
+    )
+
+
+def _example(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Example inputs with batch ≥ 2 and sequence ≥ 2, so export keeps those dims dynamic."""
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.dim() >= 1 and t.size(0) < 2:
+            t = torch.cat([t] * 2, dim=0)
+        if name in SEQUENCE_INPUTS and t.dim() >= 2 and t.size(1) < 2:
+            t = torch.cat([t] * 2, dim=1)
+        out[name] = t
+    return out
+
+
+def _dynamic_shapes(tensors: Mapping[str, Tensor], auto: bool) -> dict[str, dict[int, Any]]:
+    batch = torch.export.Dim.AUTO if auto else torch.export.Dim("batch")
+    seq = torch.export.Dim.AUTO if auto else torch.export.Dim("seq")
+    shapes: dict[str, dict[int, Any]] = {}
+    for name, t in tensors.items():
+        dims: dict[int, Any] = {0: batch} if t.dim() >= 1 else {}
+        if name in SEQUENCE_INPUTS and t.dim() >= 2:
+            dims[1] = seq
+        shapes[name] = dims
+    return shapes
+
+
+def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None
+            ) -> CapturedGraph:
+    """Return the cached capture of ``model`` for these inputs, exporting it on first use.
+
+    ``tensors``: the tensor keyword arguments (e.g. ``inputs_embeds``, ``attention_mask``);
+    ``static``: other keyword arguments baked into the graph (``use_cache=False`` is added when the model
+    takes it). Raises :class:`CaptureError` naming the model class and the first failing source line.
+    """
+    static = dict(static or {})
+    if accepts_kwarg(model, "use_cache"):
+        static.setdefault("use_cache", False)
+    sig = signature_of(model, tensors, static)
+    per_model = _CAPTURES.setdefault(model, {})
+    hit = per_model.get(sig.key())
+    if hit is not None:
+        return hit
+    entry = _Entry(model, static)
+    example = _example({k: tensors[k] for k in sorted(tensors)})
+    start = time.perf_counter()
+    try:
+        try:
+            program = torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, False),),
+                                          strict=False)
+        except torch._dynamo.exc.UserError as exc:
+            if "Constraints violated" not in str(exc) and "specialized" not in str(exc):
+                raise
+            program = torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, True),),
+                                          strict=False)
+    except Exception as exc:  # noqa: BLE001 - every export failure becomes one named error
+        raise CaptureError(type(model).__name__, failing_location(exc), exc, capture_hint(exc)) from exc
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        keys = tuple(program.module()({k: v[:1] for k, v in example.items()}).keys())
+    captured = CapturedGraph(program, sig, entry.seen.get("output_class"), keys, seconds)
+    per_model[sig.key()] = captured
+    _COUNTS[model] = _COUNTS.get(model, 0) + 1
+    return captured
