@@ -70,6 +70,7 @@ def attention_explicit(args: Sequence[Any], kwargs: dict[str, Any], out: Tensor,
         bias = bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else bias + mask
     z = scores + bias
     weights = torch.softmax(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1).to(q.dtype)
+    weights = torch.nan_to_num(weights, nan=0.0)  # rows with every key masked attend to nothing
 
     qk_carry = [i for i in (0, 1) if i in carrying] if through_weights else []
     av_carry = ([0] if qk_carry else []) + ([1] if 2 in carrying else [])

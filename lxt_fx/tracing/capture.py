@@ -32,11 +32,17 @@ class _Entry(nn.Module):
         super().__init__()
         self.model = model
         self.static = dict(static)
-        self.seen: dict[str, type] = {}  # filled while tracing; mutated, never reassigned
+        # export snapshots and restores module attributes, so the output type is kept out of them
+        seen: list[type] = []
+        self._record = seen.append
+        self.output_class = lambda: seen[-1] if seen else None
 
     def forward(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = self.model(**tensors, **self.static)
-        self.seen["output_class"] = type(out)
+        if "forward" in self.model.__dict__:  # inside a context: trace the class's own forward
+            out = type(self.model).forward(self.model, **tensors, **self.static)
+        else:
+            out = self.model(**tensors, **self.static)
+        self._record(type(out))
         if isinstance(out, Tensor):
             return {"output": out}
         if isinstance(out, tuple) and not hasattr(out, "keys"):
@@ -154,12 +160,14 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
                 raise
             program = torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, True),),
                                           strict=False)
+    except CaptureError:
+        raise
     except Exception as exc:  # noqa: BLE001 - every export failure becomes one named error
         raise CaptureError(type(model).__name__, failing_location(exc), exc, capture_hint(exc)) from exc
     seconds = time.perf_counter() - start
     with torch.no_grad():
         keys = tuple(program.module()({k: v[:1] for k, v in example.items()}).keys())
-    captured = CapturedGraph(program, sig, entry.seen.get("output_class"), keys, seconds)
+    captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds)
     per_model[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1
     return captured

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random-weight configs of every family the core supports."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+VOCAB = 96
+
+
+def _common(**extra: object) -> dict:
+    base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, head_dim=8)
+    base.update(extra)
+    return base
+
+
+def family_config(family: str, attn: str):
+    """A tiny config of ``family`` with attention implementation ``attn``."""
+    import transformers as tf
+
+    if family == "llama":
+        cfg = tf.LlamaConfig(**_common())
+    elif family == "tinyllama":  # TinyLlama's shape: GQA 8:1, intermediate 2.75 × hidden, no bias
+        cfg = tf.LlamaConfig(**_common(hidden_size=64, intermediate_size=176, num_attention_heads=8,
+                                       num_key_value_heads=1, head_dim=8, num_hidden_layers=3))
+    elif family == "mistral":
+        cfg = tf.MistralConfig(**_common(sliding_window=None))
+    elif family == "qwen2":
+        cfg = tf.Qwen2Config(**_common())
+    elif family == "qwen3":
+        cfg = tf.Qwen3Config(**_common())
+    elif family == "gemma3":
+        cfg = tf.Gemma3TextConfig(**_common(sliding_window=4, layer_types=["sliding_attention", "full_attention"]))
+    else:
+        raise KeyError(family)
+    cfg._attn_implementation = attn
+    return cfg
+
+
+FAMILIES = ["llama", "tinyllama", "mistral", "qwen2", "qwen3", "gemma3"]
+
+
+def make_model(family: str, attn: str = "sdpa", seed: int = 0):
+    """A tiny causal LM of ``family`` in eval mode, seeded."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(family_config(family, attn)).eval()
+
+
+@pytest.fixture
+def llama():
+    return make_model("llama")

@@ -1,0 +1,40 @@
+"""Test helpers: the explicit-form reference for one explanation, and a tiny offline tokenizer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import lxt_fx
+from lxt_fx.reference import explicit_relevance
+from lxt_fx.session import rewritten_graph
+
+
+def reference_relevance(model, ids: Tensor, mask: Tensor, attribution, composite=None) -> Tensor:
+    """Token relevance from the explicit-form rules for the same rows, positions and targets."""
+    composite = composite or lxt_fx.attnlrp
+    emb = model.get_input_embeddings()(ids).detach()
+    tensors = {"inputs_embeds": emb, "attention_mask": mask}
+    graph = rewritten_graph(model, composite, tensors, {})
+    with torch.no_grad():
+        logits = model(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
+    seed = torch.zeros_like(logits)
+    for b in range(ids.shape[0]):
+        p, t = int(attribution.positions[b]), int(attribution.target_ids[b])
+        seed[b, p, t] = logits[b, p, t]
+    return explicit_relevance(graph, tensors, {"logits": seed})["inputs_embeds"].sum(-1)
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level fast tokenizer built offline (no hub): one id per word, ``[UNK]``, ``[PAD]``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
