@@ -60,14 +60,16 @@ def last_positions(mask: Tensor) -> Tensor:
 
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | None = None,
-            attention_mask: Tensor | None = None, strict: bool = False) -> Attribution:
+            attention_mask: Tensor | None = None, strict: bool = False, checkpoint: str | None = None
+            ) -> Attribution:
     """Explain one scalar per row of ``model``'s output with one backward pass through the rewritten graph.
 
     ``inputs``: a str, a list of str (right-padded batch) or ``input_ids`` ``[batch, seq]``.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
     classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
     (``LogProb``, ``Contrastive``, ``Function``). ``composite``: default the one registered for the model's
-    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone.
+    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone. ``checkpoint``:
+    None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same relevance, less memory).
     """
     model = check_model(model)
     embedding = input_embeddings(model)
@@ -82,7 +84,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer
         embeds = embedding(ids).detach().requires_grad_(True)
         tensors = {"inputs_embeds": embeds, "attention_mask": mask}
         graph = rewritten_graph(model, composite, tensors, {}, strict)
-        outputs = graph(tensors)
+        outputs = graph(tensors, checkpoint)
         positions = torch.full((ids.shape[0],), -1, dtype=torch.long, device=device)
         if isinstance(goal, Function):
             scores = goal.fn(outputs)

@@ -7,12 +7,13 @@ import contextlib
 import inspect
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, fx, nn
 
+from .checkpoint import MODES, SegmentedGraph, segmented
 from .rewrite import Plan, RewriteReport, UnhandledOpError, apply, plan
 from .tracing import CapturedGraph, capture
 from .tracing.errors import LXTError
@@ -91,9 +92,21 @@ class Rewritten:
     report: RewriteReport
     captured: CapturedGraph
     plan: Plan
+    _segmented: dict[str | None, SegmentedGraph | None] = field(default_factory=dict)
 
-    def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def __call__(self, tensors: Mapping[str, Tensor], checkpoint: str | None = None) -> dict[str, Tensor]:
+        """Run the graph; ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` (see :mod:`lxt_fx.checkpoint`)."""
+        runner = self.segmented(checkpoint)
+        if runner is not None:
+            return runner(tensors)
         return self.module({k: tensors[k] for k in sorted(tensors)})
+
+    def segmented(self, mode: str | None) -> SegmentedGraph | None:
+        """The checkpointed form of this graph for ``mode`` (built once per mode), or None."""
+        if mode not in self._segmented:
+            model = self.captured.program.module()  # root holding the parameters split_module copies from
+            self._segmented[mode] = segmented(self.module, model, mode, self.captured.output_keys)
+        return self._segmented[mode]
 
 
 def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str, Tensor],
@@ -139,10 +152,13 @@ def wrap_output(captured: CapturedGraph, out: dict[str, Tensor]) -> Any:
 
 
 @contextlib.contextmanager
-def patched_forward(model: nn.Module, composite: Composite, strict: bool = False) -> Iterator[nn.Module]:
+def patched_forward(model: nn.Module, composite: Composite, strict: bool = False,
+                    checkpoint: str | None = None) -> Iterator[nn.Module]:
     """Route ``model(...)`` through the rewritten graph by shadowing ``forward`` on the instance only;
     the instance's own ``__dict__`` entry (or its absence) is restored on exit, also after an exception."""
     check_model(model)
+    if checkpoint not in MODES:
+        raise ValueError(f"checkpoint={checkpoint!r}: use one of {MODES}")
     signature = inspect.signature(type(model).forward)
     missing = object()
     previous = model.__dict__.get("forward", missing)
@@ -155,7 +171,7 @@ def patched_forward(model: nn.Module, composite: Composite, strict: bool = False
                 call.update(call.pop(name))
         tensors, static = split_inputs(model, call)
         result = rewritten_graph(model, composite, tensors, static, strict)
-        return wrap_output(result.captured, result(tensors))
+        return wrap_output(result.captured, result(tensors, checkpoint))
 
     model.__dict__["forward"] = forward
     try:

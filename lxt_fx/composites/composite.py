@@ -70,10 +70,14 @@ class Composite:
         return rewritten(model, self, example_inputs, strict=strict)
 
     @contextlib.contextmanager
-    def context(self, model: nn.Module, strict: bool = False) -> Iterator[nn.Module]:
+    def context(self, model: nn.Module, strict: bool = False, checkpoint: str | None = None
+                ) -> Iterator[nn.Module]:
         """Inside, calling ``model(...)`` runs the rewritten graph; on exit — also after an exception —
-        the model is exactly as it came in (its ``forward`` and every attribute)."""
+        the model is exactly as it came in (its ``forward`` and every attribute).
+
+        ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the rewritten graph
+        (:mod:`lxt_fx.checkpoint`), in eval mode, with unchanged relevance."""
         from ..session import patched_forward
 
-        with patched_forward(model, self, strict=strict):
+        with patched_forward(model, self, strict=strict, checkpoint=checkpoint):
             yield model

@@ -1,0 +1,131 @@
+"""Gradient checkpointing inside the rewritten graph: O(√N) memory for N blocks, in eval mode.
+
+The rewritten graph is split at block boundaries (module paths like ``model.layers.<i>``) with
+``torch.fx.passes.split_module``; each segment of blocks runs under non-reentrant
+``torch.utils.checkpoint``, so only the tensors crossing segment boundaries (the residual stream, plus
+shared constants such as the mask and RoPE tables) are kept, and each segment's rule ops are recomputed in
+backward. The rules are deterministic and dropout is off in eval mode, so the relevance is unchanged.
+
+Modes: ``None`` (no checkpointing), ``"layer"`` (one segment per block), ``"sqrt"`` (about √N segments of
+about √N blocks). A graph without block structure falls back to no checkpointing with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.split_module import split_module
+from torch.utils.checkpoint import checkpoint
+
+from .tracing.meta import module_path
+
+MODES = (None, "layer", "sqrt")
+BLOCK_PATH = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
+
+
+class CheckpointWarning(UserWarning):
+    """Checkpointing was asked for but the graph has no block structure; it runs unsegmented."""
+
+
+def block_index(node: fx.Node) -> int | None:
+    """The block number in ``node``'s module path (``model.layers.7.mlp`` → 7), else None."""
+    match = BLOCK_PATH.search(module_path(node))
+    return int(match.group(1)) if match else None
+
+
+def block_count(gm: fx.GraphModule) -> int:
+    """How many distinct blocks the graph's nodes come from."""
+    return len({i for n in gm.graph.nodes if (i := block_index(n)) is not None})
+
+
+def segment_of_nodes(gm: fx.GraphModule, mode: str) -> dict[str, int]:
+    """Partition id per node name: 0 before the first block, then one id per segment of blocks (what
+    follows the last block — final norm, head — joins the last segment). Partitions are contiguous in node
+    order, so they are valid fx partitions."""
+    blocks = block_count(gm)
+    per_segment = 1 if mode == "layer" else max(1, math.ceil(math.sqrt(blocks)))
+    current, parts = 0, {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        index = block_index(node)
+        if index is not None:
+            current = 1 + index // per_segment
+        parts[node.name] = current
+    return parts
+
+
+def crossing_values(gm: fx.GraphModule, parts: Mapping[str, int]) -> dict[int, list[str]]:
+    """For each partition, the names of values defined in an earlier partition and used in it
+    (networkx over the data-flow graph): what a checkpointed segment keeps alive."""
+    graph = nx.DiGraph()
+    for node in gm.graph.nodes:
+        for user in node.users:
+            graph.add_edge(node.name, user.name)
+    crossing: dict[int, list[str]] = {}
+    for src, dst in graph.edges:
+        if src in parts and dst in parts and parts[src] < parts[dst]:
+            crossing.setdefault(parts[dst], [])
+            if src not in crossing[parts[dst]]:
+                crossing[parts[dst]].append(src)
+    return crossing
+
+
+class _Checkpointed(nn.Module):
+    """Runs a segment under non-reentrant checkpointing; counts the tensors kept at its boundary."""
+
+    def __init__(self, inner: nn.Module, boundary: list[Tensor]) -> None:
+        super().__init__()
+        self.inner = inner
+        self._boundary = boundary
+
+    def forward(self, *args: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return self.inner(*args)
+        self._boundary.extend(a for a in args if isinstance(a, Tensor))
+        return checkpoint(self.inner, *args, use_reentrant=False)
+
+
+class SegmentedGraph:
+    """A rewritten graph split into checkpointed segments; called like the unsegmented one."""
+
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, mode: str, output_keys: tuple[str, ...]) -> None:
+        self.mode = mode
+        self.output_keys = output_keys
+        self.parts = segment_of_nodes(gm, mode)
+        self.segments = max(self.parts.values())
+        self.boundary: list[Tensor] = []  # tensors held by checkpoint frames in the last call
+        self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        self.module = split_module(gm, root, lambda n: self.parts[n.name], keep_original_order=True)
+        for name, sub in list(self.module.named_children()):
+            if name.startswith("submod_") and int(name.removeprefix("submod_")) > 0:
+                setattr(self.module, name, _Checkpointed(sub, self.boundary))
+
+    def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self.boundary.clear()
+        flat = [tensors[name.removeprefix("tensors_")] for name in self.placeholders]
+        out = self.module(*flat)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return dict(zip(self.output_keys, out, strict=True))
+
+
+def segmented(gm: fx.GraphModule, root: nn.Module, mode: str | None, output_keys: tuple[str, ...]
+              ) -> SegmentedGraph | None:
+    """A checkpointed version of ``gm`` for ``mode``; None for ``mode=None`` or (with a warning) for a
+    graph without block structure."""
+    if mode not in MODES:
+        raise ValueError(f"checkpoint={mode!r}: use one of {MODES}")
+    if mode is None:
+        return None
+    if block_count(gm) < 2:
+        warnings.warn(f"checkpoint={mode!r} asked for, but the graph has no repeated blocks (module paths like "
+                      "'layers.<i>'); running without checkpointing", CheckpointWarning, stacklevel=3)
+        return None
+    return SegmentedGraph(gm, root, mode, output_keys)
