@@ -129,3 +129,27 @@ def segmented(gm: fx.GraphModule, root: nn.Module, mode: str | None, output_keys
                       "'layers.<i>'); running without checkpointing", CheckpointWarning, stacklevel=3)
         return None
     return SegmentedGraph(gm, root, mode, output_keys)
+
+
+def saved_activation_bytes(run: Any, exclude: Any = ()) -> int:
+    """Bytes of distinct tensor storages kept for backward while ``run()`` executes its forward pass.
+
+    Counted exactly with ``torch.autograd.graph.saved_tensors_hooks`` (machine-independent), plus the
+    tensors held at checkpoint boundaries by any :class:`SegmentedGraph` that ``run`` returns in its
+    second slot; storages of ``exclude`` (e.g. the model's parameters) are left out."""
+    seen: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, boundary = run()
+    for t in boundary:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

@@ -1,0 +1,78 @@
+"""Checkpointing inside the rewritten graph: same relevance, fewer saved bytes, a safe fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, make_model
+
+import lxt_fx
+from lxt_fx.checkpoint import CheckpointWarning, saved_activation_bytes
+from lxt_fx.session import rewritten_graph
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+def test_every_mode_gives_the_unsegmented_relevance(family: str) -> None:
+    model = make_model(family)
+    ids = torch.randint(0, VOCAB, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    base = lxt_fx.explain(model, ids, attention_mask=mask)
+    for mode in ("layer", "sqrt"):
+        got = lxt_fx.explain(model, ids, attention_mask=mask, checkpoint=mode)
+        torch.testing.assert_close(got.relevance, base.relevance, atol=1e-6, rtol=0)
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    with lxt_fx.attnlrp.context(model, checkpoint="sqrt"):
+        model(inputs_embeds=emb, attention_mask=mask).logits[0, int(base.positions[0]),
+                                                             int(base.target_ids[0])].backward()
+    torch.testing.assert_close((emb * emb.grad).sum(-1)[0], base.relevance[0], atol=1e-6, rtol=0)
+
+
+def test_sqrt_mode_saves_fewer_bytes_than_none() -> None:
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=9,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(cfg).eval()
+    emb = model.get_input_embeddings()(torch.randint(0, VOCAB, (1, 32))).detach().requires_grad_(True)
+    graph = rewritten_graph(model, lxt_fx.attnlrp, {"inputs_embeds": emb}, {})
+    params = list(model.parameters())
+
+    def run(mode):
+        def go():
+            out = graph({"inputs_embeds": emb}, mode)
+            seg = graph.segmented(mode)
+            return out, (seg.boundary if seg is not None else [])
+        return saved_activation_bytes(go, exclude=params)
+
+    none, layer, sqrt = run(None), run("layer"), run("sqrt")
+    assert graph.segmented("sqrt").segments == 3 and graph.segmented("layer").segments == 9
+    assert sqrt < layer < none
+    assert sqrt < none / 3
+
+
+class Flat(torch.nn.Module):
+    """No repeated blocks: checkpointing has nothing to split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.emb
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+        return {"logits": self.head(torch.tanh(inputs_embeds))}
+
+
+def test_no_block_structure_falls_back_with_a_warning() -> None:
+    model = Flat().eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    base = lxt_fx.explain(model, ids)
+    with pytest.warns(CheckpointWarning, match="no repeated blocks"):
+        got = lxt_fx.explain(model, ids, checkpoint="sqrt")
+    assert torch.equal(got.relevance, base.relevance)
+    with pytest.raises(ValueError, match="checkpoint='every'"):
+        lxt_fx.explain(model, ids, checkpoint="every")
