@@ -17,7 +17,13 @@ class Attribution:
     ``relevance``: float32 ``[batch, seq]``, exactly 0 on padding; ``tokens``: the tokens of each row
     (without padding); ``target_ids``: the explained output index per row (``-1`` for function targets);
     ``target_scores``: the explained scalar per row; ``positions``: the sequence position explained per row
-    (``-1`` for sequence-level outputs); ``report``: the rewrite report of the graph that produced it.
+    (``-1`` for sequence-level outputs); ``report``: the rewrite report of the graph that produced it;
+    ``latents``: per-neuron relevance at the names given to ``explain(..., capture=...)``.
+
+    Encoder-decoder models (T5) also fill ``decoder_relevance`` ``[batch, decoder_seq]``,
+    ``decoder_tokens`` and ``decoder_input_ids``: the explained token's relevance splits over the encoder
+    input (``relevance``) and the decoder input (``decoder_relevance``). Image models give pixel relevance
+    ``[batch, H, W]`` in ``relevance`` (summed over channels) and no tokens.
     """
 
     relevance: Tensor
@@ -29,6 +35,19 @@ class Attribution:
     positions: Tensor
     report: RewriteReport
     target_tokens: list[str] | None = None
+    latents: dict[str, Tensor] | None = None
+    decoder_relevance: Tensor | None = None
+    decoder_tokens: list[list[str]] | None = None
+    decoder_input_ids: Tensor | None = None
+
+    def latent(self, name: str) -> Tensor:
+        """Latent relevance ``x ⊙ grad`` (per neuron) at ``name``, a node or module path passed to
+        ``explain(..., capture=[...])``."""
+        if not self.latents or name not in self.latents:
+            have = sorted(self.latents) if self.latents else []
+            raise KeyError(f"no latent relevance captured at {name!r} (captured: {have}); pass "
+                           f"explain(..., capture=[{name!r}])")
+        return self.latents[name]
 
     def __len__(self) -> int:
         return self.relevance.shape[0]

@@ -60,53 +60,173 @@ def last_positions(mask: Tensor) -> Tensor:
 
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | None = None,
-            attention_mask: Tensor | None = None, strict: bool = False, checkpoint: str | None = None
-            ) -> Attribution:
+            attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
+            strict: bool = False, checkpoint: str | None = None,
+            capture: Sequence[str] | None = None) -> Attribution:
     """Explain one scalar per row of ``model``'s output with one backward pass through the rewritten graph.
 
-    ``inputs``: a str, a list of str (right-padded batch) or ``input_ids`` ``[batch, seq]``.
+    ``inputs``: a str, a list of str (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image
+    models ``pixel_values`` ``[batch, channels, H, W]``.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
     classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
     (``LogProb``, ``Contrastive``, ``Function``). ``composite``: default the one registered for the model's
-    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone. ``checkpoint``:
-    None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same relevance, less memory).
+    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone.
+    ``decoder_inputs`` (encoder-decoder models): the decoder's input text or ids; the token after its last
+    position is explained. Default: the decoder start token alone, i.e. the first output token.
+    ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
+    relevance, less memory).
+    ``capture``: node names or module paths (``"model.layers.3"``, globs allowed) whose latent relevance
+    ``x ⊙ grad`` (per neuron, from the same backward pass) is kept in ``Attribution.latents``; read one with
+    ``attribution.latent(name)``. With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
     """
     model = check_model(model)
-    embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
-    ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
     composite = composite if composite is not None else for_model(model)
     goal = as_target(target)
     device = next(model.parameters()).device
+    if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
+        return _explain_image(model, inputs.to(device), goal, composite, strict, checkpoint, capture)
+    embedding = input_embeddings(model)
+    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+    ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
     ids, mask = ids.to(device), mask.to(device)
+    config = getattr(model, "config", None)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    if decoder_inputs is not None and not seq2seq:
+        raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
 
     with torch.enable_grad():
         embeds = embedding(ids).detach().requires_grad_(True)
         tensors = {"inputs_embeds": embeds, "attention_mask": mask}
+        explained_mask = mask
+        dec_ids = dec_embeds = None
+        if seq2seq:
+            dec_ids, dec_mask = _decoder_ids(model, decoder_inputs, tokenizer, ids.shape[0], vocab)
+            dec_ids, explained_mask = dec_ids.to(device), dec_mask.to(device)
+            dec_embeds = _decoder_embedding(model)(dec_ids).detach().requires_grad_(True)
+            tensors.update(decoder_inputs_embeds=dec_embeds, decoder_attention_mask=explained_mask)
         graph = rewritten_graph(model, composite, tensors, {}, strict)
-        outputs = graph(tensors, checkpoint)
-        positions = torch.full((ids.shape[0],), -1, dtype=torch.long, device=device)
-        if isinstance(goal, Function):
-            scores = goal.fn(outputs)
-            target_ids = torch.full_like(positions, -1)
-        else:
-            logits = outputs.get("logits")
-            if logits is None:
-                raise InputError(f"{type(model).__name__} returns no logits ({list(outputs)}): explain a "
-                                 "function of its outputs with target=lxt_fx.targets.Function(fn)")
-            if logits.dim() == 3:
-                positions = last_positions(mask)
-                logits = logits[torch.arange(ids.shape[0], device=device), positions]
-            target_ids = goal.ids(logits.detach(), tokenizer)
-            scores = goal.score(logits, target_ids, tokenizer)
-        (grad,) = torch.autograd.grad(scores.sum(), embeds)
-    relevance = (embeds.detach().float() * grad.float()).sum(-1) * mask.float()
+        outputs, latent = _run(graph, tensors, checkpoint, capture)
+        scores, target_ids, positions = _scores(model, outputs, goal, explained_mask, tokenizer)
+        leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
+        grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
+    relevance = _token_relevance(embeds, grads[0], mask)
     tokens = [_tokens(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
-    return Attribution(relevance.cpu(), tokens, ids.cpu(), mask.cpu(), target_ids.cpu(),
-                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens)
+    att = Attribution(relevance.cpu(), tokens, ids.cpu(), mask.cpu(), target_ids.cpu(),
+                      scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
+                      latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+    if dec_ids is not None:
+        att.decoder_relevance = _token_relevance(dec_embeds, grads[1], explained_mask).cpu()
+        att.decoder_input_ids = dec_ids.cpu()
+        att.decoder_tokens = [_tokens(row[: int(m.sum())], tokenizer)
+                              for row, m in zip(dec_ids, explained_mask, strict=True)]
+    return att
+
+
+def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture: Sequence[str] | None
+         ) -> tuple[dict[str, Tensor], Any]:
+    """Run the rewritten graph, through the latent-relevance pass when ``capture`` names nodes."""
+    if not capture:
+        return graph(tensors, checkpoint), None
+    from .check.latent import latent_pass
+
+    latent = latent_pass(graph, capture)
+    return latent(tensors), latent
+
+
+def _scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Tensor, tokenizer: Any
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(explained scalar per row, target id per row, explained position per row)."""
+    batch = mask.shape[0]
+    positions = torch.full((batch,), -1, dtype=torch.long, device=mask.device)
+    if isinstance(goal, Function):
+        scores = goal.fn(outputs)
+        if scores.shape != (batch,):
+            raise InputError(f"the target function returned shape {tuple(scores.shape)}; it must return one "
+                             f"scalar per row, shape ({batch},)")
+        return scores, torch.full_like(positions, -1), positions
+    logits = outputs.get("logits")
+    if logits is None:
+        raise InputError(f"{type(model).__name__} returns no logits ({list(outputs)}): explain a "
+                         "function of its outputs with target=lxt_fx.targets.Function(fn)")
+    if logits.dim() == 3:
+        positions = last_positions(mask)
+        logits = logits[torch.arange(batch, device=mask.device), positions]
+    target_ids = goal.ids(logits.detach(), tokenizer)
+    return goal.score(logits, target_ids, tokenizer), target_ids, positions
+
+
+def _token_relevance(embeds: Tensor, grad: Tensor | None, mask: Tensor) -> Tensor:
+    """Relevance per token: ``(embedding ⊙ gradient)`` summed over the hidden dim, 0 on padding."""
+    if grad is None:
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return (embeds.detach().float() * grad.float()).sum(-1) * mask.float()
+
+
+def _decoder_embedding(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    emb = decoder.get_input_embeddings() if decoder is not None and hasattr(decoder, "get_input_embeddings") \
+        else None
+    return emb if isinstance(emb, nn.Module) else input_embeddings(model)
+
+
+def _decoder_ids(model: nn.Module, decoder_inputs: Any, tokenizer: Any, batch: int, vocab: int
+                 ) -> tuple[Tensor, Tensor]:
+    """Decoder input ids and mask: the given text/ids, or the decoder start token alone (the default)."""
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if decoder_inputs is None:
+        if start is None:
+            raise InputError(f"{type(model).__name__} has no config.decoder_start_token_id: pass "
+                             "decoder_inputs=... (text or ids) to say which decoder position to explain")
+        ids = torch.full((batch, 1), start, dtype=torch.long)
+        return ids, torch.ones_like(ids)
+    if isinstance(decoder_inputs, (str, list, tuple)) and start is not None:
+        texts = [decoder_inputs] * batch if isinstance(decoder_inputs, str) else list(decoder_inputs)
+        ids, mask = encode(texts, _NoSpecialTokens(tokenizer) if tokenizer is not None else None, None, vocab)
+        ids = torch.cat([torch.full((ids.shape[0], 1), start, dtype=torch.long), ids], 1)
+        return ids, torch.cat([torch.ones_like(ids[:, :1]), mask], 1)
+    ids, mask = encode(decoder_inputs, tokenizer, None, vocab)
+    if ids.shape[0] == 1 and batch > 1:
+        ids, mask = ids.expand(batch, -1), mask.expand(batch, -1)
+    return ids, mask
+
+
+class _NoSpecialTokens:
+    """A tokenizer view that encodes decoder text without special tokens (the start token is added)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+
+def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Composite, strict: bool,
+                   checkpoint: str | None, capture: Sequence[str] | None) -> Attribution:
+    """Pixel relevance ``[batch, H, W]`` (summed over channels) for an image classifier."""
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if size is not None:
+        want = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(pixels.shape[-2:]) != want:
+            raise InputError(f"image of size {tuple(pixels.shape[-2:])}, but {type(model).__name__} expects "
+                             f"{want}: resize it (e.g. with the model's image processor)")
+    batch = pixels.shape[0]
+    with torch.enable_grad():
+        leaf = pixels.detach().requires_grad_(True)
+        tensors = {"pixel_values": leaf}
+        graph = rewritten_graph(model, composite, tensors, {}, strict)
+        outputs, latent = _run(graph, tensors, checkpoint, capture)
+        mask = torch.ones(batch, 1, dtype=torch.long, device=pixels.device)
+        scores, target_ids, positions = _scores(model, outputs, goal, mask, None)
+        (grad,) = torch.autograd.grad(scores.sum(), leaf)
+    relevance = (leaf.detach().float() * grad.float()).sum(1)
+    return Attribution(relevance.cpu(), [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
+                       torch.zeros(batch, 0, dtype=torch.long), target_ids.cpu(), scores.detach().float().cpu(),
+                       positions.cpu(), graph.report,
+                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
 
 
 def _tokens(ids: Tensor, tokenizer: Any) -> list[str]:

@@ -74,6 +74,15 @@ IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, a
                      aten.sym_storage_offset, aten.lt_, aten.eq_, aten.detach_})
 
 
+# Custom ops (by schema name) that are linear in their first argument when the others are constants.
+LINEAR_CUSTOM = frozenset({"transformers::grouped_mm_fallback"})
+
+
+def is_linear_custom(target: Any) -> bool:
+    """Whether ``target`` is a custom op known to be linear in its first argument."""
+    return isinstance(target, OpOverload) and target.name() in LINEAR_CUSTOM
+
+
 def packet(target: Any) -> Any:
     """The overload packet of an ATen overload (``aten.mul.Tensor`` → ``aten.mul``), else the target."""
     return target.overloadpacket if isinstance(target, OpOverload) else target

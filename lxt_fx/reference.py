@@ -23,8 +23,53 @@ _EPSILON = 1e-12
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
+    """Keeps every value; for values that an in-place op (``div_``, ``index_put_``) later overwrites, keeps
+    a copy of what each consumer saw when it ran."""
+
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype | None = None) -> None:
         super().__init__(gm, garbage_collect_values=False)
+        self.dtype = dtype
+        self.mutated = {n.args[0] for n in gm.graph.nodes if n.op == "call_function" and
+                        getattr(getattr(n.target, "_schema", None), "is_mutable", False) and n.args
+                        and isinstance(n.args[0], fx.Node)}
+        self.seen_by: dict[fx.Node, dict[fx.Node, Any]] = {}
+        # nodes whose own output (or a tuple element of it) is overwritten later
+        self.overwritten = {n for n in gm.graph.nodes if n in self.mutated or any(
+            u.target is operator.getitem and u in self.mutated for u in n.users)}
+        self.outputs_before: dict[fx.Node, Any] = {}
+
+    def _widen(self, value: Any) -> Any:
+        if self.dtype is None:
+            return value
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return self.dtype
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.to(self.dtype)
+        return value
+
+    def fetch_attr(self, target: str) -> Any:
+        return self._widen(super().fetch_attr(target))
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        widen = self._widen
+        return super().call_function(target, pytree.tree_map(widen, args), pytree.tree_map(widen, kwargs))
+
+    def run_node(self, n: fx.Node) -> Any:
+        watched = [a for a in n.all_input_nodes if a in self.mutated]
+        if watched:
+            self.seen_by[n] = {a: self.env[a].clone() for a in watched}
+        out = super().run_node(n)
+        if n in self.overwritten:
+            self.outputs_before[n] = pytree.tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, out)
+        return out
+
+    def produced(self, node: fx.Node) -> Any:
+        """The value ``node`` produced, before any later in-place op overwrote it."""
+        return self.outputs_before.get(node, self.env[node])
+
+    def value(self, consumer: fx.Node, node: fx.Node) -> Any:
+        """The value of ``node`` as ``consumer`` saw it."""
+        return self.seen_by.get(consumer, {}).get(node, self.env[node])
 
 
 def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None = None) -> None:
@@ -35,16 +80,21 @@ def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None 
     into[node] = value if node not in into else into[node] + value
 
 
-def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: Mapping[str, Tensor]
+def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: Mapping[str, Tensor],
+                       every_node: bool = False, dtype: torch.dtype | None = torch.float64
                        ) -> dict[str, Tensor]:
     """Relevance at every relevance input (e.g. ``inputs_embeds``) for output relevance ``seeds``
-    (``{output_key: R}``, e.g. the explained logit's value at its index and 0 elsewhere)."""
+    (``{output_key: R}``, e.g. the explained logit's value at its index and 0 elsewhere); with
+    ``every_node``, the relevance of every node that received some, by node name. ``dtype``: every float
+    value, parameter and dtype argument is widened to it (float64 by default), so the divisions of the
+    explicit forms do not amplify rounding; ``None`` keeps the graph's own dtypes."""
     gm = graph.captured.module()
     nodes = list(gm.graph.nodes)
+    by_name = {n.name: n for n in nodes}
     placeholders = [n for n in nodes if n.op == "placeholder"]
-    recorder = _Recorder(gm)
+    recorder = _Recorder(gm, dtype)
     with torch.no_grad():
-        recorder.run(*[tensors[n.name.removeprefix("tensors_")].detach() for n in placeholders])
+        recorder.run(*[recorder._widen(tensors[n.name.removeprefix("tensors_")].detach()) for n in placeholders])
     env = recorder.env
     carrying_of = graph.plan.carrying
     decisions = graph.plan.decisions
@@ -65,19 +115,22 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
             parent, index = node.args
             _add(relevance, parent, r_out, index)
             continue
+        if node.name in graph.plan.regions:  # identity over a whole region: R_x = R_y
+            _add(relevance, by_name[graph.plan.regions[node.name]], r_out)
+            continue
         if node.name not in carrying_of:
             continue
         if isinstance(r_out, dict):  # a multi-output op: R per output slot
             val = env[node]
             r_out = [r_out.get(i) for i in range(len(val))]
         carrying = carrying_of[node.name]
-        args = fx.node.map_arg(node.args, lambda a: env[a])
-        kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a])
+        args = fx.node.map_arg(node.args, lambda a, n=node: recorder.value(n, a))
+        kwargs = fx.node.map_arg(node.kwargs, lambda a, n=node: recorder.value(n, a))
         rule = decisions.get(node.name, (None,))[0]
         if rule is not None:
             if rule.stops:
                 continue
-            rels = rule.explicit(node.target, list(args), dict(kwargs), env[node], r_out, carrying)
+            rels = rule.explicit(node.target, list(args), dict(kwargs), recorder.produced(node), r_out, carrying)
             for i in carrying:
                 if rels[i] is not None:
                     _add(relevance, node.args[i], rels[i])
@@ -87,15 +140,17 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
         carrying_leaves = [i for i, leaf in enumerate(leaves) if isinstance(leaf, fx.Node)
                            and (leaf.name in carrying_of or leaf.name in inputs)
                            and isinstance(env[leaf], Tensor) and env[leaf].is_floating_point()]
-        values = [env[leaf] if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+        values = [recorder.value(node, leaf) if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
 
         def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target) -> Any:
             a, k = pytree.tree_unflatten(list(flat), _spec)
             return _target(*a, **k)
 
-        rels = epsilon_explicit(flat_op, values, {}, env[node], r_out, carrying_leaves, _EPSILON)
+        rels = epsilon_explicit(flat_op, values, {}, recorder.produced(node), r_out, carrying_leaves, _EPSILON)
         for i in carrying_leaves:
             _add(relevance, leaves[i], rels[i])
 
+    if every_node:
+        return {n.name: r for n, r in relevance.items() if isinstance(r, Tensor)}
     return {n.name.removeprefix("tensors_"): relevance.get(n, torch.zeros_like(env[n]))
             for n in placeholders if n.name in inputs}

@@ -25,7 +25,7 @@ from torch import fx
 
 from .composites.composite import Composite
 from .composites.patterns import NodeInfo
-from .ops import IGNORED, LINEAR, PRODUCTS, SELECTION, op_name, packet
+from .ops import IGNORED, LINEAR, PRODUCTS, SELECTION, is_linear_custom, op_name, packet
 from .rules.base import Rule
 from .tracing.errors import LXTError
 from .tracing.meta import module_class, module_path, source_line
@@ -118,8 +118,10 @@ def _needs_rule(node: fx.Node, carrying: tuple[int, ...]) -> bool:
         return False
     if p in PRODUCTS:
         return len(carrying) >= 2
-    if p is aten.div:
+    if p in (aten.div, aten.div_):
         return 1 in carrying
+    if is_linear_custom(node.target):
+        return carrying != (0,)
     if p is aten.where:
         return 0 in carrying
     return p not in LINEAR
@@ -134,6 +136,24 @@ class Plan:
     on_path: set[str]
     unhandled: list[str]
     inputs: tuple[str, ...]
+    regions: dict[str, str] = field(default_factory=dict)  # region output node → its input node
+    absorbed: set[str] = field(default_factory=set)  # nodes inside a region (backward rerouted)
+
+
+def _regions(nodes: list[fx.Node], composite: Composite, reachable: set[fx.Node]
+             ) -> dict[str, tuple[Rule, fx.Node, set[str]]]:
+    """Region output name → (rule, region input node, member names) for every module region that is one
+    element-wise function: one relevance-carrying input, one output used outside, ≥ 2 non-linear ops."""
+    info = NodeInfo((), frozenset(n.name for n in reachable))
+    found = {}
+    for rule, members in composite.region_members(nodes, info):
+        names = {m.name for m in members}
+        inputs = {a for m in members for a in m.all_input_nodes if a.name not in names and a in reachable}
+        outputs = [m for m in members if any(u.name not in names for u in m.users)]
+        nonlinear = [m for m in members if m in reachable and _needs_rule(m, (0,))]
+        if len(inputs) == 1 and len(outputs) == 1 and len(nonlinear) >= 2:
+            found[outputs[0].name] = (rule, inputs.pop(), names)
+    return found
 
 
 def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Plan:
@@ -147,6 +167,8 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
         elif node.op == "call_function" and _has_float_value(node) and _top_level_carrying(node, reachable):
             reachable.add(node)
     reachable_names = frozenset(n.name for n in reachable)
+    regions = _regions(nodes, composite, reachable)
+    absorbed = {name for out, (_, _, members) in regions.items() for name in members if name != out}
 
     carries: set[fx.Node] = set()
     decisions: dict[str, tuple[Rule, tuple[int, ...]]] = {}
@@ -154,6 +176,15 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
     for node in nodes:
         if node.op == "placeholder" and node.name in inputs:
             carries.add(node)
+            continue
+        if node.name in absorbed:
+            continue
+        if node.name in regions:
+            rule, source, _ = regions[node.name]
+            if source in carries:
+                decisions[node.name] = (rule, (0,))
+                carrying_of[node.name] = (0,)
+                carries.add(node)
             continue
         if node.op != "call_function" or not _has_float_value(node):
             continue
@@ -172,6 +203,8 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
     for node in reversed(nodes):
         if node.op == "output":
             fx.node.map_arg(node.args, lambda a: on_path.add(a.name) if a in carries else None)
+        elif node.name in on_path and node.name in regions:
+            on_path.add(regions[node.name][1].name)
         elif node.name in on_path and node.name in carrying_of:
             rule = decisions.get(node.name, (None,))[0]
             if rule is not None and rule.stops:
@@ -180,7 +213,8 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
                 fx.node.map_arg(node.args[i], lambda a: on_path.add(a.name) if a in carries else None)
     unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
                  and n.name not in decisions and _needs_rule(n, carrying_of[n.name])]
-    return Plan(decisions, carrying_of, on_path, unhandled, inputs)
+    region_inputs = {out: source.name for out, (_, source, _) in regions.items() if out in decisions}
+    return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed)
 
 
 def row(node: fx.Node, rule: str = "", carrying: tuple[int, ...] = ()) -> NodeRow:
@@ -194,8 +228,19 @@ def apply(gm: fx.GraphModule, the_plan: Plan, report: RewriteReport) -> fx.Graph
     by_name = {n.name: n for n in gm.graph.nodes}
     for name, (rule, carrying) in the_plan.decisions.items():
         node = by_name[name]
-        report.rewritten.append(row(node, rule.name, carrying))
         fn, extra = rule.gxi(node.target, carrying)
+        if name in the_plan.regions:
+            entry = row(node, rule.name, carrying)
+            entry.op = f"region {module_class(node)}"
+            report.rewritten.append(entry)
+            with gm.graph.inserting_after(node):
+                rerouted = gm.graph.call_function(fn, (by_name[the_plan.regions[name]], node), extra)
+            rerouted.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace",
+                                                                              "val")})
+            rerouted.meta["lxt_rule"] = rule
+            node.replace_all_uses_with(rerouted, delete_user_cb=lambda user, new=rerouted: user is not new)
+            continue
+        report.rewritten.append(row(node, rule.name, carrying))
         node.meta["lxt_rule"] = rule
         node.meta["lxt_original_target"] = node.target
         node.args = (node.target, *node.args)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import fx, nn
 
 from ..rules.base import Rule
+from ..tracing.meta import module_path
 from .patterns import Matcher, NodeInfo, compile_pattern, describe
 
 if TYPE_CHECKING:
@@ -37,11 +38,26 @@ class Composite:
         """(rule, entry index) for ``node``; (None, index) when an entry maps it to None; (None, None)
         when no entry fits."""
         for index, ((_, rule), match) in enumerate(zip(self.entries, self._matchers, strict=True)):
-            if rule is not None and not (rule.supports(node.target) and rule.applies(info.carrying)):
+            if rule is not None and (rule.region or not (rule.supports(node.target)
+                                                         and rule.applies(info.carrying))):
                 continue
             if match(node, info):
                 return rule, index
         return None, None
+
+    def region_members(self, nodes: Iterable[fx.Node], info: NodeInfo) -> list[tuple[Rule, list[fx.Node]]]:
+        """For each region rule, the ``call_function`` nodes its pattern matches, grouped by module path."""
+        found: list[tuple[Rule, list[fx.Node]]] = []
+        nodes = [n for n in nodes if n.op == "call_function"]
+        for (_, rule), match in zip(self.entries, self._matchers, strict=True):
+            if rule is None or not rule.region:
+                continue
+            groups: dict[str, list[fx.Node]] = {}
+            for node in nodes:
+                if match(node, info):
+                    groups.setdefault(module_path(node), []).append(node)
+            found.extend((rule, members) for members in groups.values())
+        return found
 
     def extend(self, other: Composite | Iterable[tuple[Any, Rule | None]], name: str | None = None) -> Composite:
         """A new composite: this one's entries, then ``other``'s."""

@@ -3,11 +3,13 @@
 from .attention import Attention
 from .base import Rule, safe_divide, scale_gradient, stabilize, stabilize_gradient
 from .epsilon import Epsilon
+from .gradient import Gradient
 from .identity import Identity
 from .norm import NormIdentity
+from .region import IdentityRegion
 from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Identity", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

@@ -85,7 +85,8 @@ def vjp(op: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], wrt
     """Vector-Jacobian product of ``op`` w.r.t. the positional args ``wrt`` (fresh leaves, no side effects)."""
     leaves = [a.detach().requires_grad_(True) if i in wrt else a for i, a in enumerate(args)]
     with torch.enable_grad():
-        out = op(*leaves, **kwargs)
+        # in-place ops (``div_``) may not write into a leaf: hand them a non-leaf copy
+        out = op(*[a.clone() if i in wrt else a for i, a in enumerate(leaves)], **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         grads = list(grad_out) if isinstance(grad_out, (tuple, list)) else [grad_out]
         pairs = [(o, g) for o, g in zip(outs, grads, strict=False)
@@ -118,12 +119,14 @@ class Rule:
 
     Subclasses set ``name`` and ``ops`` (the ATen overload packets the rule knows) and implement
     :meth:`gxi` (returns the replacement callable and extra keyword arguments for one graph node) and
-    :meth:`explicit`. ``stops`` is true for rules whose output carries no relevance.
+    :meth:`explicit`. ``stops`` is true for rules whose output carries no relevance; ``region`` for rules
+    that replace a whole module region (see :mod:`.region`).
     """
 
     name: str = "rule"
     ops: frozenset[Any] = frozenset()
     stops: bool = False
+    region: bool = False  # applies to a whole module region (one input, one output), not to one node
 
     def supports(self, op: Any) -> bool:
         """Whether this rule knows ``op`` (an ATen overload or overload packet)."""

@@ -123,11 +123,12 @@ def _example(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _dynamic_shapes(tensors: Mapping[str, Tensor], auto: bool) -> dict[str, dict[int, Any]]:
     batch = torch.export.Dim.AUTO if auto else torch.export.Dim("batch")
     seq = torch.export.Dim.AUTO if auto else torch.export.Dim("seq")
+    decoder_seq = torch.export.Dim.AUTO if auto else torch.export.Dim("decoder_seq")
     shapes: dict[str, dict[int, Any]] = {}
     for name, t in tensors.items():
         dims: dict[int, Any] = {0: batch} if t.dim() >= 1 else {}
         if name in SEQUENCE_INPUTS and t.dim() >= 2:
-            dims[1] = seq
+            dims[1] = decoder_seq if name.startswith("decoder_") else seq
         shapes[name] = dims
     return shapes
 
