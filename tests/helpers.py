@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 
 import lxt_fx
 from lxt_fx.reference import explicit_relevance
+from lxt_fx.rules import Rule
 from lxt_fx.session import rewritten_graph
 
 
@@ -38,3 +42,18 @@ def word_tokenizer(words: list[str]):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def gxi_and_explicit(rule: Rule, op: Any, args: Sequence[Any], carrying: Sequence[int],
+                     kwargs: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, dict, list]:
+    """(y, R_y, GxI relevance per carrying index, explicit relevances) of one rule on one op, for a random
+    output gradient g with ``R_y = y ⊙ g`` and GxI relevance ``x ⊙ grad``."""
+    kwargs = kwargs or {}
+    leaves = [a.detach().clone().requires_grad_(True) if i in carrying else a for i, a in enumerate(args)]
+    fn, extra = rule.gxi(op, carrying)
+    y = fn(op, *leaves, **kwargs, **extra)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [leaves[i] for i in carrying], g)
+    r_y = y.detach() * g
+    gxi = {i: args[i] * gr for i, gr in zip(carrying, grads, strict=True)}
+    return y.detach(), r_y, gxi, rule.explicit(op, args, kwargs, y.detach(), r_y, carrying)

@@ -4,35 +4,18 @@ All in float64, so GxI and explicit agree to ~1e-12 (same stabilizer on both sid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
+from helpers import gxi_and_explicit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch.testing import assert_close
 
-from lxt_fx.rules import Epsilon, Rule
+from lxt_fx.rules import Epsilon
 
 aten = torch.ops.aten
 F64 = torch.float64
 
-
-def gxi_and_explicit(rule: Rule, op: Any, args: Sequence[Any], carrying: Sequence[int],
-                     kwargs: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict, list]:
-    """(y, R_y, GxI relevance per carrying index, explicit relevances) for a random output gradient g_y,
-    with ``R_y = y ⊙ g_y`` and GxI relevance ``x ⊙ grad``."""
-    kwargs = kwargs or {}
-    leaves = [a.detach().clone().requires_grad_(True) if i in carrying else a for i, a in enumerate(args)]
-    fn, extra = rule.gxi(op, carrying)
-    y = fn(op, *leaves, **kwargs, **extra)
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, [leaves[i] for i in carrying], g)
-    r_y = y.detach() * g
-    gxi = {i: args[i] * gr for i, gr in zip(carrying, grads, strict=True)}
-    explicit = rule.explicit(op, args, kwargs, y.detach(), r_y, carrying)
-    return y.detach(), r_y, gxi, explicit
 
 
 def sign1(t: torch.Tensor) -> torch.Tensor:

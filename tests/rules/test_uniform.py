@@ -6,32 +6,17 @@ at least ε = 1e-12 while the GxI form with ε = 0 does not, so those two are co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
+from helpers import gxi_and_explicit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from lxt_fx.rules import Rule, Uniform
+from lxt_fx.rules import Uniform
 
 aten = torch.ops.aten
 F64 = torch.float64
 
-
-def gxi_and_explicit(rule: Rule, op: Any, args: Sequence[Any], carrying: Sequence[int],
-                     kwargs: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict, list]:
-    """(y, R_y, GxI relevance per carrying index, explicit relevances), ``R_y = y ⊙ g`` for a random g."""
-    kwargs = kwargs or {}
-    leaves = [a.detach().clone().requires_grad_(True) if i in carrying else a for i, a in enumerate(args)]
-    fn, extra = rule.gxi(op, carrying)
-    y = fn(op, *leaves, **kwargs, **extra)
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, [leaves[i] for i in carrying], g)
-    r_y = y.detach() * g
-    gxi = {i: args[i] * gr for i, gr in zip(carrying, grads, strict=True)}
-    return y.detach(), r_y, gxi, rule.explicit(op, args, kwargs, y.detach(), r_y, carrying)
 
 
 def sign1(t: torch.Tensor) -> torch.Tensor:
