@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+
+import torch
 from torch import fx
 
 _ENTRY_PREFIX = "model."
+_SKIP_DIRS = (os.path.dirname(torch.__file__) + os.sep,
+              os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def _innermost(node: fx.Node) -> tuple[str, str]:
@@ -39,14 +46,11 @@ def module_classes(node: fx.Node) -> list[str]:
 
 
 def source_line(node: fx.Node) -> str:
-    """``file:line`` of the model code that created ``node`` (last frame of its stack trace)."""
-    trace = node.meta.get("stack_trace") or ""
-    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    if not lines:
-        return ""
-    last = lines[-1]
-    try:
-        file_part, line_part = last.split(", line ", 1)
-        return f"{file_part[6:-1]}:{line_part.split(',', 1)[0]}"
-    except ValueError:
-        return last
+    """``file:line`` of the innermost frame of the *model's* code that created ``node``: frames inside torch
+    (``nn.Linear.forward``, containers) and lxt-fx are skipped, so a Linear points at the line calling it;
+    the innermost frame of all when every frame is torch's."""
+    frames = _FRAME.findall(node.meta.get("stack_trace") or "")
+    for file, line in reversed(frames):
+        if not file.startswith(_SKIP_DIRS):
+            return f"{file}:{line}"
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else ""

@@ -1,0 +1,213 @@
+"""``check``: does my LXT implementation make sense? Coverage, conservation, provenance, opacity.
+
+``lxt_fx.check(model, inputs)`` rewrites ``model`` as ``explain`` would, then proves or measures:
+
+* **coverage** (:mod:`.coverage`): every ``call_function`` node classified as rule / linear / selection /
+  off-path / UNHANDLED, with module path and source line;
+* **rule opacity** (:mod:`.opacity`): every decided rule is a rule call in the recompiled code;
+* **conservation** (:mod:`.conservation`): relevance sums at every block boundary and per-node losses by
+  cause, from one forward and one backward through a tapped copy of the graph (:mod:`.latent`); and again
+  in zero-bias mode (biases and ε zeroed in another copy);
+* **provenance** (:mod:`.provenance`): the first non-finite value, gradient or relevance.
+
+The model is never changed: the taps and the zero-bias edits live in fresh copies of the captured graph,
+which share the parameters read-only; gradients are taken with ``torch.autograd.grad`` (no ``.grad`` is
+written). Everything lands in a :class:`CheckReport`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import block_index
+from ..composites.composite import Composite
+from ..composites.registry import for_model
+from ..explain import InputError, encode, last_positions
+from ..ops import op_name
+from ..session import (
+    RELEVANCE_INPUTS,
+    Rewritten,
+    check_model,
+    input_embeddings,
+    rewritten_graph,
+    split_inputs,
+)
+from ..targets import Function, Target, TokenSpec, as_target
+from ..tracing.meta import module_path
+from .conservation import (
+    Conservation,
+    account,
+    causes,
+    edge_specs,
+    excused_neg_inf,
+    segment_labels,
+    value_specs,
+    zero_biases,
+)
+from .coverage import CoverageRow, classify
+from .latent import (
+    LatentPass,
+    Recorder,
+    fresh_rewritten,
+    insert_taps,
+    latent_pass,
+    original_call,
+    relevance_path,
+)
+from .opacity import prove
+from .provenance import Provenance, locate
+from .report import CheckReport, GraphNode
+
+__all__ = ["CheckReport", "LatentPass", "check", "latent_pass"]
+
+
+def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any], *,
+          composite: Composite | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
+          attention_mask: Tensor | None = None, zero_bias: bool = True) -> CheckReport:
+    """Check ``composite`` (default: the one ``explain`` would use) on ``model`` for ``inputs``.
+
+    ``inputs``: a str or list of str (with ``tokenizer``), ``input_ids`` ``[batch, seq]``, a float tensor
+    of input embeddings, or the keyword arguments of a model call (``{"inputs_embeds": …}``).
+    ``target``: as in :func:`lxt_fx.explain` (default: the argmax next token / class).
+    ``zero_bias``: also run the bookkeeping with biases and ε zeroed (in a copy of the graph).
+    """
+    start = time.perf_counter()
+    model = check_model(model)
+    tensors, static = _prepare(model, inputs, tokenizer, attention_mask)
+    relevance_input = next((n for n in RELEVANCE_INPUTS if n in tensors), None)
+    if relevance_input is None:
+        raise InputError(f"no relevance input among {sorted(tensors)}: pass input_ids (the model needs "
+                         f"get_input_embeddings()) or one of {RELEVANCE_INPUTS}")
+    composite = composite if composite is not None else for_model(model)
+    goal = as_target(target)
+    graph = rewritten_graph(model, composite, tensors, static, strict=False)
+
+    coverage = classify(graph.module, graph.plan)
+    segment = segment_labels(graph.module)
+    for row in coverage:
+        row.segment = segment.get(row.name, "")
+    opacity = prove(graph.module, graph.plan)
+
+    main = _bookkeeping(graph, tensors, relevance_input, goal, tokenizer, zero_bias=False)
+    zero = None
+    if zero_bias:
+        zero = _bookkeeping(graph, tensors, relevance_input, goal, tokenizer, zero_bias=True,
+                            target_ids=main.target_ids).conservation
+    return CheckReport(type(model).__name__, composite.name, _describe(goal, main.target_ids, tokenizer),
+                       main.conservation.score, coverage, opacity, main.conservation, zero, main.provenance,
+                       _graph_nodes(graph, coverage), time.perf_counter() - start, rewrite=graph.report)
+
+
+# ---- inputs and the explained score ---------------------------------------------------------------------
+
+
+def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tensor | None
+             ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    if isinstance(inputs, Mapping):
+        tensors, static = split_inputs(model, inputs)
+    elif isinstance(inputs, Tensor) and inputs.is_floating_point():
+        tensors, static = {"inputs_embeds": inputs}, {}
+        if attention_mask is not None:
+            tensors["attention_mask"] = attention_mask
+    else:
+        embedding = input_embeddings(model)
+        vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+        ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            embeds = embedding(ids.to(device))
+        tensors, static = {"inputs_embeds": embeds, "attention_mask": mask.to(device)}, {}
+    return {k: v.detach() for k, v in tensors.items()}, static
+
+
+def _logits(outputs: Mapping[str, Tensor]) -> Tensor:
+    if "logits" in outputs:
+        return outputs["logits"]
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    raise InputError(f"the model returns {list(outputs)}, none of them 'logits': check a function of its "
+                     "outputs with target=lxt_fx.targets.Function(fn)")
+
+
+def _score(outputs: Mapping[str, Tensor], goal: Target, tokenizer: Any, mask: Tensor | None,
+           target_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    if isinstance(goal, Function):
+        scores = goal.fn(dict(outputs))
+        return scores, torch.full((scores.shape[0],), -1, dtype=torch.long)
+    logits = _logits(outputs)
+    if logits.dim() == 3:
+        positions = last_positions(mask) if mask is not None else torch.full(
+            (logits.shape[0],), logits.shape[1] - 1, dtype=torch.long)
+        logits = logits[torch.arange(logits.shape[0], device=logits.device), positions.to(logits.device)]
+    if target_ids is None:
+        target_ids = goal.ids(logits.detach(), tokenizer)
+    return goal.score(logits, target_ids, tokenizer), target_ids
+
+
+def _describe(goal: Target, ids: Tensor, tokenizer: Any) -> str:
+    if isinstance(goal, Function):
+        return "a function of the outputs"
+    kind = type(goal).__name__.lower()
+    first = int(ids[0])
+    token = ""
+    if tokenizer is not None and first >= 0:
+        piece = tokenizer.convert_ids_to_tokens([first])[0]
+        token = f"{piece!r} " if piece is not None else ""
+    more = f" (+{len(ids) - 1} rows)" if len(ids) > 1 else ""
+    return f"{kind} {token}(id {first}){more}"
+
+
+# ---- one tapped forward and backward --------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    conservation: Conservation
+    provenance: Provenance
+    target_ids: Tensor
+
+
+def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_input: str, goal: Target,
+                 tokenizer: Any, zero_bias: bool, target_ids: Tensor | None = None) -> _Pass:
+    plan = graph.plan
+    gm = fresh_rewritten(graph)
+    path = relevance_path(gm, plan)
+    zeroed = zero_biases(gm, path) if zero_bias else []
+    cause = causes(gm, plan, path)
+    specs = edge_specs(gm, path) + value_specs(gm)
+    recorder = Recorder(specs, excused_neg_inf(gm, path))
+    insert_taps(gm, specs, recorder)
+    with torch.enable_grad():
+        leaf = tensors[relevance_input].detach().requires_grad_(True)
+        call = {**tensors, relevance_input: leaf}
+        outputs = gm({k: call[k] for k in sorted(call)})
+        scores, target_ids = _score(outputs, goal, tokenizer, tensors.get("attention_mask"), target_ids)
+        if scores.requires_grad:
+            torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
+    score = float(scores.detach().double().sum())
+    conservation = account(gm, path, recorder.totals(), specs, score, [f"tensors_{relevance_input}"], cause,
+                           zero_bias, zeroed)
+    return _Pass(conservation, locate(gm, recorder), target_ids.detach().cpu())
+
+
+# ---- graph views for the report -------------------------------------------------------------------------
+
+
+def _graph_nodes(graph: Rewritten, coverage: list[CoverageRow]) -> list[GraphNode]:
+    kinds = {r.name: r for r in coverage}
+    path = relevance_path(graph.module, graph.plan)
+    rows = []
+    for node in graph.module.graph.nodes:
+        row = kinds.get(node.name)
+        target = op_name(original_call(node)[0]) if node.op == "call_function" else str(node.target)
+        inputs = [a.name for a in node.all_input_nodes]
+        rows.append(GraphNode(node.name, node.op, target, module_path(node), row.rule if row else "",
+                              node.name in path, row.kind if row else node.op,
+                              block_index(node), tuple(dict.fromkeys(inputs))))
+    return rows

@@ -1,0 +1,24 @@
+"""``lxt-fx check MODEL`` on a local model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import make_model
+from helpers import word_tokenizer
+
+from lxt_fx.check.cli import check_main
+
+
+def test_check_cli_on_a_local_directory(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "tiny"
+    make_model("llama", "sdpa").save_pretrained(folder)
+    word_tokenizer(["the", "capital", "of", "france", "is", "paris"]).save_pretrained(folder)
+    html = tmp_path / "report.html"
+    code = check_main([str(folder), "--prompt", "the capital of france is", "--html", str(html), "--width", "150",
+                       "--no-zero-bias"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rules applied" in out and "checks" in out and "per block" in out and "blocks 0–1" in out
+    assert html.read_text().count("<table") >= 3
+    assert check_main([str(tmp_path / "missing")]) == 2
