@@ -40,24 +40,34 @@ def block_index(node: fx.Node) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def block_key(node: fx.Node) -> str | None:
+    """The module path of ``node``'s block (``model.layers.7``; ``decoder.block.0`` ≠ ``encoder.block.0``)."""
+    path = module_path(node)
+    match = BLOCK_PATH.search(path)
+    return path[: match.end(1)] if match else None
+
+
 def block_count(gm: fx.GraphModule) -> int:
     """How many distinct blocks the graph's nodes come from."""
-    return len({i for n in gm.graph.nodes if (i := block_index(n)) is not None})
+    return len({k for n in gm.graph.nodes if (k := block_key(n)) is not None})
 
 
 def segment_of_nodes(gm: fx.GraphModule, mode: str) -> dict[str, int]:
-    """Partition id per node name: 0 before the first block, then one id per segment of blocks (what
-    follows the last block — final norm, head — joins the last segment). Partitions are contiguous in node
-    order, so they are valid fx partitions."""
+    """Partition id per node name: 0 before the first block, then one id per segment of blocks (blocks
+    numbered in the order the graph reaches them, so an encoder's and a decoder's stacks follow each other;
+    what follows the last block — final norm, head — joins the last segment). Ids never decrease along the
+    node order, so the partitions are valid fx partitions."""
     blocks = block_count(gm)
     per_segment = 1 if mode == "layer" else max(1, math.ceil(math.sqrt(blocks)))
+    ordinal: dict[str, int] = {}
     current, parts = 0, {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        index = block_index(node)
-        if index is not None:
-            current = 1 + index // per_segment
+        key = block_key(node)
+        if key is not None:
+            ordinal.setdefault(key, len(ordinal))
+            current = max(current, 1 + ordinal[key] // per_segment)
         parts[node.name] = current
     return parts
 

@@ -1,0 +1,129 @@
+"""``lxt-fx evaluate``: perturbation faithfulness (MoRF / LeRF / ABPC) of attribution methods on a dataset.
+
+    lxt-fx evaluate --model smollm2 --data FILE --methods attnlrp,ixg,ig,random --out DIR
+    python -m lxt_fx.cli_evaluate --model smollm2 --data passages --limit 16 --steps 10 --out results/
+
+``--data``: a JSONL file of passages (``{"text": ...}``; the model explains its own next token after the
+first ``--length`` tokens) or of cloze prompts (``{"prompt": ..., "answer": " word"}``; the answer, which
+must be one token, is explained — prompts with several-token answers are skipped and counted), or the
+shipped sets by name: ``passages``, ``cloze``. Writes ``evaluate.json`` (settings, summary, mean curves,
+per-row ABPC and relevance), ``evaluate.md`` (the table) and ``curves.png`` (mean curves; needs
+matplotlib) to ``--out``, and prints the table. Exit status: 0 done, 2 bad input (unknown method, empty or
+malformed data file, model not available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .tracing.errors import LXTError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lxt-fx evaluate``."""
+    from .evaluate.baselines import method_names
+
+    p = argparse.ArgumentParser(prog="lxt-fx evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="built-in name (smollm2) or a local model directory")
+    p.add_argument("--data", required=True, help="JSONL file, or 'passages' / 'cloze' for the shipped sets")
+    p.add_argument("--methods", default="attnlrp,ixg,ig,random",
+                   help=f"comma-separated, from: {', '.join(method_names())}")
+    p.add_argument("--out", default="evaluate-results", help="output directory")
+    p.add_argument("--steps", type=int, default=20, help="perturbation steps (equal fractions), default 20")
+    p.add_argument("--length", type=int, default=32, help="tokens per passage (passages data), default 32")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many rows")
+    p.add_argument("--perturbation", default="zero",
+                   help="'zero' (zero the input embedding, default), 'pad', 'unk', 'mask', or a token id")
+    p.add_argument("--score", default="logit", choices=["logit", "prob", "logprob"], help="explained score")
+    p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--chunk-size", type=int, default=8, help="rows attributed together")
+    p.add_argument("--keep-first", action="store_true", help="never flip the first token (attention sink)")
+    p.add_argument("--keep-last", action="store_true", help="never flip the token at the explained position")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    try:
+        return _run(args, console)
+    except (LXTError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, console: object) -> int:
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .evaluate import data as data_mod
+    from .evaluate.baselines import parse_methods
+    from .evaluate.report import console_table, markdown_table, plot_curves
+    from .evaluate.runner import run, work_units
+    from .models import load
+
+    methods = parse_methods(args.methods)               # unknown names fail before the model loads
+    perturbation: str | int = int(args.perturbation) if args.perturbation.lstrip("-").isdigit() else args.perturbation
+    items = data_mod.load(args.data)                    # empty / malformed files fail here too
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console.print(f"loading {args.model} …")
+    model, tokenizer = load(args.model)
+    kind = "cloze" if isinstance(items[0], data_mod.ClozeItem) else "passages"
+    if kind == "cloze":
+        examples, skipped = data_mod.encode_cloze(items, tokenizer, args.limit)
+        note = f"{len(skipped)} prompt(s) skipped: answer is not exactly one token"
+    else:
+        examples, skipped = data_mod.encode_passages(items, tokenizer, args.length, args.limit)
+        note = f"{len(skipped)} passage(s) skipped: shorter than {args.length} tokens"
+    console.print(f"{kind}: {len(examples)} rows; {note}")
+    if not examples:
+        raise data_mod.EmptyDataError(f"no usable rows in {args.data} ({note})")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total = work_units(examples, methods, args.steps, 2, args.ig_steps)
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(f"{kind} × {len(methods)} methods", total=total)
+        result = run(model, examples, methods, steps=args.steps, perturbation=perturbation, tokenizer=tokenizer,
+                     score=args.score, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                     ig_steps=args.ig_steps, seed=args.seed, pad_id=pad_id, skipped=len(skipped),
+                     keep_first=args.keep_first, keep_last=args.keep_last,
+                     progress=lambda n: bar.advance(task, n))
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"model": args.model, "data": str(args.data), "kind": kind, "seconds": seconds,
+               "skipped_note": note, **result.to_dict()}
+    payload["settings"]["length"] = args.length if kind == "passages" else None
+    (out / "evaluate.json").write_text(json.dumps(payload, indent=1))
+    table = markdown_table(result)
+    header = (f"# lxt-fx evaluate: {args.model} on {args.data}\n\nN = {result.n} {kind} rows ({note}); "
+              f"{args.steps} steps, perturbation {perturbation!r}, score {args.score}; mean ± standard error "
+              f"over rows; ABPC = AUC(LeRF) − AUC(MoRF), higher is better. {seconds:.0f} s.\n\n")
+    (out / "evaluate.md").write_text(header + table + "\n")
+    png = plot_curves({kind: result}, out / "curves.png")
+    console.print(console_table(result, f"{args.model} · {kind} · N={result.n} · steps={args.steps}"))
+    console.print(f"wrote {out / 'evaluate.json'}, {out / 'evaluate.md'}" + (f", {png}" if png else ""))
+    return 0
+
+
+def main() -> None:
+    """``python -m lxt_fx.cli_evaluate``."""
+    sys.exit(evaluate_main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
