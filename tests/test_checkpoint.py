@@ -76,3 +76,28 @@ def test_no_block_structure_falls_back_with_a_warning() -> None:
     assert torch.equal(got.relevance, base.relevance)
     with pytest.raises(ValueError, match="checkpoint='every'"):
         lxt_fx.explain(model, ids, checkpoint="every")
+
+
+def test_encoder_decoder_and_moe_checkpointing_is_exact() -> None:
+    """T5's encoder and decoder stacks (``encoder.block.i`` / ``decoder.block.i``) and Mixtral's MoE blocks."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=4, num_decoder_layers=3, num_heads=4,
+        decoder_start_token_id=0)).eval()
+    ids, dec = torch.randint(2, VOCAB, (2, 6)), torch.randint(2, VOCAB, (2, 3))
+    base = lxt_fx.explain(t5, ids, decoder_inputs=dec)
+    for mode in ("layer", "sqrt"):
+        got = lxt_fx.explain(t5, ids, decoder_inputs=dec, checkpoint=mode)
+        torch.testing.assert_close(got.relevance, base.relevance, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.decoder_relevance, base.decoder_relevance, atol=1e-6, rtol=0)
+
+    mixtral = tf.MixtralForCausalLM(tf.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, head_dim=8)).eval()
+    ids = torch.randint(2, VOCAB, (2, 6))
+    base = lxt_fx.explain(mixtral, ids)
+    for mode in ("layer", "sqrt"):
+        torch.testing.assert_close(lxt_fx.explain(mixtral, ids, checkpoint=mode).relevance, base.relevance,
+                                   atol=1e-6, rtol=0)
