@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .tracing.meta import module_path
 
 MODES = (None, "layer", "sqrt")
+TAIL = 1 << 20  # partition id of the nodes after the last block
 BLOCK_PATH = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 
@@ -54,20 +55,22 @@ def block_count(gm: fx.GraphModule) -> int:
 
 def segment_of_nodes(gm: fx.GraphModule, mode: str) -> dict[str, int]:
     """Partition id per node name: 0 before the first block, then one id per segment of blocks (blocks
-    numbered in the order the graph reaches them, so an encoder's and a decoder's stacks follow each other;
-    what follows the last block — final norm, head — joins the last segment). Ids never decrease along the
-    node order, so the partitions are valid fx partitions."""
+    numbered in the order the graph reaches them, so an encoder's and a decoder's stacks follow each other),
+    then :data:`TAIL` for what follows the last block (final norm, head: not checkpointed, so the large
+    logits projection is not recomputed). Ids never decrease along the node order: valid fx partitions."""
     blocks = block_count(gm)
     per_segment = 1 if mode == "layer" else max(1, math.ceil(math.sqrt(blocks)))
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    last_block = max(i for i, n in enumerate(nodes) if block_key(n) is not None)
     ordinal: dict[str, int] = {}
     current, parts = 0, {}
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
-            continue
+    for i, node in enumerate(nodes):
         key = block_key(node)
         if key is not None:
             ordinal.setdefault(key, len(ordinal))
             current = max(current, 1 + ordinal[key] // per_segment)
+        elif i > last_block:
+            current = TAIL
         parts[node.name] = current
     return parts
 
@@ -110,12 +113,12 @@ class SegmentedGraph:
         self.mode = mode
         self.output_keys = output_keys
         self.parts = segment_of_nodes(gm, mode)
-        self.segments = max(self.parts.values())
+        self.segments = len({p for p in self.parts.values() if 0 < p < TAIL})
         self.boundary: list[Tensor] = []  # tensors held by checkpoint frames in the last call
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         self.module = split_module(gm, root, lambda n: self.parts[n.name], keep_original_order=True)
         for name, sub in list(self.module.named_children()):
-            if name.startswith("submod_") and int(name.removeprefix("submod_")) > 0:
+            if name.startswith("submod_") and 0 < int(name.removeprefix("submod_")) < TAIL:
                 setattr(self.module, name, _Checkpointed(sub, self.boundary))
 
     def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
