@@ -38,3 +38,9 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# Headless Chromium screenshot of a real SmolLM2 heatmap (Debian package chromium; needs root for apt-get).
+.PHONY: browser-test
+browser-test: venv
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+	$(PY) -m pytest -q -rs tests/render/test_render_smollm2.py -k chromium

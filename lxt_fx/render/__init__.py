@@ -1,12 +1,18 @@
-"""Renderers of an :class:`~lxt_fx.attribution.Attribution`: terminal (rich), HTML, PNG (matplotlib).
+"""Renderers of an :class:`~lxt_fx.attribution.Attribution`: terminal (rich), HTML, LaTeX/PDF, PNG
+(matplotlib), an image overlay for pixel relevance, and the tokens × layers relevance trace.
 
-Every renderer colours a token by its relevance divided by the row's max|R|, on one diverging palette
-(blue against the target, white zero, red for it).
+Every renderer colours a token by its relevance divided by the row's max|R| (clipped to [-1, 1]), on one
+diverging palette (blue against the target, white zero, red for it); ``skip_first=True`` leaves the first
+(sink) token out of that scale. Pass ``tokenizer=`` to show tokens as the text they decode to.
 """
 
-from .common import normalized, rgb, token_text
+from .common import RenderError, display_tokens, normalized, rgb, rows, token_text
 from .html import to_html
-from .png import save_png
+from .latex import LatexError, LatexNotFoundError, latex_escape, save_pdf, to_latex
+from .png import save_image_overlay, save_png
 from .terminal import show
+from .trace import Trace, block_paths, relevance_trace, trace, trace_capture
 
-__all__ = ["normalized", "rgb", "save_png", "show", "to_html", "token_text"]
+__all__ = ["LatexError", "LatexNotFoundError", "RenderError", "Trace", "block_paths", "display_tokens",
+           "latex_escape", "normalized", "relevance_trace", "rgb", "rows", "save_image_overlay", "save_pdf",
+           "save_png", "show", "to_html", "to_latex", "token_text", "trace", "trace_capture"]

@@ -1,55 +1,135 @@
-"""Self-contained HTML heatmap: inline CSS, one ``<span>`` per token with its colour and relevance."""
+"""Self-contained HTML heatmap: inline CSS, no scripts, no external assets (works offline); one ``<span>``
+per token with its colour, its relevance on hover (``title``); one block per row of a batch. Pixel
+relevance becomes a grid of coloured cells. Every style is scoped under ``.lxt`` so a fragment can be shown
+inside a notebook without touching the page around it."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from html import escape
+from typing import Any
+
+import torch
 
 from ..attribution import Attribution
-from .common import hex_colour, normalized, report_summary, rgb, target_label, text_rgb
+from .common import Row, hex_colour, is_image, report_summary, rgb, rows, scale_note, text_rgb
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-.row { margin: 1.2em 0; }
-.head { font-size: 0.95em; margin-bottom: 0.4em; }
-.text { font-family: ui-monospace, monospace; font-size: 1.05em; line-height: 1.9; }
-.tok { white-space: pre; padding: 0.15em 0.05em; border-radius: 3px; }
-.legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em; margin-top: 0.6em; }
-.bar { width: 16em; height: 0.9em; border: 1px solid #ccc;
-       background: linear-gradient(to right, %(neg)s, #ffffff, %(pos)s); }
-.report { font-size: 0.8em; color: #555; margin-top: 1.5em; }
+CSS = """
+.lxt { font-family: system-ui, sans-serif; color: #222; max-width: 60em; }
+.lxt h1 { font-size: 1.25em; }
+.lxt .row { margin: 1.2em 0; }
+.lxt .head { font-size: 0.95em; margin-bottom: 0.4em; }
+.lxt .seg { font-weight: bold; font-size: 0.85em; margin-right: 0.4em; }
+.lxt .text { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 1.05em;
+             line-height: 2.0; }
+.lxt .tok { white-space: pre; padding: 0.15em 0.05em; border-radius: 3px; }
+.lxt .tok:hover { outline: 1px solid #333; }
+.lxt .mark { text-decoration: underline; }
+.lxt .legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em; margin-top: 0.6em; }
+.lxt .bar { display: inline-block; width: 16em; height: 0.9em; border: 1px solid #ccc;
+            background: linear-gradient(to right, %(neg)s, #ffffff, %(pos)s); }
+.lxt .grid { display: grid; gap: 0; width: max-content; border: 1px solid #ccc; }
+.lxt .grid div { width: 6px; height: 6px; }
+.lxt .report { font-size: 0.8em; color: #555; margin-top: 1.5em; }
+.lxt table.trace { border-collapse: collapse; font-size: 0.8em; }
+.lxt table.trace td, .lxt table.trace th { padding: 0.1em 0.35em; text-align: center; white-space: pre; }
+.lxt table.trace th { font-weight: normal; font-family: ui-monospace, monospace; }
 """
 
 
-def _span(token: str, relevance: float, value: float) -> str:
-    style = f"background:{hex_colour(rgb(value))};color:{hex_colour(text_rgb(value))}"
-    return f'<span class="tok" style="{style}" title="{relevance:.6g}">{escape(token)}</span>'
+def css() -> str:
+    """The stylesheet of every HTML renderer (scoped under ``.lxt``)."""
+    return CSS % {"neg": hex_colour(rgb(-1.0)), "pos": hex_colour(rgb(1.0))}
 
 
-def to_html(attribution: Attribution, path: str | os.PathLike[str] | None = None, *,
-            title: str = "lxt-fx relevance", score_label: str = "logit") -> str:
+def cell_style(value: float) -> str:
+    """Inline style: background for a value in [-1, 1] and a readable text colour on it."""
+    return f"background:{hex_colour(rgb(value))};color:{hex_colour(text_rgb(value))}"
+
+
+def _legend(scale: float, note: str) -> str:
+    return (f'<div class="legend"><span>{-scale:+.3g}</span><span class="bar"></span><span>{scale:+.3g}</span>'
+            f"<span>blue: against the target · red: for it · {escape(note)} · hover a token for its "
+            "relevance</span></div>")
+
+
+def _row_html(view: Row, score_label: str) -> str:
+    parts = []
+    index = 0
+    for name, tokens in view.segments:
+        if name:
+            parts.append(f'<span class="seg">{escape(name)}:</span>')
+        for token in tokens:
+            marked = view.mark_from is not None and index >= view.mark_from
+            cls = "tok mark" if marked else "tok"
+            parts.append(f'<span class="{cls}" style="{cell_style(token.value)}" '
+                         f'title="{token.relevance:.6g}">{escape(token.shown)}</span>')
+            if "\n" in token.text:
+                parts.append("<br>")
+            index += 1
+        if name:
+            parts.append("<br>")
+    return (f'<div class="row"><div class="head">explained: <b>{escape(view.label)}</b> &nbsp; '
+            f"{escape(score_label)} {view.score:.4f} &nbsp; Σ relevance {view.total:.4f}</div>"
+            f'<div class="text">{"".join(parts)}</div>{_legend(view.scale, scale_note(view))}</div>')
+
+
+def _image_html(attribution: Attribution, row: int, score_label: str, cells: int = 64) -> str:
+    rel = attribution.relevance[row].detach().float()
+    h, w = rel.shape
+    gh, gw = min(h, cells), min(w, cells)
+    small = torch.nn.functional.adaptive_avg_pool2d(rel[None, None], (gh, gw))[0, 0]
+    scale = float(rel.abs().max())
+    norm = (small / (scale or 1.0)).clamp(-1, 1).tolist()
+    values = small.tolist()
+    grid = "".join(f'<div style="background:{hex_colour(rgb(v))}" title="{r:.4g}"></div>'
+                   for vs, rs in zip(norm, values, strict=True) for v, r in zip(vs, rs, strict=True))
+    tid = int(attribution.target_ids[row])
+    label = f"class {tid}" if tid >= 0 else "a function of the outputs"
+    return (f'<div class="row"><div class="head">explained: <b>{escape(label)}</b> &nbsp; {escape(score_label)} '
+            f"{float(attribution.target_scores[row]):.4f} &nbsp; Σ relevance {float(rel.sum()):.4f} &nbsp; "
+            f"({h}×{w} pixels, shown as {gh}×{gw} cells)</div>"
+            f'<div class="grid" style="grid-template-columns: repeat({gw}, 6px)">{grid}</div>'
+            f"{_legend(scale, 'colours scaled by max|R|')}</div>")
+
+
+def to_html(attribution: Attribution, path: str | os.PathLike[str] | None = None, *, tokenizer: Any = None,
+            skip_first: bool = False, title: str = "lxt-fx relevance", score_label: str = "logit",
+            labels: Sequence[str] | None = None, mark_from: Sequence[int | None] | int | None = None,
+            fragment: bool = False) -> str:
     """The heatmap of every row as one self-contained HTML page; written to ``path`` too when given.
 
-    Each token is a ``<span>`` whose background is its relevance normalized by the row's max|R| (blue
-    negative, white zero, red positive) and whose ``title`` is its relevance.
+    Each token is a ``<span class="tok">`` whose background is its relevance normalized to [-1, 1] (blue
+    negative, white zero, red positive) and whose ``title`` (shown on hover) is its relevance. ``tokenizer``
+    shows tokens as the text they decode to; ``skip_first`` leaves the first token out of the colour scale;
+    ``fragment=True`` gives a ``<style>`` plus ``<div>`` to embed (e.g. in a notebook) instead of a page.
     """
-    css = _CSS % {"neg": hex_colour(rgb(-1.0)), "pos": hex_colour(rgb(1.0))}
-    rows = []
-    for row in range(len(attribution)):
-        pairs, scale = normalized(attribution, row)
-        score = float(attribution.target_scores[row])
-        spans = "".join(_span(t, r, v) for t, r, v in pairs)
-        rows.append(
-            f'<div class="row"><div class="head">explained: <b>{escape(target_label(attribution, row))}</b> '
-            f"&nbsp; {escape(score_label)} {score:.4f} &nbsp; Σ relevance {sum(r for _, r, _ in pairs):.4f}"
-            f'</div><div class="text">{spans}</div>'
-            f'<div class="legend"><span>{-scale:+.3g}</span><span class="bar"></span><span>{scale:+.3g}</span>'
-            "<span>blue: against the target · red: for it · hover a token for its relevance</span></div></div>")
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{css}</style></head><body><h1>{escape(title)}</h1>{''.join(rows)}"
-            f'<div class="report">{escape(report_summary(attribution))}</div></body></html>\n')
+    if is_image(attribution):
+        blocks = [_image_html(attribution, r, score_label) for r in range(len(attribution))]
+    else:
+        views = rows(attribution, tokenizer=tokenizer, skip_first=skip_first, labels=labels, mark_from=mark_from)
+        blocks = [_row_html(view, score_label) for view in views]
+    body = (f'<div class="lxt"><h1>{escape(title)}</h1>{"".join(blocks)}'
+            f'<div class="report">{escape(report_summary(attribution))}</div></div>')
+    page = _page(body, title) if not fragment else f"<style>{css()}</style>{body}"
     if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(page)
+        write_text(path, page)
     return page
+
+
+def _page(body: str, title: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f'<style>body {{ margin: 2em; background: #fff; }}{css()}</style></head><body>{body}</body></html>\n')
+
+
+def page(body: str, title: str) -> str:
+    """A full self-contained HTML page around ``body`` (which uses the ``.lxt`` styles)."""
+    return _page(f'<div class="lxt">{body}</div>', title)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -1,19 +1,21 @@
-"""PNG heatmap with matplotlib (Agg canvas, no pyplot state): tokens as a coloured horizontal strip."""
+"""PNG heatmaps with matplotlib (the ``viz`` extra; an Agg canvas, no pyplot state): tokens as coloured
+boxes with wrapping lines, one block per row; pixel relevance as an image; an overlay of pixel relevance
+on the input image."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
 
 from ..attribution import Attribution
-from .common import normalized, rgb, target_label, text_rgb
+from .common import RenderError, is_image, rgb, rows, text_rgb
 
 
-def save_png(attribution: Attribution, path: str | os.PathLike[str], *, line_chars: int = 90,
-             score_label: str = "logit", dpi: int = 150) -> None:
-    """Write the heatmap of every row to ``path`` as PNG; long rows wrap after ``line_chars`` characters.
-
-    Raises ``ImportError`` naming the package when matplotlib is not installed.
-    """
+def matplotlib_parts() -> dict[str, Any]:
+    """The matplotlib pieces the renderers use; ``ImportError`` naming the package when it is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.cm import ScalarMappable
@@ -21,43 +23,79 @@ def save_png(attribution: Attribution, path: str | os.PathLike[str], *, line_cha
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("save_png needs matplotlib: pip install matplotlib (or the [viz] extra)") from exc
+        raise ImportError("PNG output needs matplotlib: pip install matplotlib (or the lxt-fx[viz] extra)") from exc
+    cmap = LinearSegmentedColormap.from_list("lxt", [tuple(c / 255 for c in rgb(v)) for v in (-1.0, 0.0, 1.0)])
+    return {"Canvas": FigureCanvasAgg, "ScalarMappable": ScalarMappable, "Normalize": Normalize,
+            "Figure": Figure, "Rectangle": Rectangle, "cmap": cmap}
 
-    # Lay out every row: (line, x start, width in characters, text, normalized value).
-    blocks: list[tuple[str, float, list[list[tuple[float, float, str, float]]]]] = []
-    for row in range(len(attribution)):
-        pairs, scale = normalized(attribution, row)
+
+def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+
+
+def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenizer: Any = None,
+             skip_first: bool = False, labels: Sequence[str] | None = None, line_chars: int = 90,
+             score_label: str = "logit", dpi: int = 150) -> None:
+    """Write the heatmap of every row to ``path`` as PNG; long rows wrap after ``line_chars`` characters.
+
+    Pixel relevance ``[batch, H, W]`` is drawn as one image per row (see also :func:`save_image_overlay`).
+    Raises ``ImportError`` naming the package when matplotlib is not installed.
+    """
+    parts = matplotlib_parts()
+    if is_image(attribution):
+        _save_pixels(attribution, path, parts, dpi, score_label)
+        return
+    Rectangle = parts["Rectangle"]
+
+    # Lay out every row: (head, [lines of (x start, width in characters, text, normalized value)]).
+    blocks: list[tuple[str, list[list[tuple[float, float, str, float]]]]] = []
+    for view in rows(attribution, tokenizer=tokenizer, skip_first=skip_first, labels=labels):
         lines: list[list[tuple[float, float, str, float]]] = [[]]
         x = 0.0
-        for token, _, value in pairs:
-            shown = token.replace("\n", "⏎") or " "
-            width = max(len(shown), 1) + 0.4
-            if x + width > line_chars and lines[-1]:
-                lines.append([])
+        for name, tokens in view.segments:
+            if name:
+                if lines[-1]:
+                    lines.append([])
                 x = 0.0
-            lines[-1].append((x, width, shown, value))
-            x += width
-        head = (f"explained {target_label(attribution, row)}, {score_label} "
-                f"{float(attribution.target_scores[row]):.3f}, max|R| {scale:.3g}")
-        blocks.append((head, scale, lines))
+                lines[-1].append((x, len(name) + 2.0, name + ":", float("nan")))
+                x += len(name) + 2.0
+            for token in tokens:
+                shown = token.shown
+                width = max(len(shown), 1) + 0.4
+                if x + width > line_chars and lines[-1]:
+                    lines.append([])
+                    x = 0.0
+                lines[-1].append((x, width, shown, token.value))
+                x += width
+                if "\n" in token.text:
+                    lines.append([])
+                    x = 0.0
+        note = ", first token left out of the scale" if view.skip_first else ""
+        head = f"explained {view.label}, {score_label} {view.score:.3f}, max|R| {view.scale:.3g}{note}"
+        blocks.append((head, [line for line in lines if line]))
 
-    n_lines = sum(len(lines) + 1.6 for _, _, lines in blocks)
-    widest = max((x + w for _, _, lines in blocks for line in lines for x, w, _, _ in line), default=1.0)
+    n_lines = sum(len(lines) + 1.6 for _, lines in blocks)
+    widest = max((x + w for _, lines in blocks for line in lines for x, w, _, _ in line), default=1.0)
+    widest = max(widest, max(len(head) * 0.85 for head, _ in blocks))
     char_in = 0.11
     strip_in, bar_in = 0.42 * n_lines, 0.8  # heights in inches: token strip, colour bar below it
     height = strip_in + bar_in + 0.1
-    fig = Figure(figsize=(max(4.0, widest * char_in + 0.6), height), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = parts["Figure"](figsize=(max(4.0, widest * char_in + 0.6), height), dpi=dpi)
+    parts["Canvas"](fig)
     ax = fig.add_axes((0.01, bar_in / height, 0.98, strip_in / height))
     ax.set_xlim(-0.2, widest + 0.2)
     ax.set_ylim(n_lines, 0)
     ax.axis("off")
     y = 0.0
-    for head, _, lines in blocks:
+    for head, lines in blocks:
         ax.text(0, y + 0.5, head, fontsize=9, va="center", ha="left", color="#333333")
         y += 1.2
         for line in lines:
             for x, w, shown, value in line:
+                if value != value:  # a segment name (nan value): plain bold text
+                    ax.text(x, y + 0.5, shown, fontsize=9, va="center", ha="left", weight="bold")
+                    continue
                 bg = tuple(c / 255 for c in rgb(value))
                 fg = tuple(c / 255 for c in text_rgb(value))
                 ax.add_patch(Rectangle((x, y + 0.08), w - 0.08, 0.84, facecolor=bg, edgecolor="#dddddd", lw=0.5))
@@ -66,9 +104,97 @@ def save_png(attribution: Attribution, path: str | os.PathLike[str], *, line_cha
             y += 1.0
         y += 0.4
 
-    cmap = LinearSegmentedColormap.from_list("lxt", [tuple(c / 255 for c in rgb(v)) for v in (-1.0, 0.0, 1.0)])
     cax = fig.add_axes((0.3, 0.45 / height, 0.4, 0.14 / height))
-    bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, orientation="horizontal")
+    bar = fig.colorbar(parts["ScalarMappable"](parts["Normalize"](-1, 1), parts["cmap"]), cax=cax,
+                       orientation="horizontal")
     bar.set_ticks([-1, 0, 1], labels=["−max|R| (against)", "0", "+max|R| (for)"], fontsize=7)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi)
+
+
+def _save_pixels(attribution: Attribution, path: str | os.PathLike[str], parts: dict[str, Any], dpi: int,
+                 score_label: str) -> None:
+    n = len(attribution)
+    fig = parts["Figure"](figsize=(3.2 * n, 3.6), dpi=dpi)
+    parts["Canvas"](fig)
+    for r in range(n):
+        ax = fig.add_subplot(1, n, r + 1)
+        rel = attribution.relevance[r].detach().float()
+        scale = float(rel.abs().max()) or 1.0
+        ax.imshow((rel / scale).numpy(), cmap=parts["cmap"], vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"class {int(attribution.target_ids[r])}, {score_label} "
+                     f"{float(attribution.target_scores[r]):.3f}", fontsize=8)
+        ax.axis("off")
+    _save(fig, path, dpi)
+
+
+def image_array(image: Any) -> Any:
+    """``image`` as a float numpy array ``[H, W, 3]`` in [0, 1]: a PIL image, a numpy array or tensor
+    ``[H, W, C]`` / ``[C, H, W]`` (uint8 0–255, or floats of any range, which are min–max scaled)."""
+    import numpy as np
+
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().float().numpy()
+    array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise RenderError(f"image of shape {array.shape}: give [H, W, 3], [3, H, W], [H, W] or a PIL image")
+    array = array[..., :3]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    array = array.astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def save_image_overlay(attribution: Attribution, path: str | os.PathLike[str], image: Any, *, row: int = 0,
+                       alpha: float = 0.6, dpi: int = 150, score_label: str = "logit") -> None:
+    """Write three panels to ``path``: the input ``image``, its pixel relevance (normalized to [-1, 1] by
+    max|R|) and the relevance laid over a grey copy of the image, opacity growing with |R|.
+
+    ``image``: what the model saw or the original picture (any size: the relevance is resized to it
+    bilinearly), as a PIL image, a numpy array or a tensor (see :func:`image_array`).
+    """
+    if not is_image(attribution):
+        raise RenderError("save_image_overlay needs pixel relevance [batch, H, W] from an image model; this "
+                          "attribution is token relevance: use save_png / to_html")
+    if not 0 <= row < len(attribution):
+        raise RenderError(f"row {row} does not exist: the attribution has {len(attribution)} row(s)")
+    import numpy as np
+
+    parts = matplotlib_parts()
+    picture = image_array(image)
+    h, w = picture.shape[:2]
+    rel = attribution.relevance[row].detach().float()
+    if tuple(rel.shape) != (h, w):
+        rel = torch.nn.functional.interpolate(rel[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    scale = float(rel.abs().max()) or 1.0
+    norm = (rel / scale).clamp(-1, 1).numpy()
+    colours = parts["cmap"]((norm + 1) / 2)[..., :3]
+    grey = np.repeat(picture.mean(-1, keepdims=True), 3, axis=-1)
+    weight = alpha * np.abs(norm)[..., None]
+    blended = (1 - weight) * grey + weight * colours
+
+    fig = parts["Figure"](figsize=(9.6, 3.7), dpi=dpi)
+    parts["Canvas"](fig)
+    titles = ["image", f"relevance (max|R| {scale:.3g})", "overlay"]
+    for k, (panel, title) in enumerate(zip([picture, norm, blended], titles, strict=True)):
+        ax = fig.add_subplot(1, 3, k + 1)
+        if k == 1:
+            ax.imshow(panel, cmap=parts["cmap"], vmin=-1, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    tid = int(attribution.target_ids[row])
+    fig.suptitle(f"explained {'class ' + str(tid) if tid >= 0 else 'a function of the outputs'}, "
+                 f"{score_label} {float(attribution.target_scores[row]):.3f}", fontsize=9)
+    _save(fig, path, dpi)

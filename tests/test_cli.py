@@ -1,0 +1,161 @@
+"""``lxt-fx`` (lxt_fx.cli) through ``subprocess`` on a tiny local model directory, and its error paths:
+unknown model name, missing files, a target that is not one token — each one line with a hint and a
+non-zero exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import make_model
+from helpers import word_tokenizer
+
+from lxt_fx.cli import main
+
+WORDS = ["the", "capital", "of", "france", "is", "paris", "a", "b", "c"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "NO_COLOR": "1", "COLUMNS": "120"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A local causal-LM directory: a 2-block random Llama and a word-level tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny")
+    make_model("llama", "sdpa").save_pretrained(folder)
+    word_tokenizer(WORDS).save_pretrained(folder)
+    return folder
+
+
+def lxt_fx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lxt_fx.cli", *args], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=240, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The run failed with exit status 2 and ONE error line (the last on stderr; progress lines such as
+    'loaded … in 1.2 s' may come before it)."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and lines[-1] == errors[0], done.stderr
+    line = errors[0]
+    assert line.startswith("lxt-fx: error: ") and "(hint: " in line, line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+# ---- through subprocess ------------------------------------------------------------------------------------
+
+
+def test_explain_writes_every_output(tiny: Path, tmp_path: Path) -> None:
+    done = lxt_fx("explain", "--model", str(tiny), "--prompt", "the capital of france is", "--prompt", "a b c",
+                  "--target", "paris", "--html", "out/h.html", "--json", "out/h.json", "--png", "out/h.png",
+                  "--trace", "out/trace.html", "--latex", "out/h.tex", "--skip-first", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "the capital of france is" in done.stdout and "a b c" in done.stdout
+    assert done.stdout.count("explained: 'paris'") == 2 and "0 unhandled" in done.stdout
+    out = tmp_path / "out"
+    data = json.loads((out / "h.json").read_text())
+    assert [row["text"] for row in data["rows"]] == [["the", " capital", " of", " france", " is"], ["a", " b", " c"]]
+    assert data["rows"][0]["target_text"] == "paris" and len(data["rows"][0]["relevance"]) == 5
+
+    class Tokens(HTMLParser):
+        count = 0
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.count += tag == "span" and dict(attrs).get("class") == "tok"
+
+    parser = Tokens()
+    parser.feed((out / "h.html").read_text())
+    assert parser.count == 8
+    assert "<table" in (out / "trace.html").read_text() and r"\lxttok" in (out / "h.tex").read_text()
+    if (out / "h.png").exists():  # matplotlib (the viz extra) present
+        assert (out / "h.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "matplotlib" in done.stderr
+
+
+def test_generate_explains_the_span_and_each_token(tiny: Path, tmp_path: Path) -> None:
+    done = lxt_fx("generate", "--model", str(tiny), "--prompt", "the capital of", "--max-new-tokens", "3",
+                  "--per-token", "--json", str(tmp_path / "g.json"), "--html", str(tmp_path / "g.html"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert len(data["generated_ids"]) == 3 and "generated token 3 of 3" in done.stdout
+    span = data["span"]["rows"][0]
+    per = data["per_token"]["rows"]
+    assert span["target_score"] == pytest.approx(sum(r["target_score"] for r in per), rel=1e-5)
+    assert [r["target_id"] for r in per] == data["generated_ids"]
+    assert (tmp_path / "g.html").read_text().count('class="row"') == 4  # the span and three tokens
+
+
+def test_unknown_model_name() -> None:
+    one_line_error(lxt_fx("explain", "--model", "gpt-17", "--prompt", "hi"), "unknown model 'gpt-17'",
+                   "smollm2")
+
+
+def test_missing_prompt_file(tmp_path: Path) -> None:
+    one_line_error(lxt_fx("explain", "--prompt-file", str(tmp_path / "nope.txt")), "no such file", "nope.txt")
+
+
+def test_target_that_is_not_one_token(tiny: Path) -> None:
+    line = one_line_error(lxt_fx("explain", "--model", str(tiny), "--prompt", "the capital of",
+                                 "--target", "france is"), "'france is' is 2 tokens", "--target")
+    assert "not one" in line
+
+
+# ---- in process (same code path, cheaper) ------------------------------------------------------------------
+
+
+def test_missing_model_directory_and_file(tmp_path: Path, capsys) -> None:
+    assert main(["explain", "--model", str(tmp_path / "no" / "such"), "--prompt", "x"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "weights.bin").write_bytes(b"")
+    assert main(["explain", "--model", str(tmp_path / "weights.bin"), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a model directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_and_usage_errors(capsys) -> None:
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for command in ("explain", "generate", "check", "evaluate"):
+        assert command in top
+    assert main(["explain", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--prompt", "--target", "--html", "--pdf", "--png", "--json", "--trace",
+                   "--skip-first", "examples:"):
+        assert option in text
+    assert main(["generate", "--help"]) == 0
+    assert "--max-new-tokens" in capsys.readouterr().out
+    assert main(["check", "--help"]) == 0 and "lxt-fx check" in capsys.readouterr().out
+    assert main(["evaluate", "--help"]) == 0 and "lxt-fx evaluate" in capsys.readouterr().out
+    assert main(["explain", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bogus" in err[0] and "hint" in err[0]
+    assert main(["generate", "--prompt", "x", "--max-new-tokens", "0"]) == 2
+    assert main(["explain", "--prompt", "  "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_pdf_without_latex_names_the_program(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no xelatex, no pdflatex
+    code = main(["explain", "--model", str(tiny), "--prompt", "the capital", "--pdf", str(tmp_path / "h.pdf"),
+                 "--json", str(tmp_path / "h.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and "xelatex or pdflatex" in err and "hint" in err
+    assert (tmp_path / "h.json").exists()  # the other outputs are still written
+
+
+def test_console_entry_point_is_declared() -> None:
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="console_scripts") if ep.name == "lxt-fx"]
+    if not found:
+        pytest.skip("lxt-fx is not installed as a distribution (pip install -e .)")
+    assert found[0].value == "lxt_fx.cli:main"
