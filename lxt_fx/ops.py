@@ -39,9 +39,10 @@ _TORCH_TO_ATEN: dict[Any, tuple[OpOverloadPacket, ...]] = {
 SOFTMAX = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
 ACTIVATIONS = frozenset({aten.silu, aten.gelu, aten.relu, aten.leaky_relu, aten.tanh, aten.sigmoid,
                          aten.softplus, aten.elu, aten.mish, aten.hardswish, aten.hardtanh, aten.hardsigmoid,
-                         aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf})
+                         aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf, aten.expm1})
 NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.std})
-PRODUCTS = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm, aten.baddbmm, aten.einsum})
+PRODUCTS = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm, aten.baddbmm, aten.einsum, aten.mul_,
+                      aten.multiply})
 
 # Linear in every relevance-carrying input (when products/divisions have at most one such input).
 LINEAR = frozenset({
@@ -57,13 +58,16 @@ LINEAR = frozenset({
     aten.new_zeros, aten.zeros_like, aten.ones_like, aten.full_like, aten.matmul, aten.mm, aten.bmm,
     aten.mul, aten.div, aten.baddbmm, aten.einsum, aten.index_put, aten.dropout_, aten.feature_dropout,
     aten.alpha_dropout, aten.unfold, aten.im2col, aten.col2im, aten.pixel_shuffle, aten.squeeze_copy,
+    # in-place sums; batch norm in eval mode is an affine map with constant running statistics
+    aten.add_, aten.sub_, aten.batch_norm, aten._native_batch_norm_legit_no_training,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
                        aten.max, aten.min, aten.amax, aten.amin, aten.where, aten.masked_fill, aten.sort,
                        aten.max_pool1d, aten.max_pool2d, aten.max_pool2d_with_indices, aten.clamp,
                        aten.clamp_min, aten.clamp_max, aten.maximum, aten.minimum, aten.masked_select,
-                       aten.masked_scatter, aten.select_scatter, aten.slice_scatter, aten.abs})
+                       aten.masked_scatter, aten.select_scatter, aten.slice_scatter, aten.abs,
+                       aten.masked_fill_})
 # Ops that produce no relevance-carrying value (metadata, asserts, integer results).
 IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, aten.argmax, aten.argmin,
                      aten.eq, aten.ne, aten.lt, aten.le, aten.gt, aten.ge, aten.isinf, aten.isnan,
@@ -71,7 +75,8 @@ IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, a
                      aten.bitwise_and, aten.bitwise_or, aten.bitwise_not, aten.sign, aten.floor_divide,
                      aten.any, aten.all, aten.arange, aten.zeros, aten.ones, aten.full, aten.empty,
                      aten._local_scalar_dense, aten.item, aten.sym_numel, aten.sym_stride,
-                     aten.sym_storage_offset, aten.lt_, aten.eq_, aten.detach_})
+                     aten.sym_storage_offset, aten.lt_, aten.eq_, aten.detach_,
+                     aten.new_ones, aten.new_full, aten.new_empty})
 
 
 # Custom ops (by schema name) that are linear in their first argument when the others are constants.

@@ -5,6 +5,7 @@ from .composite import Composite
 from .cp_lrp import cp_lrp
 from .patterns import AnyOf, NodeInfo
 from .registry import for_model, register, registered, unregister
+from .vision import cp_lrp_gamma, vision
 
-__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "for_model", "register", "registered",
-           "unregister"]
+__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "cp_lrp_gamma", "for_model", "register",
+           "registered", "unregister", "vision"]

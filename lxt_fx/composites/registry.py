@@ -32,3 +32,14 @@ def for_model(model: nn.Module) -> Composite:
     """The composite registered for ``model.config.model_type``, else the generic ``attnlrp``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return _REGISTRY.get(model_type, attnlrp) if model_type else attnlrp
+
+
+def register_defaults() -> None:
+    """The built-in per-model-type composites: ``vit`` → CP-LRP + γ (:mod:`.vision`), the documented
+    default for vision. Called at import; call it again to restore them after ``unregister``."""
+    from .vision import vision
+
+    register("vit", vision)
+
+
+register_defaults()

@@ -3,6 +3,7 @@
 from .attention import Attention
 from .base import Rule, safe_divide, scale_gradient, stabilize, stabilize_gradient
 from .epsilon import Epsilon
+from .gamma import Gamma
 from .gradient import Gradient
 from .identity import Identity
 from .norm import NormIdentity
@@ -11,5 +12,5 @@ from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

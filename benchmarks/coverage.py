@@ -1,0 +1,454 @@
+"""Coverage sweep: every model type in transformers' auto mappings for causal LM, seq2seq LM, masked LM,
+image classification and sequence classification, built tiny from its config defaults, then
+capture → rewrite → explain with the composite ``explain`` picks for it (the registered one, else AttnLRP).
+
+    python benchmarks/coverage.py                        # the full sweep → benchmarks/results/coverage.md
+    python benchmarks/coverage.py --only llama,gpt2,t5   # some model types
+    python benchmarks/coverage.py --limit 20 --out /tmp/coverage.md
+
+One row per model type (family). Its class is the first head, in the order above, whose tiny model builds
+and runs a plain forward. Columns: built (a forward ran), captured (``torch.export``, non-strict),
+unhandled ops on the relevance path by name (strict coverage passes when there are none), forward equal
+(the model called inside ``composite.context`` gives the untouched model's output), relevance finite, and
+seconds. Each family runs in a forked child process with a timeout, so a hang or a crash costs one row.
+
+The tiny config is the class's default config shrunk generically (layers 2, hidden 64, 4 heads, 2 KV heads,
+FFN 128, vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too); families whose defaults
+do not survive that shrink show up as "not built" with the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = RESULTS / "coverage.md"
+# (mapping, task), in the order a family's head is chosen.
+MAPPINGS = [
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "causal-lm"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "seq2seq-lm"),
+    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "masked-lm"),
+    ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-classification"),
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence-classification"),
+]
+
+LAYERS, HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, IMAGE, PATCH = 2, 64, 4, 2, 128, 256, 32, 4
+BATCH, SEQ = 2, 8
+
+# config attribute → the tiny value (set only where the default config has an int there)
+SHRINK: dict[str, int] = {
+    **dict.fromkeys(["num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers",
+                     "encoder_layers", "decoder_layers", "num_encoder_layers", "num_hidden_groups"], LAYERS),
+    **dict.fromkeys(["hidden_size", "d_model", "n_embd", "dim", "embed_dim", "embedding_size", "n_embed",
+                     "d_embed", "word_embed_proj_dim", "projection_dim"], HIDDEN),
+    **dict.fromkeys(["num_attention_heads", "n_head", "num_heads", "encoder_attention_heads",
+                     "decoder_attention_heads", "n_heads"], HEADS),
+    **dict.fromkeys(["num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_kv_heads"], KV_HEADS),
+    **dict.fromkeys(["head_dim", "d_kv", "attention_head_size", "kv_channels"], HIDDEN // HEADS),
+    **dict.fromkeys(["intermediate_size", "d_ff", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner",
+                     "hidden_dim", "ffn_hidden_size", "d_inner"], FFN),
+    **dict.fromkeys(["moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size"],
+                    FFN // 2),
+    **dict.fromkeys(["num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"], 4),
+    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k"], 2),
+    **dict.fromkeys(["n_shared_experts", "num_shared_experts", "n_group", "topk_group"], 1),
+    **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 32),
+    **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim"], 8),
+    "v_head_dim": HIDDEN // HEADS,
+    "vocab_size": VOCAB,
+    "image_size": IMAGE,
+    "patch_size": PATCH,
+    "num_labels": 2,
+}
+# layer-count attributes whose original value sizes per-layer lists (``layer_types``, …)
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers")
+
+
+def shrink(config: Any, depth: int = 0) -> Any:
+    """Shrink ``config`` (and its sub-configs) in place to a tiny size; returns it."""
+    original_layers = next((getattr(config, k) for k in _LAYER_KEYS if isinstance(getattr(config, k, None), int)),
+                           None)
+    for key, value in SHRINK.items():
+        current = getattr(config, key, None)
+        if isinstance(current, bool) or not isinstance(current, (int, list, tuple)):
+            continue
+        if isinstance(current, (list, tuple)):  # per-stage sizes (image_size as [H, W])
+            if key in ("image_size", "patch_size") and len(current) == 2:
+                with contextlib.suppress(Exception):
+                    setattr(config, key, [value, value])
+            continue
+        if key == "num_labels":
+            continue  # a property that rebuilds id2label; 2 is the default anyway
+        with contextlib.suppress(Exception):
+            setattr(config, key, value)
+    if isinstance(original_layers, int) and original_layers > LAYERS:
+        for key, value in list(vars(config).items()):
+            if isinstance(value, list) and len(value) == original_layers:
+                setattr(config, key, value[:LAYERS])
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int):
+        for key, value in list(vars(config).items()):
+            if key.endswith("_token_id") and isinstance(value, int) and value >= vocab:
+                setattr(config, key, 2)
+            elif key.endswith("_token_id") and isinstance(value, list):
+                setattr(config, key, [v if v < vocab else 2 for v in value])
+    for key in list(getattr(config, "sub_configs", {}) or {}):
+        sub = getattr(config, key, None)
+        if sub is not None and depth < 3 and hasattr(sub, "to_dict"):
+            shrink(sub, depth + 1)
+    return config
+
+
+@dataclass
+class Row:
+    """One family's result."""
+
+    model_type: str
+    model_class: str = ""
+    task: str = ""
+    built: bool = False
+    captured: bool | None = None
+    unhandled: dict[str, int] = field(default_factory=dict)
+    explained: bool = False
+    forward_equal: bool | None = None
+    finite: bool | None = None
+    composite: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def covered(self) -> bool:
+        """Captured and explained with zero unhandled ops (strict coverage passes)."""
+        return bool(self.captured and self.explained and not self.unhandled)
+
+
+def families() -> dict[str, list[tuple[str, str]]]:
+    """model type → [(class name, task), …] in the head order of :data:`MAPPINGS`."""
+    from transformers.models.auto import modeling_auto
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    for mapping, task in MAPPINGS:
+        for model_type, names in getattr(modeling_auto, mapping).items():
+            for name in (names,) if isinstance(names, str) else names:
+                found.setdefault(model_type, []).append((name, task))
+    return dict(sorted(found.items()))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:160]
+
+
+def _inputs(model: Any, task: str) -> dict[str, Any]:
+    """Plain-call keyword arguments for the tiny model (and what ``explain`` needs)."""
+    config = model.config
+    if task == "image-classification":
+        size = getattr(config, "image_size", IMAGE)
+        size = size if isinstance(size, int) else size[0]
+        channels = getattr(config, "num_channels", 3) or 3
+        return {"pixel_values": torch.randn(BATCH, channels, size, size, generator=torch.Generator().manual_seed(0))}
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(3, max(4, min(vocab, VOCAB)), (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    call: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(config, "is_encoder_decoder", False):
+        start = getattr(config, "decoder_start_token_id", None)
+        start = start if isinstance(start, int) else (getattr(config, "pad_token_id", None) or 0)
+        call["decoder_input_ids"] = torch.tensor([[start, 5, 6]] * BATCH)
+    return call
+
+
+def _main_output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if hasattr(out, "values") else out
+    return next(v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str, str, dict, torch.Tensor]:
+    """The first candidate head whose tiny model builds and runs a forward:
+    (model, class name, task, call kwargs, plain output)."""
+    import transformers
+    from transformers import AutoConfig
+
+    errors = []
+    for name, task in candidates:
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            errors.append(f"{name}: not in transformers")
+            continue
+        try:
+            config = shrink(AutoConfig.for_model(model_type))
+            config._attn_implementation = "eager"
+            torch.manual_seed(0)
+            model = cls(config).eval()
+            call = _inputs(model, task)
+            with torch.no_grad():
+                plain = _main_output(model(**call, **({"use_cache": False} if _takes(model, "use_cache") else {})))
+            return model, name, task, call, plain
+        except Exception as exc:  # noqa: BLE001 - a family that does not build is a row, not a crash
+            errors.append(f"{name}: {_short(exc)}")
+    raise RuntimeError("; ".join(errors)[:300])
+
+
+def _takes(model: Any, name: str) -> bool:
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
+    """Build, capture, rewrite, explain one family (in this process)."""
+    import lxt_fx
+    from lxt_fx.composites import for_model
+
+    row = Row(model_type)
+    start = time.perf_counter()
+    try:
+        try:
+            model, row.model_class, row.task, call, plain = build(model_type, candidates)
+        except Exception as exc:  # noqa: BLE001
+            row.error = f"build: {exc}"
+            return row
+        row.built = True
+        composite = for_model(model)
+        row.composite = composite.name
+        decoder = call.get("decoder_input_ids")
+        inputs = call.get("pixel_values", call.get("input_ids"))
+        try:
+            att = lxt_fx.explain(model, inputs, attention_mask=call.get("attention_mask"), decoder_inputs=decoder)
+        except lxt_fx.CaptureError as exc:
+            row.captured = False
+            row.error = f"capture: {_short(exc.cause)}"
+            return row
+        except Exception as exc:  # noqa: BLE001
+            row.error = f"explain: {_short(exc)}"
+            row.captured = _captured(model)
+            return row
+        row.captured = row.explained = True
+        row.unhandled = dict(Counter(r.op for r in att.report.unhandled))
+        maps = [att.relevance] + ([att.decoder_relevance] if att.decoder_relevance is not None else [])
+        row.finite = all(bool(torch.isfinite(m).all()) for m in maps)
+        try:  # same call signature as explain (embeddings in, decoder embeddings in): no second capture
+            ctx_call = dict(call)
+            if decoder is not None:
+                from lxt_fx.explain import _decoder_embedding  # the decoder embedding explain feeds
+
+                dec = _decoder_embedding(model)
+                ctx_call.pop("decoder_input_ids")
+                ctx_call["inputs_embeds"] = model.get_input_embeddings()(ctx_call.pop("input_ids"))
+                ctx_call["decoder_inputs_embeds"] = dec(decoder)
+                ctx_call["decoder_attention_mask"] = torch.ones_like(decoder)
+                with torch.no_grad():
+                    plain = _main_output(model(**ctx_call, use_cache=False))
+            with composite.context(model), torch.no_grad():
+                inside = _main_output(model(**ctx_call))
+            row.forward_equal = bool(inside.shape == plain.shape and torch.allclose(inside, plain, atol=1e-5,
+                                                                                     rtol=1e-4))
+        except Exception as exc:  # noqa: BLE001
+            row.forward_equal = False
+            row.error = f"context forward: {_short(exc)}"
+        return row
+    finally:
+        row.seconds = time.perf_counter() - start
+
+
+def _captured(model: Any) -> bool:
+    from lxt_fx.tracing.capture import capture_count
+
+    return capture_count(model) > 0
+
+
+def _child(model_type: str, candidates: list[tuple[str, str]], conn: Any) -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            row = run_family(model_type, candidates)
+    except BaseException as exc:  # noqa: BLE001
+        row = Row(model_type, error=f"crash: {_short(exc)} {traceback.format_exc(limit=1)[-120:]}")
+    conn.send(asdict(row))
+    conn.close()
+
+
+def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: float) -> Row:
+    """:func:`run_family` in a forked child; a timeout or a crash becomes the row's error."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    start = time.perf_counter()
+    child = ctx.Process(target=_child, args=(model_type, candidates, send), daemon=True)
+    child.start()
+    send.close()
+    result = None
+    if receive.poll(timeout):
+        with contextlib.suppress(EOFError):
+            result = receive.recv()
+    child.join(5 if result is not None else 0)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    if result is not None:
+        return Row(**result)
+    seconds = time.perf_counter() - start
+    why = f"timeout after {timeout:.0f} s" if seconds >= timeout else f"crashed (exit code {child.exitcode})"
+    return Row(model_type, error=why, seconds=seconds)
+
+
+def _mark(value: bool | None) -> str:
+    return "–" if value is None else ("yes" if value else "**no**")
+
+
+def totals(rows: list[Row]) -> dict[str, Any]:
+    built = [r for r in rows if r.built]
+    captured = [r for r in rows if r.captured]
+    covered = [r for r in captured if r.covered]
+    return {
+        "families": len(rows), "built": len(built), "captured": len(captured), "explained": sum(r.explained for r in rows),
+        "zero_unhandled": len(covered),
+        "zero_unhandled_pct": 100.0 * len(covered) / len(captured) if captured else math.nan,
+        "forward_equal": sum(bool(r.forward_equal) for r in captured),
+        "finite": sum(bool(r.finite) for r in captured),
+        "timeouts": sum("timeout" in r.error for r in rows),
+        "seconds": sum(r.seconds for r in rows),
+    }
+
+
+def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
+    import transformers
+
+    t = totals(rows)
+    gaps = Counter(op for r in rows for op in r.unhandled)
+    lines = [
+        "# Coverage sweep",
+        "",
+        f"Generated by `python benchmarks/coverage.py{' ' + ' '.join(args.argv) if args.argv else ''}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M')}: transformers {transformers.__version__}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPU cores; eager attention; "
+        f"timeout {args.timeout:.0f} s per family; {t['seconds'] / 60:.1f} min summed over families "
+        f"(this run's wall time {wall / 60:.1f} min).",
+        "",
+        f"Tiny configs from each class's defaults: {LAYERS} layers, hidden {HIDDEN}, {HEADS} heads "
+        f"({KV_HEADS} KV), FFN {FFN}, vocab {VOCAB}, 4 experts top-2, image {IMAGE}, patch {PATCH}. "
+        "Composite: the one `explain` picks (registered per model type, else `attnlrp`).",
+        "",
+        "## Totals",
+        "",
+        f"- families (model types) swept: **{t['families']}**",
+        f"- built (tiny model ran a plain forward): **{t['built']}**",
+        f"- captured (`torch.export`, non-strict): **{t['captured']}**",
+        f"- explained with **zero unhandled ops** (strict coverage passes): **{t['zero_unhandled']}** of "
+        f"{t['captured']} captured = **{t['zero_unhandled_pct']:.1f} %**",
+        f"- forward inside the context equal to the untouched model: {t['forward_equal']} of {t['captured']}",
+        f"- relevance finite: {t['finite']} of {t['captured']}",
+        f"- timeouts: {t['timeouts']}",
+        "",
+    ]
+    if gaps:
+        lines += ["Unhandled ops (families using each): " +
+                  ", ".join(f"`{op}` {n}" for op, n in gaps.most_common()), ""]
+    lines += [
+        "## Families",
+        "",
+        "| model type | class | captured | unhandled ops | forward equal | relevance finite | s | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        captured = "not built" if not r.built else _mark(r.captured)
+        unhandled = "–" if not r.explained else (
+            ", ".join(f"`{op}`×{n}" for op, n in sorted(r.unhandled.items())) or "0")
+        note = r.error.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r.model_type} | {r.model_class or '–'} | {captured} | {unhandled} | "
+                     f"{_mark(r.forward_equal)} | {_mark(r.finite)} | {r.seconds:.1f} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated model types (e.g. llama,gpt2,t5)")
+    parser.add_argument("--limit", type=int, default=0, help="sweep only the first N model types")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per family")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown table to write")
+    parser.add_argument("--inline", action="store_true", help="no child processes (debugging; no timeout)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in the progress file (OUT with .jsonl) and sweep the rest")
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse(argv)
+    import transformers  # noqa: F401 - imported once here, inherited by every forked child
+
+    import lxt_fx  # noqa: F401
+
+    found = families()
+    if args.only:
+        wanted = [m.strip() for m in args.only.split(",") if m.strip()]
+        missing = [m for m in wanted if m not in found]
+        if missing:
+            raise SystemExit(f"not in the auto mappings: {missing}")
+        found = {m: found[m] for m in wanted}
+    if args.limit:
+        found = dict(list(found.items())[: args.limit])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    progress = args.out.with_suffix(".jsonl")
+    done: dict[str, Row] = {}
+    if args.resume and progress.exists():
+        for line in progress.read_text().splitlines():
+            if line.strip():
+                row = Row(**json.loads(line))
+                done[row.model_type] = row
+    rows: list[Row] = []
+    start = time.perf_counter()
+    with progress.open("a" if args.resume else "w") as log:
+        for i, (model_type, candidates) in enumerate(found.items(), 1):
+            if model_type in done:
+                rows.append(done[model_type])
+                continue
+            row = run_family(model_type, candidates) if args.inline else run_isolated(model_type, candidates,
+                                                                                      args.timeout)
+            rows.append(row)
+            log.write(json.dumps(asdict(row)) + "\n")
+            log.flush()
+            status = ("covered" if row.covered else
+                      f"unhandled {sorted(row.unhandled)}" if row.explained else row.error[:100])
+            print(f"[{i}/{len(found)}] {model_type:<28} {row.seconds:6.1f}s {status}", flush=True)
+    wall = time.perf_counter() - start
+    args.out.write_text(render(rows, args, wall))
+    t = totals(rows)
+    print(f"\n{t['families']} families, {t['built']} built, {t['captured']} captured, {t['zero_unhandled']} with "
+          f"zero unhandled ops ({t['zero_unhandled_pct']:.1f} % of captured), {t['forward_equal']} forward "
+          f"equal, {t['finite']} finite; {wall / 60:.1f} min → {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``benchmarks/coverage.py`` in its short form: a fixed handful of families end to end (each in a forked
+child), the table it writes, the timeout path, and the generic config shrink."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.extended
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "coverage.py"
+SHORT = ["llama", "gpt2", "bert", "t5", "vit"]
+
+
+@pytest.fixture(scope="module")
+def coverage():
+    spec = importlib.util.spec_from_file_location("coverage_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_sweep_covers_the_handful(tmp_path: Path) -> None:
+    out = tmp_path / "coverage.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--only", ",".join(SHORT), "--out", str(out),
+                           "--timeout", "120"], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    table = out.read_text()
+    assert "explained with **zero unhandled ops** (strict coverage passes): **5** of 5 captured = **100.0 %**" \
+        in table, table
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model type")}
+    assert set(rows) == set(SHORT)
+    for family, cells in rows.items():
+        _, cls, captured, unhandled, forward, finite, seconds, note = cells
+        assert (captured, unhandled, forward, finite, note) == ("yes", "0", "yes", "yes", ""), (family, cells)
+        assert float(seconds) > 0
+    assert rows["t5"][1] == "T5ForConditionalGeneration" and rows["vit"][1] == "ViTForImageClassification"
+    assert out.with_suffix(".jsonl").read_text().count("\n") == len(SHORT)  # progress, one line per family
+
+
+def test_a_family_past_its_timeout_is_one_row(coverage) -> None:
+    row = coverage.run_isolated("gpt2", coverage.families()["gpt2"], timeout=0.2)
+    assert "timeout after" in row.error and not row.built and not row.covered
+
+
+def test_families_cover_the_five_mappings(coverage) -> None:
+    found = coverage.families()
+    assert len(found) > 200
+    assert found["llama"][0] == ("LlamaForCausalLM", "causal-lm")
+    assert found["t5"][0] == ("T5ForConditionalGeneration", "seq2seq-lm")
+    assert found["vit"][0] == ("ViTForImageClassification", "image-classification")
+    tasks = {task for heads in found.values() for _, task in heads}
+    assert tasks == {"causal-lm", "seq2seq-lm", "masked-lm", "image-classification", "sequence-classification"}
+
+
+def test_shrink_is_generic_and_reaches_sub_configs(coverage) -> None:
+    from transformers import AutoConfig
+
+    llama = coverage.shrink(AutoConfig.for_model("llama"))
+    assert (llama.num_hidden_layers, llama.hidden_size, llama.num_attention_heads, llama.vocab_size) == (2, 64, 4, 256)
+    assert llama.bos_token_id < 256 and llama.eos_token_id < 256
+    t5 = coverage.shrink(AutoConfig.for_model("t5"))
+    assert (t5.num_layers, t5.num_decoder_layers, t5.d_model, t5.d_kv, t5.d_ff) == (2, 2, 64, 16, 128)
+    vit = coverage.shrink(AutoConfig.for_model("vit"))
+    assert (vit.image_size, vit.patch_size, vit.num_hidden_layers) == (32, 4, 2)
+    qwen3 = coverage.shrink(AutoConfig.for_model("qwen3"))
+    assert len(qwen3.layer_types) == 2  # per-layer lists follow the layer count
+    llava = coverage.shrink(AutoConfig.for_model("llava"))
+    assert llava.text_config.hidden_size == 64 and llava.vision_config.hidden_size == 64
