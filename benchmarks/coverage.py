@@ -11,6 +11,8 @@ and runs a plain forward. Columns: built (a forward ran), captured (``torch.expo
 unhandled ops on the relevance path by name (strict coverage passes when there are none), forward equal
 (the model called inside ``composite.context`` gives the untouched model's output), relevance finite, and
 seconds. Each family runs in a forked child process with a timeout, so a hang or a crash costs one row.
+The explained score is the top logit of the last position (``explain``'s default); a head that returns no
+logits is explained through ``lxt_fx.targets.Function`` on the sum of its main output.
 
 The tiny config is the class's default config shrunk generically (layers 2, hidden 64, 4 heads, 2 KV heads,
 FFN 128, vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too); families whose defaults
@@ -186,6 +188,17 @@ def _main_output(out: Any) -> torch.Tensor:
     return next(v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
+def _summed_main_output(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    main = _main_output(outputs)
+    return main.reshape(main.shape[0], -1).sum(-1)
+
+
+def _has_logits(model: Any, call: dict[str, Any]) -> bool:
+    with torch.no_grad():
+        out = model(**call)
+    return getattr(out, "logits", None) is not None if not isinstance(out, dict) else "logits" in out
+
+
 def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str, str, dict, torch.Tensor]:
     """The first candidate head whose tiny model builds and runs a forward:
     (model, class name, task, call kwargs, plain output)."""
@@ -237,8 +250,11 @@ def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
         row.composite = composite.name
         decoder = call.get("decoder_input_ids")
         inputs = call.get("pixel_values", call.get("input_ids"))
+        # A head without logits (a backbone-style output): explain the sum of its main output per row.
+        target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
         try:
-            att = lxt_fx.explain(model, inputs, attention_mask=call.get("attention_mask"), decoder_inputs=decoder)
+            att = lxt_fx.explain(model, inputs, attention_mask=call.get("attention_mask"), decoder_inputs=decoder,
+                                 target=target)
         except lxt_fx.CaptureError as exc:
             row.captured = False
             row.error = f"capture: {_short(exc.cause)}"

@@ -84,17 +84,15 @@ def main() -> None:
 
     layers, length = ((4, 16), 128) if args.quick else ((4, 16, 64), 512)
     print(f"## Bytes saved for backward, LLaMA hidden 128, L = {length} (MiB)\n")
-    print("Saved = kept from forward to backward (boundaries included). During backward a checkpointed run also\n"
-          "holds one segment's recomputed activations at a time: 'sqrt peak' adds that (none / N × blocks per\n"
-          "segment), an estimate from the same measurements.\n")
-    print("| layers | none | layer | sqrt | sqrt peak (est.) |\n|---:|---:|---:|---:|---:|")
+    print("Saved = kept from forward to backward: the segment boundaries plus the last segment's activations\n"
+          "(the last segment is not checkpointed). Backward frees those before it recomputes an earlier segment\n"
+          "of the same size, so the saved bytes are also the peak of activation memory, up to one block.\n")
+    print("| layers | blocks per segment (sqrt) | none | layer | sqrt |\n|---:|---:|---:|---:|---:|")
     table = {}
     for n in layers:
         table[n] = llama_saved_bytes(n, length)
         row = " | ".join(f"{table[n][m] / 2**20:.1f}" for m in MODES)
-        per_segment = math.ceil(math.sqrt(n))
-        peak = table[n]["sqrt"] + table[n][None] / n * per_segment
-        print(f"| {n} | {row} | {peak / 2**20:.1f} |", flush=True)
+        print(f"| {n} | {math.ceil(math.sqrt(n))} | {row} |", flush=True)
     print("\ngrowth when layers ×4:")
     for small, big in zip(layers, layers[1:], strict=False):
         growth = " | ".join(f"{m or 'none'} ×{table[big][m] / table[small][m]:.2f}" for m in MODES)

@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-smollm2", action="store_true", help="skip the pretrained SmolLM2 row")
     parser.add_argument("--checkpoint", action="store_true",
                         help="also time AttnLRP with checkpoint None / layer / sqrt (12-layer LLaMA, L ≥ 256)")
+    parser.add_argument("--checkpoint-only", action="store_true", help="only the --checkpoint table")
     args = parser.parse_args(argv)
 
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
@@ -204,14 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = dict(hidden=256, layers=6, heads=8, intermediate=688, vocab=4096)
         lengths, label = ([64, 256] if args.quick else [64, 256, 1024]), "LLaMA-6L-h256 (random)"
     lengths = args.lengths or lengths
-    with_smollm2 = not (args.quick or args.tiny or args.no_smollm2)
+    with_smollm2 = not (args.quick or args.tiny or args.no_smollm2 or args.checkpoint_only)
 
     console = Console()
     hf_logging.disable_progress_bar()
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats; {_load()}")
     rows: list[Row] = []
     one_time: list[OneTime] = []
-    for attn in ("eager", "sdpa"):
+    args.checkpoint = args.checkpoint or args.checkpoint_only
+    for attn in () if args.checkpoint_only else ("eager", "sdpa"):
         model = random_llama(attn, **size)
         got, once = measure(label, attn, model, lengths, repeats, console)
         rows += got

@@ -39,10 +39,19 @@ _TORCH_TO_ATEN: dict[Any, tuple[OpOverloadPacket, ...]] = {
 SOFTMAX = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
 ACTIVATIONS = frozenset({aten.silu, aten.gelu, aten.relu, aten.leaky_relu, aten.tanh, aten.sigmoid,
                          aten.softplus, aten.elu, aten.mish, aten.hardswish, aten.hardtanh, aten.hardsigmoid,
-                         aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf, aten.expm1})
-NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.std})
+                         aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf, aten.expm1,
+                         aten.square})
+# A scale computed from the input's magnitude that divides it (norm layers, L2-normalized queries/keys):
+# treated as a constant, which is the identity rule through normalization (paper Prop. 3.4).
+NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.std, aten.linalg_vector_norm,
+                         aten.norm})
+# Multiplicative factors made with exp (SSM / linear-attention decays, attention-sink scales, routing
+# weights from log-probabilities): constants, as MambaLRP detaches the SSM's input-dependent Ā.
+DECAYS = frozenset({aten.exp, aten.logsumexp})
 PRODUCTS = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm, aten.baddbmm, aten.einsum, aten.mul_,
-                      aten.multiply})
+                      aten.multiply, aten.addmm, aten.addbmm})
+# Products with an additive first argument: ``β·input + α·(b1 @ b2)``; only b1 and b2 are factors.
+ADDITIVE_FIRST = frozenset({aten.baddbmm, aten.addmm, aten.addbmm})
 
 # Linear in every relevance-carrying input (when products/divisions have at most one such input).
 LINEAR = frozenset({
@@ -60,6 +69,8 @@ LINEAR = frozenset({
     aten.alpha_dropout, aten.unfold, aten.im2col, aten.col2im, aten.pixel_shuffle, aten.squeeze_copy,
     # in-place sums; batch norm in eval mode is an affine map with constant running statistics
     aten.add_, aten.sub_, aten.batch_norm, aten._native_batch_norm_legit_no_training,
+    aten.concat, aten.concatenate, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_bilinear2d,
+    aten.upsample_bicubic2d, aten.upsample_linear1d, aten._upsample_bilinear2d_aa, aten.addbmm, aten.multiply,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
@@ -67,7 +78,7 @@ SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_alo
                        aten.max_pool1d, aten.max_pool2d, aten.max_pool2d_with_indices, aten.clamp,
                        aten.clamp_min, aten.clamp_max, aten.maximum, aten.minimum, aten.masked_select,
                        aten.masked_scatter, aten.select_scatter, aten.slice_scatter, aten.abs,
-                       aten.masked_fill_})
+                       aten.masked_fill_, aten.scatter, aten.scatter_})
 # Ops that produce no relevance-carrying value (metadata, asserts, integer results).
 IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, aten.argmax, aten.argmin,
                      aten.eq, aten.ne, aten.lt, aten.le, aten.gt, aten.ge, aten.isinf, aten.isnan,
@@ -86,6 +97,20 @@ LINEAR_CUSTOM = frozenset({"transformers::grouped_mm_fallback"})
 def is_linear_custom(target: Any) -> bool:
     """Whether ``target`` is a custom op known to be linear in its first argument."""
     return isinstance(target, OpOverload) and target.name() in LINEAR_CUSTOM
+
+
+def factors(target: Any, carrying: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The relevance-carrying positions of a product ``target`` that are factors (not an added term)."""
+    if packet(target) in ADDITIVE_FIRST:
+        return tuple(i for i in carrying if i != 0)
+    return tuple(carrying)
+
+
+def grad_disabled(node: Any) -> bool:
+    """A ``torch.no_grad()`` region the exporter kept as a higher-order op: its outputs carry nothing."""
+    target = getattr(node, "target", None)
+    return (getattr(target, "__name__", "") == "wrap_with_set_grad_enabled" and bool(node.args)
+            and node.args[0] is False)
 
 
 def packet(target: Any) -> Any:

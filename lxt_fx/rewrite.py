@@ -25,7 +25,17 @@ from torch import fx
 
 from .composites.composite import Composite
 from .composites.patterns import NodeInfo
-from .ops import IGNORED, LINEAR, PRODUCTS, SELECTION, is_linear_custom, op_name, packet
+from .ops import (
+    IGNORED,
+    LINEAR,
+    PRODUCTS,
+    SELECTION,
+    factors,
+    grad_disabled,
+    is_linear_custom,
+    op_name,
+    packet,
+)
 from .rules.base import Rule
 from .tracing.errors import LXTError
 from .tracing.meta import module_class, module_path, source_line
@@ -134,7 +144,7 @@ def _needs_rule(node: fx.Node, carrying: tuple[int, ...]) -> bool:
     if node.target is operator.getitem or p in IGNORED or p in SELECTION:
         return False
     if p in PRODUCTS:
-        return len(carrying) >= 2
+        return len(factors(node.target, carrying)) >= 2
     if p in (aten.div, aten.div_):
         return 1 in carrying
     if is_linear_custom(node.target):
@@ -206,7 +216,7 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
         if node.op != "call_function" or not _has_float_value(node):
             continue
         carrying = _top_level_carrying(node, carries)
-        if not carrying or packet(node.target) in IGNORED:
+        if not carrying or packet(node.target) in IGNORED or grad_disabled(node):
             continue
         carrying_of[node.name] = carrying
         rule, _ = composite.decide(node, NodeInfo(carrying, reachable_names))

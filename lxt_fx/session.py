@@ -84,6 +84,16 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str,
     return tensors, static
 
 
+def _mutates_first(node: fx.Node) -> bool:
+    """Whether the node's op writes its first argument (an in-place ATen overload, possibly rule-wrapped)."""
+    target = node.meta.get("lxt_original_target", node.target)
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return alias is not None and alias.is_write
+
+
 @dataclass
 class Rewritten:
     """A rewritten graph with what it came from."""
@@ -93,13 +103,30 @@ class Rewritten:
     captured: CapturedGraph
     plan: Plan
     _segmented: dict[str | None, SegmentedGraph | None] = field(default_factory=dict)
+    _mutated: frozenset[str] | None = None
 
     def __call__(self, tensors: Mapping[str, Tensor], checkpoint: str | None = None) -> dict[str, Tensor]:
-        """Run the graph; ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` (see :mod:`lxt_fx.checkpoint`)."""
+        """Run the graph; ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` (see :mod:`lxt_fx.checkpoint`).
+
+        An input the model changes in place (CTRL scales ``inputs_embeds`` with ``*=``) is cloned first when
+        it is a leaf that requires grad, as the explained embeddings are; its gradient is unchanged."""
+        mutated = self.mutated_inputs()
+        if mutated:
+            tensors = {k: v.clone() if k in mutated and v.is_leaf and v.requires_grad else v
+                       for k, v in tensors.items()}
         runner = self.segmented(checkpoint)
         if runner is not None:
             return runner(tensors)
         return self.module({k: tensors[k] for k in sorted(tensors)})
+
+    def mutated_inputs(self) -> frozenset[str]:
+        """Names of the inputs the graph writes in place."""
+        if self._mutated is None:
+            self._mutated = frozenset(
+                arg.name.removeprefix("tensors_") for node in self.module.graph.nodes
+                if node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node)
+                and (arg := node.args[0]).op == "placeholder" and _mutates_first(node))
+        return self._mutated
 
     def segmented(self, mode: str | None) -> SegmentedGraph | None:
         """The checkpointed form of this graph for ``mode`` (built once per mode), or None."""

@@ -46,12 +46,17 @@ def family_config(family: str, attn: str):
 FAMILIES = ["llama", "tinyllama", "mistral", "qwen2", "qwen3", "gemma3"]
 
 
-def make_model(family: str, attn: str = "sdpa", seed: int = 0):
-    """A tiny causal LM of ``family`` in eval mode, seeded."""
+def make_model(family: str, attn: str = "sdpa", seed: int = 0, layers: int | None = None):
+    """A tiny causal LM of ``family`` in eval mode, seeded; ``layers`` overrides the block count."""
     from transformers import AutoModelForCausalLM
 
+    cfg = family_config(family, attn)
+    if layers is not None:
+        cfg.num_hidden_layers = layers
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = (list(cfg.layer_types) * layers)[:layers]
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(family_config(family, attn)).eval()
+    return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 @pytest.fixture

@@ -11,16 +11,24 @@ from lxt_fx.checkpoint import CheckpointWarning, saved_activation_bytes
 from lxt_fx.session import rewritten_graph
 
 
+def checkpointed_segments(model: torch.nn.Module, ids: torch.Tensor, mode: str, **kw) -> int:
+    """How many segments of the model's cached rewritten graph run under checkpointing in ``mode``."""
+    emb = model.get_input_embeddings()(ids)
+    graph = rewritten_graph(model, lxt_fx.attnlrp, {"inputs_embeds": emb, **kw}, {})
+    return len(graph.segmented(mode).checkpointed)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
 def test_every_mode_gives_the_unsegmented_relevance(family: str) -> None:
-    model = make_model(family)
+    model = make_model(family, layers=5)  # sqrt: segments of 3 blocks → 2 segments, the first checkpointed
     ids = torch.randint(0, VOCAB, (2, 10))
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
     base = lxt_fx.explain(model, ids, attention_mask=mask)
-    for mode in ("layer", "sqrt"):
+    for mode, expected in (("layer", 4), ("sqrt", 1)):
         got = lxt_fx.explain(model, ids, attention_mask=mask, checkpoint=mode)
         torch.testing.assert_close(got.relevance, base.relevance, atol=1e-6, rtol=0)
+        assert checkpointed_segments(model, ids, mode, attention_mask=mask) == expected
     emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     with lxt_fx.attnlrp.context(model, checkpoint="sqrt"):
         model(inputs_embeds=emb, attention_mask=mask).logits[0, int(base.positions[0]),
@@ -48,8 +56,9 @@ def test_sqrt_mode_saves_fewer_bytes_than_none() -> None:
 
     none, layer, sqrt = run(None), run("layer"), run("sqrt")
     assert graph.segmented("sqrt").segments == 3 and graph.segmented("layer").segments == 9
-    assert sqrt < layer < none
-    assert sqrt < none / 3
+    assert len(graph.segmented("sqrt").checkpointed) == 2 and len(graph.segmented("layer").checkpointed) == 8
+    # sqrt keeps 2 boundaries + the last 3 blocks' activations; layer keeps 8 boundaries + 1 block
+    assert layer < sqrt < none / 2
 
 
 class Flat(torch.nn.Module):

@@ -39,7 +39,7 @@ class Composite:
         when no entry fits."""
         for index, ((_, rule), match) in enumerate(zip(self.entries, self._matchers, strict=True)):
             if rule is not None and (rule.region or not (rule.supports(node.target)
-                                                         and rule.applies(info.carrying))):
+                                                         and rule.applies(info.carrying, node.target))):
                 continue
             if match(node, info):
                 return rule, index

@@ -9,7 +9,7 @@ from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, PRODUCTS, SOFTMAX, packet
 from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Stop, Uniform
-from .attnlrp import ACTIVATION_MODULE, NORM_SCALE
+from .attnlrp import ACTIVATION_MODULE, DECAY, NORM_SCALE
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
 
@@ -34,7 +34,8 @@ cp_lrp = Composite([
     (gate_activation, Stop()),           # the gate branch of a gated MLP is a constant
     (ACTIVATION_MODULE, IdentityRegion()),
     (NORM_SCALE, Stop()),
-    (AnyOf(aten.layer_norm, aten.rms_norm), NormIdentity()),
+    (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),
+    (DECAY, Stop()),
     (AnyOf(*ACTIVATIONS), Identity()),
     (AnyOf(*PRODUCTS), Uniform()),
 ], name="cp_lrp")

@@ -132,8 +132,9 @@ class Rule:
         """Whether this rule knows ``op`` (an ATen overload or overload packet)."""
         return not self.ops or getattr(op, "overloadpacket", op) in self.ops
 
-    def applies(self, carrying: Sequence[int]) -> bool:
-        """Whether the rule is meant for a node with these relevance-carrying inputs (default: any)."""
+    def applies(self, carrying: Sequence[int], op: Any = None) -> bool:
+        """Whether the rule is meant for a node of ``op`` with these relevance-carrying inputs (default:
+        any)."""
         return len(carrying) > 0
 
     def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Callable[..., Any], dict[str, Any]]:

@@ -110,7 +110,7 @@ class Gamma(Rule):
         self.gamma = gamma
         self.epsilon = epsilon
 
-    def applies(self, carrying: Sequence[int]) -> bool:
+    def applies(self, carrying: Sequence[int], op: Any = None) -> bool:
         return len(carrying) == 1
 
     def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Callable[..., Any], dict[str, Any]]:

@@ -7,7 +7,9 @@
 
 In general, for ``k`` relevance-carrying factors each factor gets ``1/k`` (Euler's theorem for functions
 homogeneous of degree 1 in each factor). Operands that carry no relevance (RoPE tables, scales, masks)
-are constants of a linear map and get the plain gradient.
+are constants of a linear map and get the plain gradient. The added term of ``baddbmm`` / ``addmm``
+(``β·input + α·b1 @ b2``, e.g. BLOOM's ALiBi scores) is not a factor: the ε-rule gives it its share
+``input ⊙ R_y / y`` in full, and the two factors split the product's share.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from torch import Tensor
 from torch._ops import ops as _ops
 
+from ..ops import factors
 from .base import Relevances, Rule, epsilon_explicit, scale_gradient, stabilize_gradient
 
 aten = _ops.aten
@@ -40,15 +43,17 @@ class Uniform(Rule):
     """Uniform rule: a product of ``k`` relevance-carrying factors gives each ``1/k`` of the relevance."""
 
     name = "uniform"
-    ops = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm})
+    ops = frozenset({aten.mul, aten.mul_, aten.multiply, aten.matmul, aten.bmm, aten.mm, aten.einsum,
+                     aten.baddbmm, aten.addmm, aten.addbmm})
 
     def __init__(self, epsilon: float = 0.0) -> None:
         self.epsilon = epsilon
 
-    def applies(self, carrying: Sequence[int]) -> bool:
-        return len(carrying) >= 2
+    def applies(self, carrying: Sequence[int], op: Any = None) -> bool:
+        return len(factors(op, carrying)) >= 2
 
     def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Callable[..., Any], dict[str, Any]]:
+        carrying = factors(op, carrying)
         k = len(carrying)
         scales = tuple(1.0 / k if i in carrying else 1.0 for i in range(max(carrying) + 1))
         extra: dict[str, Any] = {"scales": scales}
@@ -58,5 +63,10 @@ class Uniform(Rule):
 
     def explicit(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any, relevance: Any,
                  carrying: Sequence[int]) -> Relevances:
-        return epsilon_explicit(op, args, kwargs, out, relevance, carrying,
-                                max(self.epsilon, 1e-12), share=len(carrying))
+        product = factors(op, carrying)
+        if len(product) == len(carrying):
+            return epsilon_explicit(op, args, kwargs, out, relevance, carrying,
+                                    max(self.epsilon, 1e-12), share=len(carrying))
+        # an added term: the ε-rule over the whole op, then the factors split the product's share
+        result = epsilon_explicit(op, args, kwargs, out, relevance, carrying, max(self.epsilon, 1e-12))
+        return [r / len(product) if i in product and r is not None else r for i, r in enumerate(result)]
