@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-extended coverage-sweep demo lint bench clean
+.PHONY: venv test coverage-sweep demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,11 +25,7 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(VENV)/bin/ruff check lxt_fx tests benchmarks
-	$(PY) -m pytest -q -x -m "not extended" tests
-
-# More families (T5, MoE, GPT-2, BERT, RoBERTa, ViT), MiniLM similarity and the short coverage sweep.
-test-extended: venv
-	$(PY) -m pytest -q -m extended tests
+	$(PY) -m pytest -q -x tests
 
 coverage-sweep: venv
 	$(PY) benchmarks/coverage.py

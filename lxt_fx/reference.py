@@ -94,7 +94,9 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
     placeholders = [n for n in nodes if n.op == "placeholder"]
     recorder = _Recorder(gm, dtype)
     with torch.no_grad():
-        recorder.run(*[recorder._widen(tensors[n.name.removeprefix("tensors_")].detach()) for n in placeholders])
+        # copies: the graph may write an input in place, and the caller's tensors stay as they came in
+        recorder.run(*[recorder._widen(tensors[n.name.removeprefix("tensors_")].detach().clone())
+                       for n in placeholders])
     env = recorder.env
     carrying_of = graph.plan.carrying
     decisions = graph.plan.decisions

@@ -1,6 +1,8 @@
 """More families, eager and SDPA: T5 (v1.0 ReLU and v1.1 gated-GELU, encoder *and* decoder maps),
 Mixtral and Qwen3-MoE, GPT-2, BERT (sequence classification, masked LM, bare ``BertModel`` with a
-function target), RoBERTa and ViT (the registered vision composite and AttnLRP).
+function target), RoBERTa and ViT (the registered vision composite and AttnLRP); and families the generic
+composite covers through ops of their own: BLOOM (ALiBi via ``baddbmm``), Mamba (exp-made SSM decays),
+CTRL (scales ``inputs_embeds`` in place).
 
 For each: the forward inside the context equals the untouched model and leaves it bit-identical;
 strict coverage passes; relevance equals the explicit-form reference (:mod:`lxt_fx.reference`) seeded
@@ -27,8 +29,6 @@ from lxt_fx.composites import Composite, for_model
 from lxt_fx.reference import explicit_relevance
 from lxt_fx.rules import IdentityRegion
 from lxt_fx.session import rewritten_graph
-
-pytestmark = pytest.mark.extended
 
 V = 96
 ATTN = ["eager", "sdpa"]
@@ -65,6 +65,13 @@ CASES: dict[str, tuple[type, Callable[[], object]]] = {
     "bert-mlm": (tf.BertForMaskedLM, lambda: tf.BertConfig(**_text())),
     "bert-model": (tf.BertModel, lambda: tf.BertConfig(**_text())),
     "roberta": (tf.RobertaForSequenceClassification, lambda: tf.RobertaConfig(**_text(num_labels=3, pad_token_id=1))),
+    # generic-composite families with ops of their own: ALiBi scores through baddbmm (BLOOM), SSM decays
+    # made with exp and a gated RMSNorm-free mixer (Mamba), an in-place scaling of inputs_embeds (CTRL)
+    "bloom": (tf.BloomForCausalLM, lambda: tf.BloomConfig(vocab_size=V, hidden_size=32, n_layer=1, n_head=4)),
+    "mamba": (tf.MambaForCausalLM, lambda: tf.MambaConfig(vocab_size=V, hidden_size=32, state_size=8,
+                                                          num_hidden_layers=1, expand=2, conv_kernel=4)),
+    "ctrl": (tf.CTRLLMHeadModel, lambda: tf.CTRLConfig(vocab_size=V, n_embd=32, n_layer=1, n_head=4, dff=48,
+                                                      n_positions=64)),
     "vit": (tf.ViTForImageClassification, lambda: tf.ViTConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48, image_size=IMAGE,
         patch_size=4, num_labels=5)),
@@ -73,7 +80,8 @@ CASES: dict[str, tuple[type, Callable[[], object]]] = {
 # Every family runs eager and SDPA attention; variants that differ from their family only away from the
 # attention (T5 v1.1's gated-GELU FF, BERT's MLM head and bare encoder) run one of them each, to keep the
 # number of captures (≈ 3 s each on 2 cores) down.
-VARIANTS = {"t5-v1.1-gated": ["sdpa"], "bert-mlm": ["eager"], "bert-model": ["sdpa"]}
+VARIANTS = {"t5-v1.1-gated": ["sdpa"], "bert-mlm": ["eager"], "bert-model": ["sdpa"], "bloom": ["eager"],
+            "mamba": ["eager"], "ctrl": ["eager"]}
 RUNS = [(case, attn) for case in CASES for attn in VARIANTS.get(case, ATTN)]
 
 # A fixed direction: the bare encoder is explained as ``pooler_output · u`` (a function target).
@@ -154,7 +162,7 @@ def reference(model: torch.nn.Module, case: str, att: lxt_fx.Attribution, compos
     tensors = graph_tensors(model, case)
     graph = rewritten_graph(model, composite, tensors, {})
     with torch.no_grad():
-        plain = graph.captured.module()(dict(tensors))
+        plain = graph.captured.module()({k: v.clone() for k, v in tensors.items()})  # CTRL writes its input
     outs = {k: v.detach().requires_grad_(True) for k, v in plain.items() if v.is_floating_point()}
     if case == "bert-model":
         score = pooled_score(outs)

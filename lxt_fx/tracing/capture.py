@@ -167,7 +167,8 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
         raise CaptureError(type(model).__name__, failing_location(exc), exc, capture_hint(exc)) from exc
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        keys = tuple(program.module()({k: v[:1] for k, v in example.items()}).keys())
+        # copies: a graph may write its inputs in place (CTRL scales inputs_embeds with *=)
+        keys = tuple(program.module()({k: v[:1].clone() for k, v in example.items()}).keys())
     captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds)
     per_model[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1

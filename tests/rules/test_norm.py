@@ -143,3 +143,43 @@ def test_supports() -> None:
     rule = NormIdentity()
     assert rule.supports(aten.layer_norm.default) and rule.supports(aten.rms_norm.default)
     assert not rule.supports(aten.native_layer_norm.default)
+
+
+def group_norm_closed(x: torch.Tensor, groups: int, w: torch.Tensor | None, b: torch.Tensor | None, eps: float,
+                      r_y: torch.Tensor) -> torch.Tensor:
+    """x ⊙ Jᵀ(R_y / y) per sample, J the full Jacobian of the group norm with each group's r constant."""
+    n, c = x.shape[:2]
+    spatial = x[0, 0].numel()
+    wv = torch.ones(c, dtype=x.dtype) if w is None else w
+    bv = torch.zeros(c, dtype=x.dtype) if b is None else b
+    out = torch.empty_like(x)
+    size = c * spatial
+    for s in range(n):
+        flat = x[s].reshape(size)
+        jac = torch.zeros(size, size, dtype=x.dtype)
+        per = size // groups
+        for g in range(groups):
+            sl = slice(g * per, (g + 1) * per)
+            part = flat[sl]
+            r = 1.0 / torch.sqrt(((part - part.mean()) ** 2).mean() + eps)
+            jac[sl, sl] = r * (torch.eye(per, dtype=x.dtype) - torch.full((per, per), 1.0 / per, dtype=x.dtype))
+        scale = wv.repeat_interleave(spatial)
+        jac = torch.diag(scale) @ jac
+        y = jac @ flat + bv.repeat_interleave(spatial)
+        out[s] = (flat * (jac.T @ (r_y[s].reshape(size) / y))).reshape(x[s].shape)
+    return out
+
+
+def test_group_norm_three_forms_forward_exact() -> None:
+    # BiT / PoolFormer: aten.group_norm(x, groups, weight, bias, eps) over [N, C, *spatial].
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 3, 4, dtype=F64) * 1.5 + 0.3
+    w, b = torch.randn(6, dtype=F64), torch.randn(6, dtype=F64)
+    for groups, weight, bias in ((3, w, b), (1, None, None), (6, w, None), (2, None, b)):
+        y, r_y, gxi, ex = run(aten.group_norm.default, x, (groups, weight, bias, 1e-5))
+        assert torch.equal(y, F.group_norm(x, groups, weight, bias, 1e-5))
+        c = group_norm_closed(x, groups, weight, bias, 1e-5, r_y)
+        assert_close(gxi, c, rtol=1e-9, atol=1e-12)
+        assert_close(ex, c, rtol=1e-6, atol=1e-12)
+    y, r_y, gxi, _ = run(aten.group_norm.default, x.flatten(2), (3, w, None, 1e-5))  # [N, C, L], no bias
+    assert_close(gxi.sum(), r_y.sum())  # linear without bias: conserved

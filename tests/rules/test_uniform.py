@@ -95,3 +95,24 @@ def test_matmul_property(batch: int, m: int, k: int, n: int, eps: float, seed: i
     for i in (0, 1):
         assert_close(gxi[i], closed[i], rtol=1e-8, atol=1e-10 * scale)
         assert_close(ex[i], closed[i], rtol=1e-6, atol=1e-8 * scale)
+
+
+def test_baddbmm_added_term_keeps_its_share_and_factors_split_the_product() -> None:
+    # BLOOM's ALiBi scores: y = β·bias + α·(q @ kᵀ). ε-rule: R_bias = β·bias ⊙ R_y / y, and q and k share
+    # the product's α·(q @ kᵀ) ⊙ R_y / y with the bilinear closed form (written out here with N = R_y / (2y)).
+    torch.manual_seed(7)
+    bias, q, k = (torch.randn(3, 4, 5, dtype=F64), torch.randn(3, 4, 6, dtype=F64),
+                  torch.randn(3, 6, 5, dtype=F64))
+    beta, alpha = 0.7, 1.3
+    op = aten.baddbmm.default
+    y, r_y, gxi, ex = gxi_and_explicit(Uniform(), op, (bias, q, k), (0, 1, 2), {"beta": beta, "alpha": alpha})
+    assert torch.equal(y, torch.baddbmm(bias, q, k, beta=beta, alpha=alpha))
+    n = r_y / (2 * y)
+    closed = {0: beta * bias * r_y / y, 1: alpha * (n @ k.transpose(-2, -1)) * q,
+              2: alpha * (q.transpose(-2, -1) @ n) * k}
+    for i in (0, 1, 2):
+        assert_close(gxi[i], closed[i], rtol=1e-9, atol=1e-12)
+        assert_close(ex[i], closed[i], rtol=1e-6, atol=1e-12)
+    assert_close(sum(v.sum() for v in gxi.values()), r_y.sum())  # conserved
+    # only one factor carries relevance: linear, so the uniform rule does not apply
+    assert not Uniform().applies((0, 1), op) and Uniform().applies((1, 2), op) and Uniform().applies((0, 1, 2), op)
