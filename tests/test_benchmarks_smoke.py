@@ -1,4 +1,5 @@
-"""``benchmarks/overhead.py`` runs end to end (tiny LLaMA, one repeat) and prints the ratio table."""
+"""``benchmarks/overhead.py`` and ``benchmarks/gpu.py`` (its CPU form) run end to end on a tiny LLaMA and
+print their ratio tables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+GPU_SCRIPT = SCRIPT.parent / "gpu.py"
 
 
 def test_overhead_benchmark_smoke() -> None:
@@ -22,3 +24,15 @@ def test_overhead_benchmark_smoke() -> None:
     for row in rows[:2]:
         ratio = float(row.strip("|").split("|")[5])
         assert ratio > 0
+
+
+def test_gpu_benchmark_runs_on_cpu() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--device", "cpu", "--model", "tiny", "--lengths", "24",
+                           "--repeats", "1"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=SCRIPT.parents[1])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| tiny |")]
+    assert [r[3].strip() for r in rows] == ["plain gradient", "AttnLRP", "AttnLRP + sqrt"]
+    assert float(rows[0][5]) == 1.0 and all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+    assert all(r[6].strip() == "n/a" for r in rows)  # no resettable peak counter on CPU
