@@ -7,6 +7,11 @@ q and k get no gradient and ``A·V`` is linear in ``V``.
 
 Explicit form: the kernel is decomposed (scores, mask, softmax, ``A·V``) and each part gets its explicit
 rule — used as the reference for the fused GxI form.
+
+A captured graph passes SDPA an explicit boolean mask even when it is plain causal (the exporter traces the
+general masking path, while the eager model would call the kernel with ``is_causal=True``). The GxI form
+checks that at run time and then calls the kernel causally: the same values without turning an L×L mask
+into an additive float mask in forward and backward.
 """
 
 from __future__ import annotations
@@ -38,6 +43,35 @@ def attention_scales(carrying: Sequence[int], through_weights: bool) -> tuple[fl
     a_scale = 0.5 if (weights_carry and v) else 1.0
     qk = 0.5 if (q and k) else 1.0
     return a_scale * qk, a_scale * qk, v_scale
+
+
+_CAUSAL: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _is_causal_mask(mask: Any, q: Tensor, k: Tensor) -> bool:
+    """Whether ``mask`` is a boolean mask equal to the lower-triangular causal mask for q and k."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or q.size(-2) != k.size(-2):
+        return False
+    n = q.size(-2)
+    if mask.dim() < 2 or mask.shape[-2:] != (n, n):
+        return False
+    causal = _CAUSAL.get((n, mask.device))
+    if causal is None:
+        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+        _CAUSAL.clear()  # one length at a time is enough
+        _CAUSAL[(n, mask.device)] = causal
+    return torch.equal(mask, causal.expand_as(mask))
+
+
+def attention(op: Callable[..., Any], *args: Any, scales: Sequence[float] = (), **kwargs: Any) -> Tensor:
+    """GxI form: the fused kernel with the gradient of q, k, v scaled by ``scales``; a boolean mask that
+    is exactly causal is replaced by ``is_causal=True``."""
+    named = _sdpa_args(args, kwargs)
+    if (not named.get("is_causal") and not named.get("dropout_p")
+            and _is_causal_mask(named.get("attn_mask"), named["query"], named["key"])):
+        rest = {k: v for k, v in named.items() if k not in ("query", "key", "value", "attn_mask", "is_causal")}
+        return uniform(op, named["query"], named["key"], named["value"], scales=scales, is_causal=True, **rest)
+    return uniform(op, *args, scales=scales, **kwargs)
 
 
 def _sdpa_args(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +132,7 @@ class Attention(Rule):
         self.through_weights = through_weights
 
     def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Callable[..., Any], dict[str, Any]]:
-        return uniform, {"scales": attention_scales(carrying, self.through_weights)}
+        return attention, {"scales": attention_scales(carrying, self.through_weights)}
 
     def explicit(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any, relevance: Any,
                  carrying: Sequence[int]) -> Relevances:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,3 +257,31 @@ def test_bf16_within_bound() -> None:
         for name, t, gr, got in zip("qkv", leaves, grads, low["gxi"], strict=True):
             assert got.dtype == torch.bfloat16
             assert_rel(got, t.detach() * gr, 2**-4, f"{case[0]} bf16 R_{name}", floor=1e-3)
+
+
+def test_an_exactly_causal_boolean_mask_runs_the_kernel_causally() -> None:
+    from lxt_fx.rules.attention import attention
+
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    causal = torch.ones(7, 7, dtype=torch.bool).tril().expand(2, 1, 7, 7)
+    padded = causal.clone()
+    padded[1, :, :, 5:] = False
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((len(args), kwargs.get("is_causal", False)))
+        return F.scaled_dot_product_attention(*args, **kwargs)
+
+    scales = (0.25, 0.25, 0.5)
+    for mask, expect_causal in ((causal, True), (padded, False)):
+        seen.clear()
+        out = attention(spy, q, k, v, mask, scale=0.3, scales=scales)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        assert seen == [(3, True)] if expect_causal else seen == [(4, False)]
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (q, k, v), g)
+        want = torch.autograd.grad(ref, (q, k, v), g)
+        for a, b, s in zip(got, want, scales, strict=True):
+            torch.testing.assert_close(a, b * s, rtol=1e-10, atol=1e-12)
