@@ -195,7 +195,7 @@ def _summed_main_output(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _has_logits(model: Any, call: dict[str, Any]) -> bool:
     with torch.no_grad():
-        out = model(**call)
+        out = model(**call, **({"use_cache": False} if _takes(model, "use_cache") else {}))
     return getattr(out, "logits", None) is not None if not isinstance(out, dict) else "logits" in out
 
 

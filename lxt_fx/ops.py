@@ -90,6 +90,14 @@ IGNORED = frozenset({aten.sym_size, aten._assert_tensor_metadata, aten.detach, a
                      aten.new_ones, aten.new_full, aten.new_empty})
 
 
+# Arguments that give only a shape, dtype or device, never values: no relevance flows through them.
+SHAPE_ONLY: dict[Any, frozenset[int]] = {
+    **dict.fromkeys([aten.expand_as, aten.view_as, aten.reshape_as, aten.type_as], frozenset({1})),
+    **dict.fromkeys([aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
+                     aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty],
+                    frozenset({0})),
+}
+
 # Custom ops (by schema name) that are linear in their first argument when the others are constants.
 LINEAR_CUSTOM = frozenset({"transformers::grouped_mm_fallback"})
 

@@ -30,6 +30,7 @@ from .ops import (
     LINEAR,
     PRODUCTS,
     SELECTION,
+    SHAPE_ONLY,
     factors,
     grad_disabled,
     is_linear_custom,
@@ -118,8 +119,11 @@ class RewriteReport:
 
 
 def _top_level_carrying(node: fx.Node, carries: set[fx.Node]) -> tuple[int, ...]:
+    shape_only = SHAPE_ONLY.get(packet(node.target), frozenset())
     found = []
     for i, arg in enumerate(node.args):
+        if i in shape_only:
+            continue
         hit = False
 
         def visit(a: fx.Node) -> fx.Node:

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+from torch import fx
 from torch._ops import ops as _ops
 
-from ..ops import ACTIVATIONS, DECAYS, NORM_SCALES, PRODUCTS, SOFTMAX
+from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION, SOFTMAX, packet
 from ..rules import Attention, Gradient, Identity, IdentityRegion, NormIdentity, SoftmaxDT, Stop, Uniform
 from .composite import Composite
-from .patterns import AnyOf
+from .patterns import AnyOf, NodeInfo
 
 aten = _ops.aten
 
+_SCALING = frozenset({aten.mul, aten.mul_, aten.multiply, aten.div, aten.div_})
+_PASSING = LINEAR | SELECTION | ACTIVATIONS | NORM_SCALES | DECAYS
+
+
+def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
+    """The node's value, through at most ``depth`` element-wise / linear steps (``+ eps``, ``unsqueeze``,
+    a cast, a sigmoid), multiplies or divides *another* relevance-carrying tensor: it is a scale (a norm's
+    ``rsqrt``, an SSM decay), not the carrier itself. ``sqrt`` used as an activation does not match."""
+    chain, frontier = {node}, [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if user in chain or user.op != "call_function":
+                    continue
+                p = packet(user.target)
+                if p in _SCALING and any(a not in chain and a.name in info.reachable for a in user.all_input_nodes):
+                    return True
+                if p in _PASSING:
+                    chain.add(user)
+                    following.append(user)
+        frontier = following
+    return False
+
 # The normalizing scale of a norm, wherever the exporter decomposed it (RMSNorm, T5LayerNorm, gated norms
 # of linear-attention layers, L2-normalized queries and keys): identity through the norm (Prop. 3.4).
-NORM_SCALE = AnyOf(*NORM_SCALES)
+NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
-DECAY = AnyOf(*DECAYS)
+DECAY = (AnyOf(*DECAYS), scales_another)
 # Renormalization of top-k routing weights inside an MoE router: the rule is the plain gradient.
 ROUTER_RENORM = (AnyOf(aten.div, aten.div_), "Router")
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):

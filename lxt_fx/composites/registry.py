@@ -36,10 +36,13 @@ def for_model(model: nn.Module) -> Composite:
 
 def register_defaults() -> None:
     """The built-in per-model-type composites: ``vit`` → CP-LRP + γ (:mod:`.vision`), the documented
-    default for vision. Called at import; call it again to restore them after ``unregister``."""
+    default for vision; ``doge`` → AttnLRP with its dynamic attention mask held constant
+    (:mod:`.dynamic_mask`). Called at import; call it again to restore them after ``unregister``."""
+    from .dynamic_mask import dynamic_mask
     from .vision import vision
 
     register("vit", vision)
+    register("doge", dynamic_mask)
 
 
 register_defaults()
