@@ -193,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", action="store_true",
                         help="also time AttnLRP with checkpoint None / layer / sqrt (12-layer LLaMA, L ≥ 256)")
     parser.add_argument("--checkpoint-only", action="store_true", help="only the --checkpoint table")
+    parser.add_argument("--checkpoint-smollm2", action="store_true",
+                        help="add SmolLM2-135M (30 layers) rows to the --checkpoint table")
     args = parser.parse_args(argv)
 
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
@@ -240,6 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_lines = measure_checkpoint(f"LLaMA-{deep['layers']}L-h{deep['hidden']} sdpa", model,
                                               [length for length in lengths if length >= 256] or lengths,
                                               repeats, console)
+        if args.checkpoint_smollm2:
+            from lxt_fx import models
+
+            with contextlib.redirect_stderr(io.StringIO()):
+                smol, _ = models.load("smollm2")
+            checkpoint_lines += measure_checkpoint("SmolLM2-135M sdpa", smol, [length for length in lengths
+                                                                              if length >= 256] or lengths,
+                                                   repeats, console)
 
     console.print(rich_table(rows))
     if checkpoint_lines:
