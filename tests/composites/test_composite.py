@@ -115,3 +115,38 @@ def test_rewrite_returns_graph_and_report(eager_llama) -> None:
     assert isinstance(gm, torch.fx.GraphModule)
     assert report.rule_counts() == {"stop": 5, "uniform": 6, "softmax": 2, "identity": 2}
     assert "lxt_fx_rules" in gm.code
+
+
+class _Mixer(torch.nn.Module):
+    """No module named *Norm: an RMS-normalized and an L2-normalized branch, an exp-made decay of a state, and exp as the carrier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(10, 8)
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.emb
+
+    def forward(self, inputs_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.a(inputs_embeds)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # a scale of x
+        decayed = torch.exp(-F.softplus(self.b(inputs_embeds))) * normed  # a decay of the state
+        unit = F.normalize(x, dim=-1)  # x / norm(x).clamp_min(eps).expand_as(x): x only gives a shape there
+        return {"logits": self.head(decayed + unit + torch.exp(x))}  # exp(x) itself carries: no scale
+
+
+def test_scales_and_decays_stop_only_where_they_scale_another_tensor() -> None:
+    gm, report = lxt_fx.attnlrp.rewrite(_Mixer().eval(), {"inputs_embeds": torch.randn(1, 3, 8)})
+    rules = _rules_by_op(report)
+    assert rules["aten.rsqrt.default"] == {"stop"} and rules["aten.linalg_vector_norm.default"] == {"stop"}
+    assert [r.module_path for r in report.rewritten if r.op == "aten.exp.default"] == [""]  # the decay only
+    assert {r.rule for r in report.rewritten if r.op == "aten.exp.default"} == {"stop"}
+    assert [r.op for r in report.unhandled] == ["aten.exp.default"]  # exp(x): a carrier without a rule
+    with pytest.raises(lxt_fx.UnhandledOpError, match="aten.exp.default"):
+        lxt_fx.attnlrp.rewrite(_Mixer().eval(), {"inputs_embeds": torch.randn(1, 3, 8)}, strict=True)
+    # with the decay and the scale constant, the products with them are linear: no uniform rule
+    assert "uniform" not in {r.rule for r in report.rewritten}
