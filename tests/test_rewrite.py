@@ -11,7 +11,7 @@ import lxt_fx
 from lxt_fx.rules import attention, identity, softmax, stop, uniform
 from lxt_fx.session import rewritten_graph
 
-RULE_FUNCTIONS = {uniform.uniform, identity.identity, softmax.softmax_dt, stop.stop}
+RULE_FUNCTIONS = {uniform.uniform, identity.identity, softmax.softmax_dt, stop.stop, attention.attention}
 
 
 def test_every_decision_is_an_opaque_rule_node_with_metadata() -> None:
@@ -30,7 +30,7 @@ def test_every_decision_is_an_opaque_rule_node_with_metadata() -> None:
     code = graph.module.code
     assert code.count("lxt_fx_rules_") >= len(graph.report.rewritten)
     assert "attention" in {r.rule for r in graph.report.rewritten}
-    assert attention.Attention().gxi(None, (0, 1, 2))[0] is uniform.uniform
+    assert attention.Attention().gxi(None, (0, 1, 2))[0] is attention.attention
 
 
 def test_rule_backwards_run() -> None:
