@@ -78,6 +78,7 @@ SHRINK: dict[str, int] = {
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 32),
     **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim"], 8),
     "v_head_dim": HIDDEN // HEADS,
+    "rotary_dim": HIDDEN // HEADS,  # GPT-J / CodeGen rotate part of each head
     "vocab_size": VOCAB,
     "image_size": IMAGE,
     "patch_size": PATCH,
