@@ -8,5 +8,5 @@ from .patterns import AnyOf, NodeInfo
 from .registry import for_model, register, registered, unregister
 from .vision import cp_lrp_gamma, vision
 
-__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "cp_lrp_gamma", "dynamic_mask", "for_model", "register",
-           "registered", "unregister", "vision"]
+__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "cp_lrp_gamma", "dynamic_mask", "for_model",
+           "register", "registered", "unregister", "vision"]

@@ -17,6 +17,7 @@ into an additive float mask in forward and backward.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,22 +46,23 @@ def attention_scales(carrying: Sequence[int], through_weights: bool) -> tuple[fl
     return a_scale * qk, a_scale * qk, v_scale
 
 
-_CAUSAL: dict[tuple[int, torch.device], Tensor] = {}
+# The mask checked last and the answer: one mask tensor is shared by every layer of a forward pass, so it is
+# compared with the causal mask once per pass, not once per layer. [weakref to it, its version, answer]
+_LAST_CHECK: list[Any] = [None, -1, False]
 
 
 def _is_causal_mask(mask: Any, q: Tensor, k: Tensor) -> bool:
     """Whether ``mask`` is a boolean mask equal to the lower-triangular causal mask for q and k."""
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or q.size(-2) != k.size(-2):
-        return False
     n = q.size(-2)
-    if mask.dim() < 2 or mask.shape[-2:] != (n, n):
+    if (not isinstance(mask, Tensor) or mask.dtype != torch.bool or k.size(-2) != n or mask.dim() < 2
+            or mask.shape[-2:] != (n, n)):
         return False
-    causal = _CAUSAL.get((n, mask.device))
-    if causal is None:
-        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-        _CAUSAL.clear()  # one length at a time is enough
-        _CAUSAL[(n, mask.device)] = causal
-    return torch.equal(mask, causal.expand_as(mask))
+    ref, version, answer = _LAST_CHECK
+    if ref is not None and ref() is mask and version == mask._version:
+        return answer
+    answer = torch.equal(mask, torch.ones(n, n, dtype=torch.bool, device=mask.device).tril().expand_as(mask))
+    _LAST_CHECK[:] = [weakref.ref(mask), mask._version, answer]
+    return answer
 
 
 def attention(op: Callable[..., Any], *args: Any, scales: Sequence[float] = (), **kwargs: Any) -> Tensor:

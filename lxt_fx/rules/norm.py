@@ -45,10 +45,10 @@ def _norm_parts(op: Any, x: Tensor, args: Sequence[Any]) -> _Parts:
     packet = getattr(op, "overloadpacket", op)
     xf = x.detach().to(torch.promote_types(x.dtype, torch.float32))
     weight = args[1] if len(args) > 1 else None
+    shape = x.shape
     if packet is aten.group_norm:
         groups = args[0]
         eps = args[3] if len(args) > 3 else 1e-5
-        shape = x.shape
 
         def group(t: Tensor) -> Tensor:
             return t.reshape(shape[0], groups, -1)
@@ -58,7 +58,6 @@ def _norm_parts(op: Any, x: Tensor, args: Sequence[Any]) -> _Parts:
         centred = True
     else:
         n = len(args[0])
-        shape = x.shape
 
         def group(t: Tensor) -> Tensor:
             return t.flatten(start_dim=x.dim() - n) if n > 1 else t

@@ -285,3 +285,13 @@ def test_an_exactly_causal_boolean_mask_runs_the_kernel_causally() -> None:
         want = torch.autograd.grad(ref, (q, k, v), g)
         for a, b, s in zip(got, want, scales, strict=True):
             torch.testing.assert_close(a, b * s, rtol=1e-10, atol=1e-12)
+    # the answer is remembered per mask tensor (shared by all layers) but not past an in-place change
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()
+    for _ in range(2):  # checked, then remembered
+        seen.clear()
+        attention(spy, q, k, v, mask, scales=scales)
+        assert seen == [(3, True)]
+    mask[6, 0] = False
+    seen.clear()
+    attention(spy, q, k, v, mask, scales=scales)
+    assert seen == [(4, False)]
