@@ -1,13 +1,15 @@
 """lxt-fx: AttnLRP for any HuggingFace transformer, by rewriting its captured torch.fx graph.
 
 ``explain(model, "text", tokenizer=tok)`` gives relevance per input token in one backward pass;
-``attnlrp.context(model)`` routes ordinary model calls through the rewritten graph.
+``attnlrp.context(model)`` routes ordinary model calls through the rewritten graph;
+``check(model, inputs)`` proves coverage, rule opacity, conservation and finiteness for one input.
 """
 
-from . import composites, rules, targets, tracing
-from .attribution import Attribution
+# ``lxt_fx.check`` is the package of the checks and, called, ``check(model, inputs)`` (see lxt_fx/check).
+from . import check, composites, rules, targets, tracing
+from .attribution import Attribution, CaptureNameError
 from .composites import Composite, attnlrp, cp_lrp
-from .explain import InputError, explain
+from .explain import InputError, NoParametersError, explain
 from .rewrite import RewriteReport, UnhandledOpError
 from .session import DtypeError, NoInputEmbeddingsError, NotAModuleError
 from .targets import Contrastive, LogProb, TargetError
@@ -15,6 +17,7 @@ from .tracing import CaptureError, LXTError
 
 __version__ = "0.1.0"
 
-__all__ = ["Attribution", "CaptureError", "Composite", "Contrastive", "DtypeError", "InputError", "LXTError",
-           "LogProb", "NoInputEmbeddingsError", "NotAModuleError", "RewriteReport", "TargetError",
-           "UnhandledOpError", "attnlrp", "composites", "cp_lrp", "explain", "rules", "targets", "tracing"]
+__all__ = ["Attribution", "CaptureError", "CaptureNameError", "Composite", "Contrastive", "DtypeError",
+           "InputError", "LXTError", "LogProb", "NoInputEmbeddingsError", "NoParametersError", "NotAModuleError",
+           "RewriteReport", "TargetError", "UnhandledOpError", "attnlrp", "check", "composites", "cp_lrp",
+           "explain", "rules", "targets", "tracing"]

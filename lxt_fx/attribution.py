@@ -9,6 +9,15 @@ from typing import Any
 from torch import Tensor
 
 from .rewrite import RewriteReport
+from .tracing.errors import LXTError
+
+
+class CaptureNameError(LXTError, KeyError):
+    """A name given to ``explain(..., capture=[...])`` or ``Attribution.latent(name)`` that names nothing
+    captured: no graph node, relevance input or module path of that name (close matches are listed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -46,8 +55,8 @@ class Attribution:
         ``explain(..., capture=[...])``."""
         if not self.latents or name not in self.latents:
             have = sorted(self.latents) if self.latents else []
-            raise KeyError(f"no latent relevance captured at {name!r} (captured: {have}); pass "
-                           f"explain(..., capture=[{name!r}])")
+            raise CaptureNameError(f"no latent relevance captured at {name!r} (captured: {have}); pass "
+                                   f"explain(..., capture=[{name!r}])")
         return self.latents[name]
 
     def __len__(self) -> int:

@@ -17,7 +17,38 @@ from .tracing.errors import LXTError
 
 
 class InputError(LXTError, ValueError):
-    """Inputs that cannot be explained (empty text, ids outside the vocabulary, no tokenizer for text)."""
+    """Inputs that cannot be explained (empty text, ids outside the vocabulary, no tokenizer for text,
+    ids or an attention mask of the wrong shape)."""
+
+
+class NoParametersError(LXTError, ValueError):
+    """The model has no parameters: nothing in it can be explained, and no device to run on is known."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter, or :class:`NoParametersError`."""
+    param = next(model.parameters(), None)
+    if param is None:
+        raise NoParametersError(
+            f"{type(model).__name__} has no parameters (model.parameters() is empty): LRP explains a model "
+            "through its weights and reads relevance at its input embeddings; pass the model itself (e.g. "
+            "AutoModelForCausalLM.from_pretrained(...)), not a wrapper function or an empty module")
+    return param.device
+
+
+def mask_like(ids: Tensor, attention_mask: Tensor | None, what: str = "input_ids") -> Tensor:
+    """``attention_mask`` checked against ``ids`` ``[batch, seq]`` (a ``[seq]`` mask for one row is
+    ``[1, seq]``); all ones when None. Anything else is an :class:`InputError`, never a reshape."""
+    if attention_mask is None:
+        return torch.ones_like(ids)
+    mask = attention_mask
+    if mask.dim() == 1 and ids.shape[0] == 1:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise InputError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit {what} of shape "
+                         f"{tuple(ids.shape)}: give one mask entry per token, shape [batch, seq] = "
+                         f"{tuple(ids.shape)} (1 for a real token, 0 for padding)")
+    return mask
 
 
 def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask: Tensor | None,
@@ -26,13 +57,20 @@ def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask:
     if isinstance(inputs, str):
         inputs = [inputs]
     if isinstance(inputs, Tensor):
-        ids = inputs if inputs.dim() == 2 else inputs.reshape(1, -1)
-        if ids.is_floating_point():
+        if inputs.is_floating_point():
             raise InputError("input_ids must be integer token ids, got a float tensor (pass token ids)")
-        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.reshape(ids.shape)
+        if inputs.dim() not in (1, 2):
+            raise InputError(f"input_ids must be [batch, seq] (or one row [seq]), got shape "
+                             f"{tuple(inputs.shape)}: give one row of token ids per text, e.g. "
+                             f"ids.reshape(-1, ids.shape[-1]) if the extra dimensions are really rows")
+        ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+        mask = mask_like(ids, attention_mask)
     elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
         if tokenizer is None:
             raise InputError("text inputs need a tokenizer: explain(model, text, tokenizer=tokenizer)")
+        if attention_mask is not None:
+            raise InputError("attention_mask was given with text inputs, whose mask is built from the text: "
+                             "drop attention_mask, or pass input_ids [batch, seq] together with their mask")
         empty = [i for i, t in enumerate(inputs) if not t.strip()]
         if empty:
             raise InputError(f"input text {empty} is empty: give at least one token of text")
@@ -82,7 +120,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer
     model = check_model(model)
     composite = composite if composite is not None else for_model(model)
     goal = as_target(target)
-    device = next(model.parameters()).device
+    device = model_device(model)
     if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
         return _explain_image(model, inputs.to(device), goal, composite, strict, checkpoint, capture)
     embedding = input_embeddings(model)

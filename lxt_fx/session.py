@@ -78,6 +78,15 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str,
             tensors[name] = value
         else:
             static[name] = value
+    for mask, seq in (("attention_mask", ("input_ids", "inputs_embeds")),
+                      ("decoder_attention_mask", ("decoder_input_ids", "decoder_inputs_embeds"))):
+        what = next((s for s in seq if s in tensors), None)
+        if mask in tensors and what is not None and kwargs.get("past_key_values") is None \
+                and tensors[mask].dim() == 2 and tensors[what].dim() >= 2 \
+                and tuple(tensors[mask].shape) != tuple(tensors[what].shape[:2]):
+            from .explain import mask_like  # raises InputError (explain imports this module)
+
+            mask_like(tensors[what][..., 0] if what.endswith("embeds") else tensors[what], tensors[mask], what)
     for ids, embeds in (("input_ids", "inputs_embeds"), ("decoder_input_ids", "decoder_inputs_embeds")):
         if ids in tensors and embeds not in tensors and ids == "input_ids":
             tensors[embeds] = input_embeddings(model)(tensors.pop(ids))

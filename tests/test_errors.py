@@ -90,3 +90,75 @@ def test_targets_logprob_and_contrastive(model) -> None:
     r7 = lxt_fx.explain(model, ids, target=7).relevance
     r9 = lxt_fx.explain(model, ids, target=9).relevance
     torch.testing.assert_close(con.relevance, r7 - r9, atol=1e-6, rtol=1e-5)
+
+
+# ---- wrong shapes, models without parameters, unknown capture names, lxt_fx.check as a function ----------
+
+
+def test_attention_mask_of_the_wrong_shape_in_explain(model) -> None:
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with pytest.raises(lxt_fx.InputError, match=r"attention_mask of shape \(1, 4\).*\(1, 5\)"):
+        lxt_fx.explain(model, ids, attention_mask=torch.ones(1, 4, dtype=torch.long))
+    # same number of entries, other shape: was silently reshaped into [1, 5]
+    with pytest.raises(lxt_fx.InputError, match=r"attention_mask of shape \(5, 1\)"):
+        lxt_fx.explain(model, ids, attention_mask=torch.ones(5, 1, dtype=torch.long))
+    # a one-row [seq] mask with one-row [seq] ids is the same as [1, seq]
+    one = lxt_fx.explain(model, ids[0], attention_mask=torch.ones(5, dtype=torch.long))
+    two = lxt_fx.explain(model, ids, attention_mask=torch.ones(1, 5, dtype=torch.long))
+    torch.testing.assert_close(one.relevance, two.relevance, rtol=0, atol=0)
+
+
+def test_attention_mask_of_the_wrong_shape_in_context() -> None:
+    model = make_model("llama")  # fresh: nothing captured yet for this model
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with lxt_fx.attnlrp.context(model):
+        with pytest.raises(lxt_fx.InputError, match=r"attention_mask of shape \(1, 4\).*\(1, 5\)"):
+            model(input_ids=ids, attention_mask=torch.ones(1, 4, dtype=torch.long))
+        model(input_ids=ids, attention_mask=torch.ones(1, 5, dtype=torch.long))  # captures this signature
+        with pytest.raises(lxt_fx.InputError, match="attention_mask"):  # was a raw 'Guard failed'
+            model(input_ids=ids, attention_mask=torch.ones(1, 6, dtype=torch.long))
+
+
+def test_three_dimensional_ids_are_refused_not_flattened(model) -> None:
+    ids = torch.tensor([[[1, 2, 3], [4, 5, 6]]])  # [1, 2, 3]: was flattened into one row of 6 tokens
+    with pytest.raises(lxt_fx.InputError, match=r"\[batch, seq\].*\(1, 2, 3\)"):
+        lxt_fx.explain(model, ids)
+    with pytest.raises(lxt_fx.InputError, match=r"\[batch, seq\]"):
+        lxt_fx.check(model, ids)
+
+
+class _Doubler(torch.nn.Module):
+    """A module without parameters: only a function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_model_without_parameters() -> None:
+    with pytest.raises(lxt_fx.NoParametersError, match="no parameters"):  # was a bare StopIteration
+        lxt_fx.explain(_Doubler(), torch.tensor([[1, 2]]))
+    with pytest.raises(lxt_fx.NoParametersError, match="_Doubler"):
+        lxt_fx.check(_Doubler(), torch.tensor([[1, 2]]))
+
+
+def test_unknown_capture_name_lists_close_matches(model) -> None:
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(lxt_fx.CaptureNameError, match=r"did you mean.*'model\.layers\.0'") as info:
+        lxt_fx.explain(model, ids, capture=["model.layerz.0"])
+    assert isinstance(info.value, KeyError)  # still a KeyError for code that caught that
+    with pytest.raises(lxt_fx.CaptureNameError, match="no.such.module"):
+        lxt_fx.explain(model, ids, capture=["no.such.module"])
+    att = lxt_fx.explain(model, ids, capture=["model.layers.0"])
+    with pytest.raises(lxt_fx.CaptureNameError, match=r"capture=\['model.layers.1'\]"):
+        att.latent("model.layers.1")
+
+
+def test_check_is_callable_and_still_the_package(model) -> None:
+    from lxt_fx.check import CheckReport, check, conservation, coverage
+
+    assert callable(lxt_fx.check) and lxt_fx.check.coverage is coverage
+    assert lxt_fx.check.conservation is conservation and check.__module__ == "lxt_fx.check"
+    report = lxt_fx.check(model, torch.tensor([[1, 2, 3, 4]]), zero_bias=False)
+    assert isinstance(report, CheckReport) and report.ok
+    direct = check(model, torch.tensor([[1, 2, 3, 4]]), zero_bias=False)
+    assert report.score == direct.score

@@ -17,7 +17,9 @@ written). Everything lands in a :class:`CheckReport`.
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from ..checkpoint import block_index
 from ..composites.composite import Composite
 from ..composites.registry import for_model
-from ..explain import InputError, encode, last_positions
+from ..explain import InputError, encode, last_positions, mask_like, model_device
 from ..ops import op_name
 from ..session import (
     RELEVANCE_INPUTS,
@@ -79,6 +81,7 @@ def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, 
     """
     start = time.perf_counter()
     model = check_model(model)
+    model_device(model)  # a model without parameters is a named error here, not a StopIteration later
     tensors, static = _prepare(model, inputs, tokenizer, attention_mask)
     relevance_input = next((n for n in RELEVANCE_INPUTS if n in tensors), None)
     if relevance_input is None:
@@ -114,12 +117,12 @@ def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tens
     elif isinstance(inputs, Tensor) and inputs.is_floating_point():
         tensors, static = {"inputs_embeds": inputs}, {}
         if attention_mask is not None:
-            tensors["attention_mask"] = attention_mask
+            tensors["attention_mask"] = mask_like(inputs[..., 0], attention_mask, "inputs_embeds")
     else:
         embedding = input_embeddings(model)
         vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
         ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
-        device = next(model.parameters()).device
+        device = model_device(model)
         with torch.no_grad():
             embeds = embedding(ids.to(device))
         tensors, static = {"inputs_embeds": embeds, "attention_mask": mask.to(device)}, {}
@@ -211,3 +214,13 @@ def _graph_nodes(graph: Rewritten, coverage: list[CoverageRow]) -> list[GraphNod
                               node.name in path, row.kind if row else node.op,
                               block_index(node), tuple(dict.fromkeys(inputs))))
     return rows
+
+
+class _CallableModule(types.ModuleType):
+    """``lxt_fx.check`` is this package and, called, the function :func:`check`: ``lxt_fx.check(model,
+    inputs)`` as documented, while ``from lxt_fx.check import conservation, coverage, ...`` keeps working."""
+
+    __call__ = staticmethod(check)
+
+
+sys.modules[__name__].__class__ = _CallableModule

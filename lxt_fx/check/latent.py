@@ -18,6 +18,7 @@ run by whoever drives the graph) fills a :class:`Recorder`. ``0 · ±inf`` count
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from ..attribution import CaptureNameError
 from ..rewrite import Plan, RewriteReport, apply
 from ..session import Rewritten
 from ..tracing.meta import module_path
@@ -287,8 +289,7 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
         pattern = name.removesuffix(".")
         concrete = [p for p in _module_roots(paths) if fnmatch.fnmatchcase(p, pattern)]
         if not concrete:
-            raise KeyError(f"{name!r} is neither a node of the graph nor a module path of it; module paths "
-                           f"look like {paths[:3]}, node names like {[n.name for n in nodes[-4:-1]]}")
+            raise CaptureNameError(_unknown(name, paths, nodes))
         for path in concrete:
             inside = [n for n in nodes if n.op == "call_function" and
                       (module_path(n) == path or module_path(n).startswith(path + "."))]
@@ -296,10 +297,25 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
             outs = [n for n in inside if n.name in on_path and _external_users(n, members)
                     and isinstance(n.meta.get("val"), Tensor)]
             if not outs:
-                raise KeyError(f"module {path!r} has no output on the relevance path (nothing in it carries "
-                               "relevance to the explained output)")
+                raise CaptureNameError(f"module {path!r} has no output on the relevance path (nothing in it "
+                                       "carries relevance to the explained output): capture a module that "
+                                       "the explained output depends on")
             resolved[path if any(c in name for c in "*?[") else name] = outs[-1].name
     return resolved
+
+
+def _unknown(name: str, paths: Sequence[str], nodes: Sequence[fx.Node]) -> str:
+    """The message for a capture name that matches nothing, with the closest module paths / node names."""
+    roots = _module_roots(paths)
+    inputs = [n.name.removeprefix("tensors_") for n in nodes if n.op == "placeholder"
+              and n.name.startswith("tensors_")]
+    candidates = roots + inputs + [n.name for n in nodes if n.op == "call_function"]
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    top = sorted({p.split(".")[0] for p in roots})
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return (f"capture name {name!r} is neither a node of the graph, a relevance input nor a module path of "
+            f"the model; {hint}module paths are as in model.named_modules() (top level: {top}; globs such as "
+            f"'model.layers.*' allowed), inputs: {inputs}")
 
 
 def _module_roots(paths: Iterable[str]) -> list[str]:
