@@ -44,6 +44,7 @@ from ..targets import Function, Target, TokenSpec, as_target
 from ..tracing.meta import module_path
 from .conservation import (
     Conservation,
+    MagnitudeRecorder,
     account,
     causes,
     edge_specs,
@@ -55,7 +56,6 @@ from .conservation import (
 from .coverage import CoverageRow, classify
 from .latent import (
     LatentPass,
-    Recorder,
     fresh_rewritten,
     insert_taps,
     latent_pass,
@@ -184,18 +184,21 @@ def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inpu
     zeroed = zero_biases(gm, path) if zero_bias else []
     cause = causes(gm, plan, path)
     specs = edge_specs(gm, path) + value_specs(gm)
-    recorder = Recorder(specs, excused_neg_inf(gm, path))
+    recorder = MagnitudeRecorder(specs, excused_neg_inf(gm, path))
     insert_taps(gm, specs, recorder)
+    # every relevance input is a leaf (an encoder-decoder has two: encoder and decoder embeddings)
+    names = [n for n in RELEVANCE_INPUTS if n in tensors] or [relevance_input]
+    mask = tensors.get("decoder_attention_mask", tensors.get("attention_mask"))  # the explained sequence's
     with torch.enable_grad():
-        leaf = tensors[relevance_input].detach().requires_grad_(True)
-        call = {**tensors, relevance_input: leaf}
+        leaves = [tensors[n].detach().requires_grad_(True) for n in names]
+        call = {**tensors, **dict(zip(names, leaves, strict=True))}
         outputs = gm({k: call[k] for k in sorted(call)})
-        scores, target_ids = _score(outputs, goal, tokenizer, tensors.get("attention_mask"), target_ids)
+        scores, target_ids = _score(outputs, goal, tokenizer, mask, target_ids)
         if scores.requires_grad:
-            torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
+            torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
     score = float(scores.detach().double().sum())
-    conservation = account(gm, path, recorder.totals(), specs, score, [f"tensors_{relevance_input}"], cause,
-                           zero_bias, zeroed)
+    conservation = account(gm, path, recorder.totals(), specs, score, [f"tensors_{n}" for n in names], cause,
+                           zero_bias, zeroed, recorder.magnitudes)
     return _Pass(conservation, locate(gm, recorder), target_ids.detach().cpu())
 
 

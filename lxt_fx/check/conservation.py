@@ -17,6 +17,18 @@ by the cause of each node's loss, add up to ``score − input sum`` up to float 
 Zero-bias mode (:func:`zero_biases`) rewrites a *copy* of the graph: every bias argument (Linear, addmm,
 conv, LayerNorm) and every parameter added on the relevance path becomes zeros, and every rule's ε becomes
 0. The model's parameters are never written. Without softmax, the input sum then equals the score.
+
+**The verdict** (:meth:`Conservation.verdict`): the books *close* when what no known cause accounts for is
+within ``RTOL · |score| + ATOL · scale``. What is judged is ``Σ |absorbed|`` over the nodes of cause
+``other`` plus the telescoping residual ``|gap − Σ causes|`` — absolute values, so a gain at one node cannot
+hide a loss at another. ``scale`` is the largest ``Σ |R|`` over the cuts (input, block boundaries, outputs):
+every edge total is a float64 sum of float32 products ``x ⊙ g`` whose rounding grows with ``Σ |R|``, not with
+the signed score, so the floor keeps a score near 0 (a GPT-2 logit, a sum of signed outputs) from being
+judged by noise. ``RTOL = 1e-4``: tiny float32 transformers close to ~1e-7 of the score, so 1e-4 leaves three
+orders of margin for rounding and still catches a doubled product (a gain of the product's whole relevance)
+or a lost routing weight (Mixtral: 5e-3). ``ATOL = 1e-5`` of Σ|R|: ~100× the float32 ulp summed over
+thousands of edges. When that floor exceeds 1 % of ``|score|`` and nothing exceeds the bound, the verdict is
+``score ~0 — cannot judge`` (not verified).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, fx
 from torch._ops import ops as _ops
 
@@ -34,7 +47,7 @@ from ..ops import LINEAR, SELECTION, SOFTMAX, op_name, packet
 from ..rewrite import Plan
 from ..tracing.meta import module_path
 from .coverage import model_source
-from .latent import OUTPUT, TapSpec, original_call
+from .latent import OUTPUT, Recorder, TapSpec, original_call, relevance_of
 
 aten = _ops.aten
 
@@ -43,7 +56,8 @@ CAUSE_HELP = {
     "bias": "biases of Linear/conv/LayerNorm and parameters added on the relevance path: Σ g ⊙ b",
     "softmax": "the softmax rule's bias term (deep Taylor at x), inside fused attention or a softmax node",
     "embedding": "position / token-type embeddings added to the token embeddings (constants for relevance)",
-    "constant": "other constants added on the relevance path (masks, offsets)",
+    "constant": "other constants added on the relevance path (masks, offsets) or concatenated into it (CLS, "
+                "distillation or register tokens: learned inputs, constants for relevance)",
     "other": "any other op that does not conserve: an UNHANDLED non-linearity, a rule with ε > 0, rounding",
 }
 # Which positional argument of an ATen op is its bias.
@@ -51,6 +65,36 @@ BIAS_SLOT = {aten.linear: 2, aten.addmm: 0, aten.baddbmm: 0, aten.conv1d: 2, ate
              aten.convolution: 2, aten.conv_transpose1d: 2, aten.conv_transpose2d: 2, aten.layer_norm: 3,
              aten.group_norm: 3}
 _ADDS = frozenset({aten.add, aten.sub, aten.rsub})
+
+
+RTOL = 1e-4   # of |score|: what no known cause accounts for, at most (see the module docstring)
+ATOL = 1e-5   # of the largest Σ|R| over the cuts: the rounding floor
+JUDGEABLE = 1e-2  # the floor must stay below this fraction of |score| for a "closes" verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Do the books close? ``status``: ``closes``, ``loss``, ``gain``, ``loss and gain``, ``non-finite``,
+    ``score ~0``; ``verified`` only for ``closes``. ``unaccounted``: ``Σ_other |absorbed| + |residual|``
+    (absolute); ``bound``: ``rtol·|score| + atol·scale``; ``loss`` / ``gain``: Σ of the positive / negative
+    ``other`` absorptions (gain as a positive number); ``worst``: the ``other`` node that absorbed most."""
+
+    status: str
+    reason: str
+    unaccounted: float
+    bound: float
+    score: float
+    scale: float
+    loss: float = 0.0
+    gain: float = 0.0
+    worst: NodeLeak | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "closes"
+
+    def __bool__(self) -> bool:
+        return self.verified
 
 
 @dataclass
@@ -92,6 +136,7 @@ class Conservation:
     segments: list[Segment]
     leaks: list[NodeLeak]
     zeroed: list[str] = field(default_factory=list)
+    scale: float = 0.0  # the largest Σ|R| over the cuts (input, block boundaries, outputs); 0: not measured
 
     @property
     def gap(self) -> float:
@@ -133,10 +178,75 @@ class Conservation:
         rows += [("outputs", self.output_sum), ("score", self.score)]
         return rows
 
+    def verdict(self, rtol: float = RTOL, atol: float = ATOL) -> Verdict:
+        """Whether the books close: ``Σ_other |absorbed| + |gap − Σ causes| ≤ rtol·|score| + atol·scale``
+        (``scale``: :attr:`scale`, else the largest |signed| cut sum). Anything beyond that bound is an
+        unexplained loss (relevance vanished: a rule that drops a share) or gain (relevance created: a plain
+        gradient through a product of two carrying tensors counts it twice), named with its worst node."""
+        values = [self.score, self.input_sum, self.output_sum] + [leak.absorbed for leak in self.leaks]
+        score = abs(self.score)
+        scale = self.scale or max([score, abs(self.input_sum), abs(self.output_sum)]
+                                  + [abs(v) for seg in self.segments for v in (seg.above, seg.below)])
+        if not all(math.isfinite(v) for v in values):
+            bad = next((leak for leak in self.leaks if not math.isfinite(leak.absorbed)), None)
+            where = f" first at {bad.name} ({bad.op}, {bad.module_path or 'top level'})" if bad else ""
+            return Verdict("non-finite", f"non-finite relevance{where}: see the provenance check", math.nan,
+                           math.nan, self.score, scale, worst=bad)
+        other = [leak for leak in self.leaks if leak.cause == "other"]
+        loss = sum(leak.absorbed for leak in other if leak.absorbed > 0)
+        gain = -sum(leak.absorbed for leak in other if leak.absorbed < 0)
+        residual = self.unexplained - (loss - gain)
+        unaccounted = loss + gain + abs(residual)
+        bound = rtol * score + atol * scale
+        worst = max(other, key=lambda leak: abs(leak.absorbed), default=None)
+        where = f"; worst {worst.name} ({worst.op}, {worst.module_path or 'top level'}) " \
+                f"{_rel(worst.absorbed, score)}" if worst is not None else ""
+        if unaccounted > bound:
+            if loss > bound / 2 and gain > bound / 2:
+                status, what = "loss and gain", f"unexplained loss {_rel(loss, score)} and gain {_rel(gain, score)}"
+            elif gain > loss:
+                status, what = "gain", f"unexplained gain {_rel(gain, score)}"
+            elif loss > 0:
+                status, what = "loss", f"unexplained loss {_rel(loss, score)}"
+            else:  # only the residual: the cut sums do not telescope (a relevance edge without a tap)
+                status, what = ("gain" if residual < 0 else "loss"), \
+                    f"unexplained {'gain' if residual < 0 else 'loss'} {_rel(abs(residual), score)} at no node"
+            return Verdict(status, f"{what} of |score| (bound {_rel(bound, score)}){where}", unaccounted, bound,
+                           self.score, scale, loss, gain, worst)
+        if atol * scale > JUDGEABLE * score:
+            return Verdict("score ~0", f"score ~0 — cannot judge: |score| {score:.2e} against Σ|R| {scale:.2e} "
+                           f"(rounding floor {atol * scale:.1e})", unaccounted, bound, self.score, scale, loss,
+                           gain, worst)
+        return Verdict("closes", f"closes: unaccounted {_rel(unaccounted, score)} of |score| "
+                       f"(bound {_rel(bound, score)})", unaccounted, bound, self.score, scale, loss, gain, worst)
+
     def top(self, k: int = 8, cause: str | None = None) -> list[NodeLeak]:
         """The ``k`` nodes that absorbed the most relevance (by magnitude), optionally of one cause."""
         pool = [leak for leak in self.leaks if cause is None or leak.cause == cause]
         return sorted(pool, key=lambda leak: (math.isnan(leak.absorbed), -abs(leak.absorbed)))[:k]
+
+
+def _rel(value: float, score: float) -> str:
+    return f"{abs(value) / score:.1e}" if score > 0 else f"{abs(value):.1e} (absolute)"
+
+
+class MagnitudeRecorder(Recorder):
+    """A :class:`~.latent.Recorder` that also sums ``|x ⊙ grad|`` per tap (``magnitudes``), for the
+    verdict's rounding floor."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.magnitudes: dict[str, float] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.magnitudes = {}
+
+    def saw_grad(self, spec: TapSpec, x: Tensor, grad: Tensor) -> None:
+        super().saw_grad(spec, x, grad)
+        r = relevance_of(x, grad)
+        magnitude = float(torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0).sum(dtype=torch.float64))
+        self.magnitudes[spec.key] = self.magnitudes.get(spec.key, 0.0) + magnitude
 
 
 # ---- the graph side -------------------------------------------------------------------------------------
@@ -224,6 +334,11 @@ def cause_of(node: fx.Node, the_plan: Plan, on_path: set[str]) -> str:
                 if cause in origins:
                     return cause
             return "constant"
+    if p is aten.cat and args and isinstance(args[0], (list, tuple)):  # a CLS / register / prompt token
+        constants = _float_constants(node, args[0], on_path)  # concatenated to the stream: a constant input
+        if constants:
+            origins = {_constant_origin(c, on_path) for c in constants}
+            return "embedding" if "embedding" in origins else "constant"
     return "other"
 
 
@@ -305,9 +420,10 @@ def segment_labels(gm: fx.GraphModule) -> dict[str, str]:
 
 def account(gm: fx.GraphModule, on_path: set[str], totals: dict[str, float], specs: list[TapSpec],
             score: float, relevance_inputs: Iterable[str], cause: dict[str, str], zero_bias: bool = False,
-            zeroed: Iterable[str] = ()) -> Conservation:
+            zeroed: Iterable[str] = (), magnitudes: dict[str, float] | None = None) -> Conservation:
     """Turn the edge totals of one backward into per-node losses, per-segment sums and boundary sums
-    (``gm``: the tapped graph; ``cause``: :func:`causes` of it before tapping)."""
+    (``gm``: the tapped graph; ``cause``: :func:`causes` of it before tapping; ``magnitudes``: Σ|R| per tap,
+    :attr:`MagnitudeRecorder.magnitudes`, for :attr:`Conservation.scale`)."""
     nodes = list(gm.graph.nodes)
     by_name = {n.name: n for n in nodes}
     seg_starts, index = _segments(gm)
@@ -357,7 +473,13 @@ def account(gm: fx.GraphModule, on_path: set[str], totals: dict[str, float], spe
     for leak in leaks:
         next(s for s in segments if s.label == leak.segment).by_cause[leak.cause] += leak.absorbed
     segments.append(Segment("target", above=score, below=output_sum))  # the score's own function
-    return Conservation(zero_bias, score, input_sum, output_sum, segments, leaks, list(zeroed))
+    scale = 0.0
+    if magnitudes is not None:
+        abs_edges = [(index[spec.node], out_index if spec.consumer == OUTPUT else index[spec.consumer],
+                      magnitudes.get(spec.key, 0.0)) for spec in specs
+                     if not spec.value_only and spec.consumer is not None]
+        scale = max([sum(v for a, b, v in abs_edges if a < k <= b) for k in bounds] + [abs(score)])
+    return Conservation(zero_bias, score, input_sum, output_sum, segments, leaks, list(zeroed), scale)
 
 
 def excused_neg_inf(gm: fx.GraphModule, on_path: set[str], depth: int = 4) -> set[str]:

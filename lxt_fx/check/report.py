@@ -19,12 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..rewrite import RewriteReport
-from .conservation import CAUSE_HELP, CAUSES, Conservation
+from .conservation import ATOL, CAUSE_HELP, CAUSES, Conservation, Verdict
 from .coverage import KINDS, CoverageRow, counts, short_source
 from .opacity import OpacityRow
 from .provenance import Provenance
 
-TOLERANCE = 1e-4  # zero-bias mode: |unexplained| / |score| below this passes
+TOLERANCE = 1e-4  # zero-bias mode: unaccounted / |score| below this (plus ATOL·Σ|R|) passes: Conservation.verdict
 
 
 @dataclass
@@ -87,11 +87,25 @@ class CheckReport:
         return all(r.ok and not r.problem for r in self.opacity)
 
     @property
+    def verdict(self) -> Verdict | None:
+        """Zero-bias mode's :meth:`~.conservation.Conservation.verdict` at :attr:`tolerance` (None if not
+        run): ``closes`` (verified), ``loss`` / ``gain`` (unexplained), ``non-finite`` or ``score ~0``."""
+        return None if self.zero_bias is None else self.zero_bias.verdict(self.tolerance, ATOL)
+
+    @property
+    def verified(self) -> bool:
+        """The books close in zero-bias mode (False when it was not run or cannot judge)."""
+        verdict = self.verdict
+        return verdict is not None and verdict.verified
+
+    @property
     def conserves(self) -> bool | None:
-        """Zero-bias mode: the gap is explained by known causes to :attr:`tolerance` (None if not run)."""
-        if self.zero_bias is None:
+        """Zero-bias mode: the gap is explained by known causes (:attr:`verdict`; None if not run or the
+        score is ~0 so it cannot judge)."""
+        verdict = self.verdict
+        if verdict is None or verdict.status == "score ~0":
             return None
-        return self.zero_bias.relative(self.zero_bias.unexplained) <= self.tolerance
+        return verdict.verified
 
     @property
     def ok(self) -> bool:
@@ -124,7 +138,7 @@ class CheckReport:
             rows.append(("zero-bias", self.conserves,
                          f"|input − score|/|score| = {_sci(z.relative_gap)}; explained by {known}; "
                          f"unexplained {_sci(z.relative(z.unexplained))} of |score| "
-                         f"(tolerance {_sci(self.tolerance)})"))
+                         f"(tolerance {_sci(self.tolerance)}); verdict: {self.verdict.reason}"))
         p = self.provenance
         fin = (f"every value ({p.checked_values} nodes), gradient and relevance ({p.checked_edges} edges) finite"
                if p.ok else str(p.first))
@@ -167,7 +181,8 @@ class CheckReport:
         """Plain Python (JSON-ready) summary."""
         return {
             "model": self.model_class, "composite": self.composite, "target": self.target, "score": self.score,
-            "ok": self.ok, "checks": [{"check": c, "passed": p, "detail": d} for c, p, d in self.checks()],
+            "ok": self.ok, "verified": self.verified, "verdict": None if self.verdict is None else self.verdict.reason,
+            "checks": [{"check": c, "passed": p, "detail": d} for c, p, d in self.checks()],
             "unhandled": [{"node": r.name, "op": r.op, "module_path": r.module_path, "source": r.source}
                           for r in self.unhandled],
             "blocks": [vars(b) for b in self.blocks()],
