@@ -5,12 +5,16 @@ capture → rewrite → explain with the composite ``explain`` picks for it (the
     python benchmarks/coverage.py                        # the full sweep → benchmarks/results/coverage.md
     python benchmarks/coverage.py --only llama,gpt2,t5   # some model types
     python benchmarks/coverage.py --limit 20 --out /tmp/coverage.md
+    python benchmarks/coverage.py --rerun-unverified     # keep verified rows, rerun the others
 
 One row per model type (family). Its class is the first head, in the order above, whose tiny model builds
 and runs a plain forward. Columns: built (a forward ran), captured (``torch.export``, non-strict),
 unhandled ops on the relevance path by name (strict coverage passes when there are none), forward equal
-(the model called inside ``composite.context`` gives the untouched model's output), relevance finite, and
-seconds. Each family runs in a forked child process with a timeout, so a hang or a crash costs one row.
+(the model called inside ``composite.context`` gives the untouched model's output), relevance finite,
+**verified** (``lxt_fx.check`` in zero-bias mode on the same inputs and target: the books close — the gap
+between the input sum and the score is all absorbed by the softmax rule, constants and the target function,
+and nothing else gains or loses more than ``RTOL·|score| + ATOL·Σ|R|``, see
+:meth:`lxt_fx.check.conservation.Conservation.verdict`), and seconds. Each family runs in a forked child process with a timeout, so a hang or a crash costs one row.
 The explained score is the top logit of the last position (``explain``'s default); a head that returns no
 logits is explained through ``lxt_fx.targets.Function`` on the sum of its main output.
 
@@ -43,6 +47,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lxt_fx.check.conservation import ATOL, RTOL  # noqa: E402 - after the offline environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "coverage.md"
@@ -139,11 +145,21 @@ class Row:
     composite: str = ""
     seconds: float = 0.0
     error: str = ""
+    verified: bool | None = None  # zero-bias conservation closes (None: not run)
+    verdict: str = ""             # closes / loss / gain / loss and gain / non-finite / score ~0 / check: …
+    verdict_reason: str = ""
+    input_share: float | None = None  # zero-bias mode: input ΣR / score
+    check_seconds: float = 0.0
 
     @property
     def covered(self) -> bool:
         """Captured and explained with zero unhandled ops (strict coverage passes)."""
         return bool(self.captured and self.explained and not self.unhandled)
+
+    @property
+    def is_verified(self) -> bool:
+        """Covered, and the zero-bias books close."""
+        return bool(self.covered and self.verified)
 
 
 def families() -> dict[str, list[tuple[str, str]]]:
@@ -233,11 +249,59 @@ def _takes(model: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
-    """Build, capture, rewrite, explain one family (in this process)."""
+def run_family(model_type: str, candidates: list[tuple[str, str]], conn: Any = None) -> Row:
+    """Build, capture, rewrite, explain one family, then check conservation (in this process). ``conn``: a
+    pipe end that gets the row once explained (so a check past the timeout keeps it)."""
+    row, context = explain_family(model_type, candidates)
+    if context is None:
+        return row
+    if conn is not None:
+        conn.send(asdict(row))
+    verify(row, *context)
+    return row
+
+
+def check_inputs(model: Any, call: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``lxt_fx.check`` gets: the embeddings ``explain`` feeds (encoder and decoder)."""
+    from lxt_fx.explain import _decoder_embedding
+    from lxt_fx.session import input_embeddings
+
+    if "pixel_values" in call:
+        return {"pixel_values": call["pixel_values"]}
+    with torch.no_grad():
+        inputs = {"inputs_embeds": input_embeddings(model)(call["input_ids"]), "attention_mask": call["attention_mask"]}
+        decoder = call.get("decoder_input_ids")
+        if decoder is not None:
+            inputs["decoder_inputs_embeds"] = _decoder_embedding(model)(decoder)
+            inputs["decoder_attention_mask"] = torch.ones_like(decoder)
+    return inputs
+
+
+def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: Any) -> Row:
+    """Zero-bias conservation of ``row``'s family (``lxt_fx.check``): fills ``verified`` and the verdict."""
+    from lxt_fx.check import check
+
+    start = time.perf_counter()
+    try:
+        report = check(model, check_inputs(model, call), composite=composite, target=target, zero_bias=True)
+        verdict = report.verdict
+        row.verified, row.verdict, row.verdict_reason = verdict.verified, verdict.status, verdict.reason
+        zero = report.zero_bias
+        row.input_share = zero.input_sum / zero.score if zero.score else None
+    except Exception as exc:  # noqa: BLE001 - a check that fails is a row's verdict, not a crash
+        row.verified, row.verdict, row.verdict_reason = False, "check failed", f"check: {_short(exc)}"
+    row.check_seconds = time.perf_counter() - start
+    row.seconds += row.check_seconds
+    return row
+
+
+def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Row, tuple | None]:
+    """Build, capture, rewrite, explain one family: the row, and (model, call, composite, target) when it was
+    explained (for :func:`verify`)."""
     import lxt_fx
     from lxt_fx.composites import for_model
 
+    context = None
     row = Row(model_type)
     start = time.perf_counter()
     try:
@@ -245,7 +309,7 @@ def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
             model, row.model_class, row.task, call, plain = build(model_type, candidates)
         except Exception as exc:  # noqa: BLE001
             row.error = f"build: {exc}"
-            return row
+            return row, None
         row.built = True
         composite = for_model(model)
         row.composite = composite.name
@@ -259,12 +323,13 @@ def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
         except lxt_fx.CaptureError as exc:
             row.captured = False
             row.error = f"capture: {_short(exc.cause)}"
-            return row
+            return row, None
         except Exception as exc:  # noqa: BLE001
             row.error = f"explain: {_short(exc)}"
             row.captured = _captured(model)
-            return row
+            return row, None
         row.captured = row.explained = True
+        context = (model, call, composite, target)
         row.unhandled = dict(Counter(r.op for r in att.report.unhandled))
         maps = [att.relevance] + ([att.decoder_relevance] if att.decoder_relevance is not None else [])
         row.finite = all(bool(torch.isfinite(m).all()) for m in maps)
@@ -287,7 +352,7 @@ def run_family(model_type: str, candidates: list[tuple[str, str]]) -> Row:
         except Exception as exc:  # noqa: BLE001
             row.forward_equal = False
             row.error = f"context forward: {_short(exc)}"
-        return row
+        return row, context
     finally:
         row.seconds = time.perf_counter() - start
 
@@ -308,7 +373,7 @@ def _child(model_type: str, candidates: list[tuple[str, str]], conn: Any) -> Non
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            row = run_family(model_type, candidates)
+            row = run_family(model_type, candidates, conn)
     except BaseException as exc:  # noqa: BLE001
         row = Row(model_type, error=f"crash: {_short(exc)} {traceback.format_exc(limit=1)[-120:]}")
     conn.send(asdict(row))
@@ -316,7 +381,9 @@ def _child(model_type: str, candidates: list[tuple[str, str]], conn: Any) -> Non
 
 
 def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: float) -> Row:
-    """:func:`run_family` in a forked child; a timeout or a crash becomes the row's error."""
+    """:func:`run_family` in a forked child; a timeout or a crash becomes the row's error. The child sends
+    the row once explained and again once checked: a check past the timeout (or crashing) keeps the first
+    with the verdict ``check timeout`` / ``check crashed``."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.perf_counter()
@@ -324,17 +391,29 @@ def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: fl
     child.start()
     send.close()
     result = None
-    if receive.poll(timeout):
-        with contextlib.suppress(EOFError):
-            result = receive.recv()
-    child.join(5 if result is not None else 0)
+    final = False
+    while not final:
+        left = timeout - (time.perf_counter() - start)
+        if left <= 0 or not receive.poll(left):
+            break
+        try:
+            message = receive.recv()
+        except EOFError:
+            break
+        result = message
+        final = message.get("verified") is not None or not message.get("explained")
+    child.join(5 if final else 0)
     if child.is_alive():
         child.kill()
         child.join()
-    if result is not None:
-        return Row(**result)
     seconds = time.perf_counter() - start
     why = f"timeout after {timeout:.0f} s" if seconds >= timeout else f"crashed (exit code {child.exitcode})"
+    if result is not None:
+        row = Row(**result)
+        if not final:
+            row.verified, row.verdict, row.verdict_reason = False, "check " + why.split(" ")[0], f"check: {why}"
+            row.seconds = seconds
+        return row
     return Row(model_type, error=why, seconds=seconds)
 
 
@@ -352,7 +431,9 @@ def totals(rows: list[Row]) -> dict[str, Any]:
         "zero_unhandled_pct": 100.0 * len(covered) / len(captured) if captured else math.nan,
         "forward_equal": sum(bool(r.forward_equal) for r in captured),
         "finite": sum(bool(r.finite) for r in captured),
-        "timeouts": sum("timeout" in r.error for r in rows),
+        "verified": sum(r.is_verified for r in captured),
+        "verified_pct": 100.0 * sum(r.is_verified for r in captured) / len(captured) if captured else math.nan,
+        "timeouts": sum("timeout" in r.error or r.verdict == "check timeout" for r in rows),
         "seconds": sum(r.seconds for r in rows),
     }
 
@@ -384,26 +465,57 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"{t['captured']} captured = **{t['zero_unhandled_pct']:.1f} %**",
         f"- forward inside the context equal to the untouched model: {t['forward_equal']} of {t['captured']}",
         f"- relevance finite: {t['finite']} of {t['captured']}",
+        f"- **verified** (zero unhandled ops and the zero-bias books close, `lxt_fx.check`): "
+        f"**{t['verified']}** of {t['captured']} captured = **{t['verified_pct']:.1f} %** "
+        f"(goal ≥ 90 %: {'met' if t['verified_pct'] >= 90 else '**not met**'})",
         f"- timeouts: {t['timeouts']}",
+        "",
+        f"Verified: `lxt_fx.check` in zero-bias mode (biases and ε zeroed in a copy of the graph) on the same "
+        f"inputs and target as `explain`. The books close when Σ|absorbed| over every node not meant to absorb "
+        f"relevance, plus the telescoping residual, is at most {RTOL:g}·|score| + {ATOL:g}·Σ|R| (Σ|R|: the "
+        f"largest over the cuts — a rounding floor for scores near 0). Meant to absorb: the softmax rule's bias "
+        f"term, position/token-type embeddings, other constants added or concatenated (masks, CLS tokens), "
+        f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge.",
         "",
     ]
     if gaps:
         lines += ["Unhandled ops (families using each): " +
                   ", ".join(f"`{op}` {n}" for op, n in gaps.most_common()), ""]
+    exceptions = [r for r in rows if r.captured and not r.is_verified]
+    if exceptions:
+        lines += ["## Captured but not verified", ""]
+        lines += [f"- **{r.model_type}** ({r.model_class}): {_exception(r)}" for r in exceptions]
+        lines += [""]
     lines += [
         "## Families",
         "",
-        "| model type | class | captured | unhandled ops | forward equal | relevance finite | s | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model type | class | captured | unhandled ops | forward equal | relevance finite | verified | "
+        "input ΣR / score | s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         captured = "not built" if not r.built else _mark(r.captured)
         unhandled = "–" if not r.explained else (
             ", ".join(f"`{op}`×{n}" for op, n in sorted(r.unhandled.items())) or "0")
-        note = r.error.replace("|", "\\|").replace("\n", " ")
+        note = "; ".join(x for x in (r.error, "" if r.verified else r.verdict_reason) if x)
+        note = note.replace("|", "\\|").replace("\n", " ")
+        verified = "–" if r.verified is None else ("yes" if r.verified else f"**{r.verdict or 'no'}**")
+        share = "–" if r.input_share is None else f"{r.input_share:.3f}"
         lines.append(f"| {r.model_type} | {r.model_class or '–'} | {captured} | {unhandled} | "
-                     f"{_mark(r.forward_equal)} | {_mark(r.finite)} | {r.seconds:.1f} | {note} |")
+                     f"{_mark(r.forward_equal)} | {_mark(r.finite)} | {verified} | {share} | {r.seconds:.1f} | "
+                     f"{note} |")
     return "\n".join(lines) + "\n"
+
+
+def _exception(r: Row) -> str:
+    """Why a captured family is not verified."""
+    if r.unhandled:
+        return "unhandled ops " + ", ".join(f"`{op}`" for op in sorted(r.unhandled))
+    if not r.explained:
+        return r.error or "not explained"
+    if r.verified is None:
+        return "conservation not checked"
+    return r.verdict_reason.replace("|", "\\|") or r.verdict
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -415,7 +527,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inline", action="store_true", help="no child processes (debugging; no timeout)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows already in the progress file (OUT with .jsonl) and sweep the rest")
+    parser.add_argument("--rerun-unverified", action="store_true",
+                        help="like --resume, but also rerun every family in the progress file that built and is "
+                             "not verified (after fixes land: cheap)")
     args = parser.parse_args(argv)
+    args.resume = args.resume or args.rerun_unverified
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
 
@@ -442,7 +558,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         for line in progress.read_text().splitlines():
             if line.strip():
                 row = Row(**json.loads(line))
-                done[row.model_type] = row
+                done[row.model_type] = row  # a later line (a rerun) replaces an earlier one
+    if args.rerun_unverified:
+        done = {k: r for k, r in done.items() if r.is_verified or not r.built}
     rows: list[Row] = []
     start = time.perf_counter()
     with progress.open("a" if args.resume else "w") as log:
@@ -455,15 +573,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
             rows.append(row)
             log.write(json.dumps(asdict(row)) + "\n")
             log.flush()
-            status = ("covered" if row.covered else
+            status = ("verified" if row.is_verified else
+                      f"covered, not verified: {row.verdict_reason[:100]}" if row.covered else
                       f"unhandled {sorted(row.unhandled)}" if row.explained else row.error[:100])
             print(f"[{i}/{len(found)}] {model_type:<28} {row.seconds:6.1f}s {status}", flush=True)
     wall = time.perf_counter() - start
     args.out.write_text(render(rows, args, wall))
     t = totals(rows)
     print(f"\n{t['families']} families, {t['built']} built, {t['captured']} captured, {t['zero_unhandled']} with "
-          f"zero unhandled ops ({t['zero_unhandled_pct']:.1f} % of captured), {t['forward_equal']} forward "
-          f"equal, {t['finite']} finite; {wall / 60:.1f} min → {args.out}")
+          f"zero unhandled ops ({t['zero_unhandled_pct']:.1f} % of captured), {t['verified']} verified "
+          f"({t['verified_pct']:.1f} % of captured), {t['forward_equal']} forward equal, {t['finite']} finite; "
+          f"{wall / 60:.1f} min → {args.out}")
     return rows
 
 
