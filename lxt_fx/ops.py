@@ -8,12 +8,16 @@ linear: they route relevance and need none either. Everything else that carries 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch._ops import OpOverload, OpOverloadPacket
 from torch._ops import ops as _ops
+
+if TYPE_CHECKING:
+    from .rules.base import Position
 
 aten = _ops.aten
 
@@ -48,8 +52,10 @@ NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.
 # Multiplicative factors made with exp (SSM / linear-attention decays, attention-sink scales, routing
 # weights from log-probabilities): constants, as MambaLRP detaches the SSM's input-dependent Ā.
 DECAYS = frozenset({aten.exp, aten.logsumexp})
+# Products: multilinear in their operands. ``einsum``, ``linalg_multi_dot`` and ``chain_matmul`` take them
+# in a list argument (relevance-carrying positions ``(i, j)``, see :mod:`lxt_fx.rules.base`).
 PRODUCTS = frozenset({aten.mul, aten.matmul, aten.bmm, aten.mm, aten.baddbmm, aten.einsum, aten.mul_,
-                      aten.multiply, aten.addmm, aten.addbmm})
+                      aten.multiply, aten.addmm, aten.addbmm, aten.linalg_multi_dot, aten.chain_matmul})
 # Products with an additive first argument: ``β·input + α·(b1 @ b2)``; only b1 and b2 are factors.
 ADDITIVE_FIRST = frozenset({aten.baddbmm, aten.addmm, aten.addbmm})
 
@@ -71,6 +77,9 @@ LINEAR = frozenset({
     aten.add_, aten.sub_, aten.batch_norm, aten._native_batch_norm_legit_no_training,
     aten.concat, aten.concatenate, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_bilinear2d,
     aten.upsample_bicubic2d, aten.upsample_linear1d, aten._upsample_bilinear2d_aa, aten.addbmm, aten.multiply,
+    # ops that take their tensors in a list and only copy or rearrange them
+    aten.hstack, aten.vstack, aten.dstack, aten.column_stack, aten.row_stack, aten.block_diag,
+    aten.broadcast_tensors, aten.meshgrid, aten.cartesian_prod, aten.linalg_multi_dot, aten.chain_matmul,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
@@ -107,8 +116,9 @@ def is_linear_custom(target: Any) -> bool:
     return isinstance(target, OpOverload) and target.name() in LINEAR_CUSTOM
 
 
-def factors(target: Any, carrying: tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """The relevance-carrying positions of a product ``target`` that are factors (not an added term)."""
+def factors(target: Any, carrying: Sequence[Position]) -> tuple[Position, ...]:
+    """The relevance-carrying positions of a product ``target`` that are factors (not an added term).
+    A position is an argument index or ``(index, element)`` inside a list argument (``einsum``)."""
     if packet(target) in ADDITIVE_FIRST:
         return tuple(i for i in carrying if i != 0)
     return tuple(carrying)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, fx
 from torch.utils import _pytree as pytree
 
-from .rules.base import epsilon_explicit
+from .rules.base import arg_at, epsilon_explicit
 from .session import Rewritten
 
 _EPSILON = 1e-12
@@ -133,9 +133,11 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
             if rule.stops:
                 continue
             rels = rule.explicit(node.target, list(args), dict(kwargs), recorder.produced(node), r_out, carrying)
-            for i in carrying:
-                if rels[i] is not None:
-                    _add(relevance, node.args[i], rels[i])
+            for position in carrying:  # an argument index, or (index, element) inside a list argument
+                slot = rels[position[0]] if isinstance(position, tuple) else rels[position]
+                rel = None if slot is None else arg_at(rels, position)
+                if rel is not None:
+                    _add(relevance, arg_at(node.args, position), rel)
             continue
         # No rule: the op is linear in its carrying inputs (ε-rule, ε → 0). Flatten list arguments (cat).
         leaves, spec = pytree.tree_flatten((list(node.args), dict(node.kwargs)))

@@ -37,7 +37,7 @@ from .ops import (
     op_name,
     packet,
 )
-from .rules.base import Rule
+from .rules.base import Position, Rule, arg_at
 from .tracing.errors import LXTError
 from .tracing.meta import module_class, module_path, source_line
 
@@ -66,7 +66,7 @@ class NodeRow:
     module_class: str
     source: str
     rule: str = ""
-    carrying: tuple[int, ...] = ()
+    carrying: tuple[Position, ...] = ()
 
 
 @dataclass
@@ -118,12 +118,15 @@ class RewriteReport:
         return "\n".join([head, *rows, *bad])
 
 
-def _top_level_carrying(node: fx.Node, carries: set[fx.Node]) -> tuple[int, ...]:
+def carrying_positions(node: fx.Node, carries: set[fx.Node]) -> tuple[Position, ...]:
+    """The positions of ``node``'s arguments that carry relevance: ``i`` for a positional argument, and
+    ``(i, j)`` for element ``j`` of a list or tuple argument ``i`` (``einsum(eq, [q, k])`` → ``((1, 0),
+    (1, 1))``; ``cat([a, b])`` → ``((0, 0), (0, 1))``), so that a product whose factors arrive in a list is
+    seen as a product. Shape-only arguments (``expand_as``'s second) carry nothing."""
     shape_only = SHAPE_ONLY.get(packet(node.target), frozenset())
-    found = []
-    for i, arg in enumerate(node.args):
-        if i in shape_only:
-            continue
+    found: list[Position] = []
+
+    def hits(arg: Any) -> bool:
         hit = False
 
         def visit(a: fx.Node) -> fx.Node:
@@ -132,9 +135,21 @@ def _top_level_carrying(node: fx.Node, carries: set[fx.Node]) -> tuple[int, ...]
             return a
 
         fx.node.map_arg(arg, visit)
-        if hit:
+        return hit
+
+    for i, arg in enumerate(node.args):
+        if i in shape_only:
+            continue
+        if isinstance(arg, (list, tuple)):
+            found += [(i, j) for j, element in enumerate(arg) if hits(element)]
+        elif hits(arg):
             found.append(i)
     return tuple(found)
+
+
+def describe_positions(carrying: Iterable[Position]) -> str:
+    """Readable carrying positions: ``0, 1`` or ``1[0], 1[1]`` (elements of the list argument 1)."""
+    return ", ".join(f"{p[0]}[{p[1]}]" if isinstance(p, tuple) else str(p) for p in carrying)
 
 
 def _has_float_value(node: fx.Node) -> bool:
@@ -143,7 +158,7 @@ def _has_float_value(node: fx.Node) -> bool:
     return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in vals)
 
 
-def _needs_rule(node: fx.Node, carrying: tuple[int, ...]) -> bool:
+def _needs_rule(node: fx.Node, carrying: tuple[Position, ...]) -> bool:
     p = packet(node.target)
     if node.target is operator.getitem or p in IGNORED or p in SELECTION:
         return False
@@ -162,8 +177,8 @@ def _needs_rule(node: fx.Node, carrying: tuple[int, ...]) -> bool:
 class Plan:
     """The decisions for one graph: rule and carrying inputs per node name, and the relevance path."""
 
-    decisions: dict[str, tuple[Rule, tuple[int, ...]]]
-    carrying: dict[str, tuple[int, ...]]
+    decisions: dict[str, tuple[Rule, tuple[Position, ...]]]
+    carrying: dict[str, tuple[Position, ...]]
     on_path: set[str]
     unhandled: list[str]
     inputs: tuple[str, ...]
@@ -195,15 +210,15 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
     for node in nodes:
         if node.op == "placeholder" and node.name in inputs:
             reachable.add(node)
-        elif node.op == "call_function" and _has_float_value(node) and _top_level_carrying(node, reachable):
+        elif node.op == "call_function" and _has_float_value(node) and carrying_positions(node, reachable):
             reachable.add(node)
     reachable_names = frozenset(n.name for n in reachable)
     regions = _regions(nodes, composite, reachable)
     absorbed = {name for out, (_, _, members) in regions.items() for name in members if name != out}
 
     carries: set[fx.Node] = set()
-    decisions: dict[str, tuple[Rule, tuple[int, ...]]] = {}
-    carrying_of: dict[str, tuple[int, ...]] = {}
+    decisions: dict[str, tuple[Rule, tuple[Position, ...]]] = {}
+    carrying_of: dict[str, tuple[Position, ...]] = {}
     for node in nodes:
         if node.op == "placeholder" and node.name in inputs:
             carries.add(node)
@@ -219,7 +234,7 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
             continue
         if node.op != "call_function" or not _has_float_value(node):
             continue
-        carrying = _top_level_carrying(node, carries)
+        carrying = carrying_positions(node, carries)
         if not carrying or packet(node.target) in IGNORED or grad_disabled(node):
             continue
         carrying_of[node.name] = carrying
@@ -240,15 +255,16 @@ def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Pla
             rule = decisions.get(node.name, (None,))[0]
             if rule is not None and rule.stops:
                 continue
-            for i in carrying_of[node.name]:
-                fx.node.map_arg(node.args[i], lambda a: on_path.add(a.name) if a in carries else None)
+            for position in carrying_of[node.name]:
+                fx.node.map_arg(arg_at(node.args, position),
+                                lambda a: on_path.add(a.name) if a in carries else None)
     unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
                  and n.name not in decisions and _needs_rule(n, carrying_of[n.name])]
     region_inputs = {out: source.name for out, (_, source, _) in regions.items() if out in decisions}
     return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed)
 
 
-def row(node: fx.Node, rule: str = "", carrying: tuple[int, ...] = ()) -> NodeRow:
+def row(node: fx.Node, rule: str = "", carrying: tuple[Position, ...] = ()) -> NodeRow:
     """A report row for ``node`` (before it is rewritten)."""
     return NodeRow(node.name, op_name(node.target), module_path(node), module_class(node), source_line(node),
                    rule, carrying)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-Relevances = list[Tensor | None]
+# Per positional argument: its relevance, ``None`` where none flows, or a list for a list argument.
+Relevances = list[Tensor | list[Tensor | None] | None]
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -80,18 +81,61 @@ def tensor_positions(args: Sequence[Any]) -> list[int]:
     return [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.is_floating_point()]
 
 
-def vjp(op: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], wrt: Sequence[int],
+# Where a tensor sits among an op's positional arguments: ``i`` is ``args[i]`` itself, ``(i, j)`` is
+# element ``j`` of a list or tuple argument ``args[i]`` (``einsum(equation, [a, b])``, ``cat([a, b])``).
+Position = int | tuple[int, int]
+
+
+def arg_at(args: Sequence[Any], position: Position) -> Any:
+    """The argument at ``position`` (see :data:`Position`)."""
+    if isinstance(position, tuple):
+        i, j = position
+        return args[i][j]
+    return args[position]
+
+
+def replace_at(args: Sequence[Any], values: dict[Position, Any]) -> list[Any]:
+    """A copy of ``args`` (list arguments copied too) with the arguments at the given positions replaced."""
+    out = list(args)
+    for position, value in values.items():
+        if isinstance(position, tuple):
+            i, j = position
+            inner = list(out[i])
+            inner[j] = value
+            out[i] = inner
+        else:
+            out[position] = value
+    return out
+
+
+def relevances_like(args: Sequence[Any], values: dict[Position, Tensor | None]) -> Relevances:
+    """Relevances shaped like ``args``: ``None`` where nothing flows, a list for a list argument that holds
+    a relevance-carrying element (read one back with :func:`arg_at`)."""
+    result: list[Any] = [None] * len(args)
+    for position, value in values.items():
+        if isinstance(position, tuple):
+            i, j = position
+            if result[i] is None:
+                result[i] = [None] * len(args[i])
+            result[i][j] = value
+        else:
+            result[position] = value
+    return result
+
+
+def vjp(op: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], wrt: Sequence[Position],
         grad_out: Tensor | Sequence[Tensor | None]) -> list[Tensor]:
-    """Vector-Jacobian product of ``op`` w.r.t. the positional args ``wrt`` (fresh leaves, no side effects)."""
-    leaves = [a.detach().requires_grad_(True) if i in wrt else a for i, a in enumerate(args)]
+    """Vector-Jacobian product of ``op`` w.r.t. the arguments at positions ``wrt`` (an index, or
+    ``(index, element)`` inside a list argument; fresh leaves, no side effects)."""
+    leaves = {p: arg_at(args, p).detach().requires_grad_(True) for p in wrt}
     with torch.enable_grad():
-        # in-place ops (``div_``) may not write into a leaf: hand them a non-leaf copy
-        out = op(*[a.clone() if i in wrt else a for i, a in enumerate(leaves)], **kwargs)
+        # in-place ops (``div_``, ``mul_``) may not write into a leaf: hand them a non-leaf copy
+        out = op(*replace_at(args, {p: leaf.clone() for p, leaf in leaves.items()}), **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         grads = list(grad_out) if isinstance(grad_out, (tuple, list)) else [grad_out]
         pairs = [(o, g) for o, g in zip(outs, grads, strict=False)
                  if g is not None and isinstance(o, Tensor) and o.requires_grad]
-        inputs = [leaves[i] for i in wrt]
+        inputs = [leaves[p] for p in wrt]
         if not pairs:
             return [torch.zeros_like(x) for x in inputs]
         got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
@@ -99,19 +143,17 @@ def vjp(op: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], wrt
 
 
 def epsilon_explicit(op: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], out: Any,
-                     relevance: Any, carrying: Sequence[int], epsilon: float, share: int = 1) -> Relevances:
+                     relevance: Any, carrying: Sequence[Position], epsilon: float, share: int = 1) -> Relevances:
     """Explicit ε-LRP through any op that is linear in each carrying input:
     ``R_i = x_i ⊙ J_iᵀ (R_y / (share·y + ε·sign(y)))`` (paper Eq. 8; ``share = k`` gives the uniform rule
-    for a product of ``k`` relevance-carrying factors, Prop. 3.2 / 3.3)."""
+    for a product of ``k`` relevance-carrying factors, Prop. 3.2 / 3.3). ``carrying`` may name elements of
+    list arguments (``(i, j)``); the result is then shaped like ``args`` (see :func:`relevances_like`)."""
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     rels = list(relevance) if isinstance(relevance, (tuple, list)) else [relevance]
     normalized = [None if r is None or not isinstance(o, Tensor) or not o.is_floating_point()
                   else safe_divide(r, share * o, epsilon) for o, r in zip(outs, rels, strict=False)]
     grads = vjp(op, args, kwargs, carrying, normalized if isinstance(out, (tuple, list)) else normalized[0])
-    result: Relevances = [None] * len(args)
-    for i, g in zip(carrying, grads, strict=True):
-        result[i] = args[i] * g
-    return result
+    return relevances_like(args, {p: arg_at(args, p) * g for p, g in zip(carrying, grads, strict=True)})
 
 
 class Rule:
@@ -132,18 +174,19 @@ class Rule:
         """Whether this rule knows ``op`` (an ATen overload or overload packet)."""
         return not self.ops or getattr(op, "overloadpacket", op) in self.ops
 
-    def applies(self, carrying: Sequence[int], op: Any = None) -> bool:
+    def applies(self, carrying: Sequence[Position], op: Any = None) -> bool:
         """Whether the rule is meant for a node of ``op`` with these relevance-carrying inputs (default:
-        any)."""
+        any). A position is an argument index, or ``(index, element)`` inside a list argument."""
         return len(carrying) > 0
 
-    def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Callable[..., Any], dict[str, Any]]:
+    def gxi(self, op: Any, carrying: Sequence[Position]) -> tuple[Callable[..., Any], dict[str, Any]]:
         """Replacement for ``op(*args, **kwargs)``: call as ``fn(op, *args, **kwargs, **extra)``."""
         raise NotImplementedError
 
     def explicit(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any, relevance: Any,
-                 carrying: Sequence[int]) -> Relevances:
-        """Relevance of each positional argument (``None`` where none flows), given ``R_y``."""
+                 carrying: Sequence[Position]) -> Relevances:
+        """Relevance of each positional argument (``None`` where none flows; a list for a list argument),
+        given ``R_y``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
