@@ -5,9 +5,11 @@
     lxt-fx check smollm2
     lxt-fx evaluate --model smollm2 --data cloze --limit 8
 
-Errors are one line on stderr with a hint, and a non-zero exit status: 2 for input that cannot be used
-(unknown model, missing file, a target that is not one token, …), 1 when a requested output could not be
-written (e.g. no LaTeX engine for ``--pdf``).
+Every failure of every sub-command is one line on stderr, ``lxt-fx: error: <what> (hint: <what to do>)``,
+and a non-zero exit status: 2 for input that cannot be used (unknown model, missing or corrupt file, a
+target that is not one token, any :class:`~lxt_fx.LXTError`, …), 1 when a requested output could not be
+written (e.g. no LaTeX engine for ``--pdf``) or for an unexpected failure (its type is named). ``--debug``
+(anywhere on the command line) prints the traceback before that line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,6 +42,47 @@ class CLIError(Exception):
     def line(self, prog: str = PROG) -> str:
         text = " ".join(str(self).split())  # one line, whatever the message held
         return f"{prog}: error: {text}" + (f" (hint: {self.hint})" if self.hint else "")
+
+
+def pop_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``(argv without --debug, whether --debug was there)``."""
+    args = list(argv)
+    return [a for a in args if a != "--debug"], "--debug" in args
+
+
+def as_cli_error(exc: BaseException) -> CLIError:
+    """Any exception as a one-line :class:`CLIError`: named lxt-fx errors and unreadable files are bad
+    input (exit status 2); anything else is an unexpected failure (1) whose type is named."""
+    from .tracing.errors import LXTError
+
+    if isinstance(exc, CLIError):
+        return exc
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, LXTError):
+        return CLIError(what, "the message says what to change; --debug shows the traceback")
+    if isinstance(exc, OSError):
+        return CLIError(what, "check the path exists and is readable (or writable)")
+    return CLIError(what, "run again with --debug for the traceback; if the model runs eagerly with this "
+                    "input, report it as an lxt-fx bug", code=1)
+
+
+def run_guarded(command: Callable[[], int], debug: bool = False, prog: str = PROG) -> int:
+    """Run ``command()`` and return its exit status; any exception becomes one line on stderr and a
+    non-zero status (with ``debug``, its traceback is printed first). ``--help``/usage exits pass through."""
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        return int(command())
+    except SystemExit as exc:  # argparse --help / --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except KeyboardInterrupt:
+        err.print(f"{prog}: interrupted", markup=False)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line for every failure
+        error = as_cli_error(exc)
+        if debug:
+            err.print("".join(traceback.format_exception(exc)).rstrip(), markup=False)
+        err.print(error.line(prog), markup=False)
+        return error.code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +122,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write tokens, relevance and targets as JSON")
     p.add_argument("--top", type=int, default=5, metavar="K", help="rows of the top-tokens table (0: none)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    p.add_argument("--debug", action="store_true", help="on failure, print the traceback before the error line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on failure, print the traceback before the "
+                        "one-line error (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     ex = sub.add_parser("explain", help="explain the next token of a prompt (terminal heatmap, HTML, PDF, PNG, JSON)",
@@ -173,8 +220,8 @@ def _load(name: str, status: Console) -> tuple[Any, Any]:
             model, tokenizer = load(name)
     except ModelNotAvailableError as exc:
         raise CLIError(str(exc), "see 'lxt-fx explain --help' for the model argument") from exc
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot load {name!r}: {exc}",
+    except Exception as exc:  # noqa: BLE001 - a corrupt config, weights or tokenizer file, whatever raises
+        raise CLIError(f"cannot load {name!r}: {type(exc).__name__}: {exc}",
                        "a local model directory needs config.json, the weights and the tokenizer files") from exc
     if tokenizer is None:
         raise CLIError(f"{name!r} has no tokenizer", "save the tokenizer into the model directory")
@@ -408,42 +455,27 @@ def _stack(result: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lxt-fx`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    """Run ``lxt-fx`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status. Every failure is
+    one line on stderr (see the module docstring); ``--debug`` anywhere adds the traceback."""
+    args_list, debug = pop_debug(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "check":
         from .check.cli import check_main
 
-        return _delegate(check_main, args_list[1:])
+        return check_main(args_list[1:], debug=debug)
     if args_list and args_list[0] == "evaluate":
         from .cli_evaluate import evaluate_main
 
-        return _delegate(evaluate_main, args_list[1:])
-    out = Console()
-    status = Console(stderr=True)
-    err = Console(stderr=True, soft_wrap=True, highlight=False)
-    try:
-        try:
-            args = build_parser().parse_args(args_list)
-        except SystemExit as exc:  # --help / --version
-            return int(exc.code or 0)
-        if args.command is None:
-            build_parser().print_help()
-            return 2
-        command = {"explain": cmd_explain, "generate": cmd_generate}[args.command]
-        return command(args, out, status)
-    except CLIError as exc:
-        err.print(exc.line(), markup=False)
-        return exc.code
-    except KeyboardInterrupt:
-        err.print(f"{PROG}: interrupted", markup=False)
-        return 130
+        return evaluate_main(args_list[1:], debug=debug)
+    return run_guarded(lambda: _main(args_list), debug)
 
 
-def _delegate(fn: Any, argv: list[str]) -> int:
-    try:
-        return int(fn(argv))
-    except SystemExit as exc:  # argparse --help / usage errors of the delegated command
-        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+def _main(args_list: list[str]) -> int:
+    args = build_parser().parse_args(args_list)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    command = {"explain": cmd_explain, "generate": cmd_generate}[args.command]
+    return command(args, Console(), Console(stderr=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,10 +26,11 @@ from .tracing.errors import LXTError
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx evaluate``."""
+    from .cli import _Parser
     from .evaluate.baselines import method_names
 
-    p = argparse.ArgumentParser(prog="lxt-fx evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="lxt-fx evaluate", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="built-in name (smollm2) or a local model directory")
     p.add_argument("--data", required=True, help="JSONL file, or 'passages' / 'cloze' for the shipped sets")
     p.add_argument("--methods", default="attnlrp,ixg,ig,random",
@@ -48,20 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", action="store_true", help="never flip the token at the explained position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--debug", action="store_true", help="on failure, print the traceback before the error line")
     return p
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
+    """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status. Every
+    failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` prints the traceback first."""
+    from .cli import pop_debug, run_guarded
+
+    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: _evaluate(args), debug or flag)
+
+
+def _evaluate(argv: list[str]) -> int:
     from rich.console import Console
 
-    console = Console(stderr=False)
+    from .cli import CLIError
+
+    args = build_parser().parse_args(argv)
     try:
-        return _run(args, console)
-    except (LXTError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _run(args, Console(stderr=False))
+    except FileNotFoundError as exc:
+        raise CLIError(f"{exc}", "check the --data path, or use a shipped set: --data passages / cloze") from exc
+    except (LXTError, ValueError) as exc:
+        raise CLIError(f"{type(exc).__name__}: {exc}", "fix the data file or option named above") from exc
 
 
 def _run(args: argparse.Namespace, console: object) -> int:

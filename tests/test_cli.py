@@ -159,3 +159,78 @@ def test_console_entry_point_is_declared() -> None:
     if not found:
         pytest.skip("lxt-fx is not installed as a distribution (pip install -e .)")
     assert found[0].value == "lxt_fx.cli:main"
+
+
+# ---- every failure is one line, whatever raised it; --debug shows the traceback ---------------------------
+
+
+def one_error_line(err: str, *needles: str) -> str:
+    """``err`` (captured stderr) ends with ``lxt-fx: error: … (hint: …)`` and holds no other error line
+    (progress lines such as 'loaded … in 0.2 s' may come before it)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    line = errors[0]
+    assert line.startswith("lxt-fx: error: ") and "(hint: " in line, line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def test_unexpected_exception_is_one_line_and_debug_prints_the_traceback(tiny: Path, monkeypatch, capsys) -> None:
+    import importlib
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the graph\nfell over")
+
+    monkeypatch.setattr(importlib.import_module("lxt_fx.explain"), "explain", broken)
+    code = main(["explain", "--model", str(tiny), "--prompt", "the capital"])
+    assert code == 1
+    one_error_line(capsys.readouterr().err, "RuntimeError: the graph fell over", "--debug")
+    code = main(["explain", "--model", str(tiny), "--prompt", "the capital", "--debug"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback (most recent call last)" in err and "in broken" in err
+    assert err.strip().splitlines()[-1].startswith("lxt-fx: error: RuntimeError")
+
+
+def test_corrupt_weights_file_is_one_line(tiny: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny, folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")  # raised SafetensorError raw
+    assert main(["explain", "--model", str(folder), "--prompt", "the capital"]) == 2
+    one_error_line(capsys.readouterr().err, "cannot load", "SafetensorError")
+    assert main(["check", str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, "cannot load", "SafetensorError")
+
+
+def test_check_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["check", str(tmp_path / "no" / "such")]) == 2
+    one_error_line(capsys.readouterr().err, "no such directory")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    assert main(["check", str(tmp_path / "bad")]) == 2
+    one_error_line(capsys.readouterr().err, "cannot load")
+    assert main(["check", "smollm2", "--width", "wide"]) == 2  # a usage error: one line too
+    one_error_line(capsys.readouterr().err, "--width")
+
+
+def test_check_cli_html_into_a_missing_folder(tmp_path: Path, capsys) -> None:
+    code = main(["check", "smollm2", "--prompt", "the capital", "--no-zero-bias",
+                 "--html", str(tmp_path / "no" / "such" / "r.html")])
+    assert code == 2  # refused before loading the model and running the check
+    one_error_line(capsys.readouterr().err, "cannot write HTML", "r.html", "does not exist")
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    corrupt = tmp_path / "rows.jsonl"
+    corrupt.write_text('{"text": "fine"}\n{"text": \n')
+    assert main(["evaluate", "--data", str(corrupt)]) == 2
+    one_error_line(capsys.readouterr().err, "DataFormatError", "rows.jsonl:2")
+    assert main(["evaluate", "--data", str(tmp_path / "missing.jsonl")]) == 2
+    one_error_line(capsys.readouterr().err, "missing.jsonl")
+    assert main(["evaluate", "--data", str(corrupt), "--methods", "attnlrp,nosuch"]) == 2
+    one_error_line(capsys.readouterr().err, "nosuch")
+    assert main(["evaluate"]) == 2  # --data missing: a usage error, one line
+    one_error_line(capsys.readouterr().err, "--data")

@@ -2,7 +2,8 @@
 
 MODEL is a built-in name (``smollm2``) or a local model directory (see :func:`lxt_fx.models.load`).
 Exit status: 0 when every check passes, 1 when one fails (an UNHANDLED op, a rule that is not opaque, a
-non-finite tensor, zero-bias bookkeeping that does not close), 2 when the model or input cannot be used.
+non-finite tensor, zero-bias bookkeeping that does not close) or ``--html`` could not be written, 2 when
+the model or input cannot be used. Every failure is one line on stderr (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 DEFAULT_PROMPT = "The capital of France is"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
-                                "Coverage, rule opacity, conservation bookkeeping and NaN/Inf provenance.")
+    """The argument parser of ``lxt-fx check`` (usage errors are one line with a hint)."""
+    from ..cli import _Parser
+
+    p = _Parser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
+                "Coverage, rule opacity, conservation bookkeeping and NaN/Inf provenance.")
     p.add_argument("model", help="built-in model name (smollm2) or a local model directory")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text to explain (default {DEFAULT_PROMPT!r})")
     p.add_argument("--target", default=None, help="next token to explain: a one-token string or an id "
@@ -26,60 +31,58 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zero-bias", action="store_true", help="skip the zero-bias bookkeeping pass")
     p.add_argument("--html", default=None, metavar="FILE", help="also write the check report as HTML")
     p.add_argument("--width", type=int, default=None, help="terminal width for the tables")
+    p.add_argument("--debug", action="store_true", help="on failure, print the traceback before the error line")
     return p
 
 
-def check_main(argv: Sequence[str] | None = None) -> int:
+def check_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx check`` with ``argv`` (without the program and sub-command names); returns the exit
-    status."""
+    status. Every failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` (or
+    ``debug=True``) prints the traceback first."""
+    from ..cli import pop_debug, run_guarded
+
+    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: _check(args), debug or flag)
+
+
+def _check(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from rich.console import Console
 
     from .. import composites
-    from ..models import ModelNotAvailableError, load
-    from ..tracing.errors import LXTError
+    from ..cli import CLIError, _check_model_argument, _load
     from . import check
     from .render_report import rewrite_rich
 
     console = Console(width=args.width)
-    err = Console(stderr=True, width=args.width)
     composite = None
     if args.composite is not None:
         composite = getattr(composites, args.composite, None)
         if not isinstance(composite, composites.Composite):
-            err.print(f"unknown composite {args.composite!r}: use attnlrp or cp_lrp")
-            return 2
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the spinner says what is happening
-    try:
-        with console.status(f"loading {args.model} …"):
-            model, tokenizer = load(args.model)
-    except (ModelNotAvailableError, OSError, ValueError) as exc:
-        err.print(f"cannot load {args.model!r}: {exc}")
-        return 2
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+            raise CLIError(f"unknown composite {args.composite!r}", "use --composite attnlrp or cp_lrp")
+    if args.html and not Path(args.html).absolute().parent.is_dir():  # fail before the minutes of work
+        raise CLIError(f"cannot write HTML {args.html!r}: folder {str(Path(args.html).absolute().parent)!r} "
+                       "does not exist", "create the folder first, or give --html a path in an existing one")
+    _check_model_argument(args.model)
+    model, tokenizer = _load(args.model, Console(stderr=True, width=args.width))
     target = args.target
     if target is not None and target.strip().isdigit():
         target = int(target)
-    try:
-        with console.status("checking …"):
-            report = check(model, args.prompt, composite=composite, target=target, tokenizer=tokenizer,
-                           zero_bias=not args.no_zero_bias)
-    except LXTError as exc:
-        err.print(f"{type(exc).__name__}: {exc}")
-        return 2
+    with console.status("checking …"):
+        report = check(model, args.prompt, composite=composite, target=target, tokenizer=tokenizer,
+                       zero_bias=not args.no_zero_bias)
     console.print(f"prompt: {args.prompt!r}")
     if report.rewrite is not None:
         console.print(rewrite_rich(report.rewrite))
     console.print(report)
     if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write("<!doctype html><meta charset='utf-8'><title>lxt-fx check</title>\n")
-            f.write(report._repr_html_())
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write("<!doctype html><meta charset='utf-8'><title>lxt-fx check</title>\n")
+                f.write(report._repr_html_())
+        except OSError as exc:
+            raise CLIError(f"cannot write HTML {args.html!r}: {exc.strerror or exc}",
+                           "check the folder exists and is writable", code=1) from exc
         console.print(f"wrote {args.html}")
     return 0 if report.ok else 1
 
