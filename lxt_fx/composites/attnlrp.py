@@ -6,7 +6,7 @@ from torch import fx
 from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION, SOFTMAX, packet
-from ..rules import Attention, Gradient, Identity, IdentityRegion, NormIdentity, SoftmaxDT, Stop, Uniform
+from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Renormalize, SoftmaxDT, Stop, Uniform
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
 
@@ -41,7 +41,8 @@ def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
 NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
-# Renormalization of top-k routing weights inside an MoE router: the rule is the plain gradient.
+# Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
+# constant (see lxt_fx.rules.renormalize for why not the plain gradient, which loses the weights' share).
 ROUTER_RENORM = (AnyOf(aten.div, aten.div_), "Router")
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
@@ -53,7 +54,7 @@ attnlrp = Composite([
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient
     (ACTIVATION_MODULE, IdentityRegion()),                    # decomposed activations: one region
-    (ROUTER_RENORM, Gradient()),                              # MoE routing renormalization
+    (ROUTER_RENORM, Renormalize()),                           # MoE routing renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
     (AnyOf(*PRODUCTS), Uniform()),                            # two carrying factors: ½ each (Prop. 3.2/3.3)

@@ -8,9 +8,10 @@ from .gradient import Gradient
 from .identity import Identity
 from .norm import NormIdentity
 from .region import IdentityRegion
+from .renormalize import Renormalize
 from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

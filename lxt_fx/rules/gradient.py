@@ -1,8 +1,9 @@
 """Gradient rule: an explicit decision to keep the plain gradient through a non-linear op.
 
-Used where the AttnLRP paper's rule *is* the Jacobian, e.g. the renormalization of MoE routing weights
-(``w / Σw`` after top-k): in GxI form the op runs unchanged; the explicit form is the matching
-``R_x = x ⊙ Jᵀ (R_y / y)`` (Gradient×Input, Arras et al. 2025, Eq. 3), which is what GxI computes.
+Used where the rule wanted *is* the Jacobian: in GxI form the op runs unchanged; the explicit form is the
+matching ``R_x = x ⊙ Jᵀ (R_y / y)`` (Gradient×Input, Arras et al. 2025, Eq. 3), which is what GxI computes.
+Not for the renormalization of MoE routing weights (``w / Σw``): Gradient×Input through a map homogeneous of
+degree 0 sums to zero, so relevance would vanish there; that op gets :class:`~.renormalize.Renormalize`.
 """
 
 from __future__ import annotations

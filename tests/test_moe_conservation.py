@@ -1,0 +1,127 @@
+"""MoE routing conserves: the renormalization of the top-k routing weights (``w / Σw``) gets the
+identity rule (:class:`lxt_fx.rules.Renormalize`), so the relevance the uniform rule sends into the routing
+weights reaches the router instead of vanishing in a degree-0 homogeneous map.
+
+Checks: the zero-bias bookkeeping of ``lxt_fx.check`` closes on tiny Mixtral and Qwen3-MoE (both
+``norm_topk_prob``); independently, on a one-layer MoE without softmax (sigmoid router: nothing may be lost)
+Σ R_in equals the score, while the plain-gradient rule on the same node loses the routing weights' share;
+the rule's two forms agree with the closed form ``R_x = R_y``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+from torch.testing import assert_close
+
+import lxt_fx
+from lxt_fx.check import check
+from lxt_fx.composites import Composite
+from lxt_fx.rules import Gradient, Renormalize
+from lxt_fx.session import rewritten_graph
+
+aten = torch.ops.aten
+V = 96
+
+
+def _text(**extra: object) -> dict:
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                max_position_embeddings=64, num_key_value_heads=2, head_dim=8)
+    base.update(extra)
+    return base
+
+
+MODELS = {
+    "mixtral": lambda: tf.MixtralForCausalLM(tf.MixtralConfig(**_text(num_local_experts=4, num_experts_per_tok=2))),
+    "qwen3-moe-norm": lambda: tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(**_text(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True, decoder_sparse_step=1))),
+    "qwen3-moe-plain": lambda: tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(**_text(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=False,
+        decoder_sparse_step=1))),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zero_bias_books_close_on_moe_models(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    ids = torch.randint(3, V, (1, 7), generator=torch.Generator().manual_seed(1))
+    zero = check(model, ids).zero_bias
+    assert zero is not None
+    # before: Mixtral 1.6e-2 (5e-2 with other seeds), Qwen3-MoE with norm_topk_prob 4.1e-4
+    assert zero.relative(zero.unexplained) < 1e-5, (name, zero.relative(zero.unexplained), zero.by_cause())
+    assert zero.by_cause()["softmax"] != 0.0  # the router's and attention's softmax term: booked, not lost
+
+
+class ToyTopKRouter(nn.Module):
+    """Sigmoid scores (identity rule: conserving, unlike softmax), top-k, renormalized in place."""
+
+    def __init__(self, dim: int, experts: int, k: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, dim) * 0.5)
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.sigmoid(nn.functional.linear(x, self.weight))
+        top, index = torch.topk(probs, self.k, dim=-1)
+        top /= top.sum(dim=-1, keepdim=True)
+        return top, index
+
+
+class ToyMoE(nn.Module):
+    """One MoE layer with linear experts and a linear head, no biases: ``head(Σ_j ŵ_j W_j x)``."""
+
+    def __init__(self, dim: int = 8, experts: int = 4, k: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.router = ToyTopKRouter(dim, experts, k)
+        self.experts = nn.Parameter(torch.randn(experts, dim, dim) / dim**0.5)
+        self.head = nn.Linear(dim, 3, bias=False)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        weights, index = self.router(inputs_embeds)
+        chosen = self.experts[index]  # [..., k, dim, dim]
+        outs = torch.einsum("...kij,...j->...ki", chosen, inputs_embeds)  # constant weights: linear
+        return self.head((weights.unsqueeze(-1) * outs).sum(-2))
+
+
+def _input_relevance(composite: Composite, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
+    graph = rewritten_graph(ToyMoE().eval(), composite, {"inputs_embeds": x}, {})
+    leaf = x.clone().requires_grad_(True)
+    score = graph({"inputs_embeds": leaf})["output"][0, -1, 1]
+    (grad,) = torch.autograd.grad(score, leaf)
+    return (leaf * grad).detach(), score.detach(), graph
+
+
+def test_one_layer_moe_input_relevance_sums_to_the_score() -> None:
+    x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(5))
+    r, score, graph = _input_relevance(lxt_fx.attnlrp, x)
+    rules = {row.op: row.rule for row in graph.report.rewritten}
+    assert rules["aten.div_.Tensor"] == "renormalize" and rules["aten.mul.Tensor"] == "uniform"
+    assert abs(float(r.sum() / score) - 1.0) < 1e-5, float(r.sum() / score)
+    # the plain gradient through w / Σw (what the composite did before) loses the routing weights' share
+    plain = Composite([(p, Gradient() if isinstance(rule, Renormalize) else rule)
+                       for p, rule in lxt_fx.attnlrp.entries], name="attnlrp-plain-renorm")
+    r_plain, score_plain, _ = _input_relevance(plain, x)
+    assert abs(float(r_plain.sum() / score_plain) - 1.0) > 1e-2
+
+
+def test_renormalize_rule_forms() -> None:
+    gen = torch.Generator().manual_seed(6)
+    w = torch.rand(5, 2, dtype=torch.float64, generator=gen) + 0.1
+    rule = Renormalize()
+    for op in (aten.div.Tensor, aten.div_.Tensor):
+        leaf = w.clone().requires_grad_(True)
+        start = leaf * 1.0  # a non-leaf, as the top-k values are
+        total = start.sum(-1, keepdim=True)
+        fn, extra = rule.gxi(op, (0, 1))
+        y = fn(op, start, total, **extra)
+        assert_close(y, w / w.sum(-1, keepdim=True))
+        g = torch.randn(y.shape, dtype=y.dtype, generator=gen)
+        r_y = y.detach() * g
+        (grad,) = torch.autograd.grad(y, leaf, g)
+        assert_close(w * grad, r_y, rtol=1e-12, atol=1e-14)  # closed form R_w = R_y: nothing through Σw
+        ex = rule.explicit(op, [w.clone(), w.sum(-1, keepdim=True)], {}, y.detach(), r_y, (0, 1))
+        assert_close(ex[0], r_y, rtol=1e-9, atol=1e-14)
+        assert ex[1] is None
