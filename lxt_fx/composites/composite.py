@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ..rules.base import Rule
 from ..tracing.meta import module_path
@@ -75,25 +75,34 @@ class Composite:
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, {len(self.entries)} entries)"
 
-    def rewrite(self, model: nn.Module, example_inputs: dict[str, Any], strict: bool = False
+    def rewrite(self, model: nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | Tensor,
+                strict: bool = False, relevance_inputs: Sequence[str] | None = None
                 ) -> tuple[fx.GraphModule, RewriteReport]:
         """Capture ``model`` for ``example_inputs`` (cached) and return the rewritten graph and its report.
 
         ``example_inputs``: the keyword arguments of a call (``input_ids`` or ``inputs_embeds``,
-        ``attention_mask``, …)."""
+        ``attention_mask``, …), or positional ones as a tuple (or one tensor), bound to ``model.forward``.
+        ``relevance_inputs``: the inputs relevance is read at; default every floating-point tensor input whose
+        name has no ``mask``/``position``/``cache`` in it (``input_ids`` stand for their embeddings). Nothing
+        reaching an output from them is a :class:`~lxt_fx.session.NoRelevancePathError`."""
         from ..session import rewritten
 
-        return rewritten(model, self, example_inputs, strict=strict)
+        return rewritten(model, self, example_inputs, strict=strict, relevance_inputs=relevance_inputs)
 
     @contextlib.contextmanager
-    def context(self, model: nn.Module, strict: bool = False, checkpoint: str | None = None
-                ) -> Iterator[nn.Module]:
+    def context(self, model: nn.Module, strict: bool = False, checkpoint: str | None = None,
+                relevance_inputs: Sequence[str] | None = None) -> Iterator[nn.Module]:
         """Inside, calling ``model(...)`` runs the rewritten graph; on exit — also after an exception —
         the model is exactly as it came in (its ``forward`` and every attribute).
 
         ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the rewritten graph
-        (:mod:`lxt_fx.checkpoint`), in eval mode, with unchanged relevance."""
+        (:mod:`lxt_fx.checkpoint`), in eval mode, with unchanged relevance. ``relevance_inputs``: as in
+        :meth:`rewrite`. A call the graph cannot represent (a key/value cache, ``use_cache=True``) runs the
+        untouched forward under ``torch.no_grad()`` / ``inference_mode`` (so ``model.generate`` gives the
+        same tokens) and raises :class:`~lxt_fx.session.UnsupportedCallError` with gradients enabled.
+        Contexts on one model may nest and exit in any order (see :func:`lxt_fx.session.patched_forward`)."""
         from ..session import patched_forward
 
-        with patched_forward(model, self, strict=strict, checkpoint=checkpoint):
+        with patched_forward(model, self, strict=strict, checkpoint=checkpoint,
+                             relevance_inputs=relevance_inputs):
             yield model

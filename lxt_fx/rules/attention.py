@@ -48,7 +48,13 @@ def attention_scales(carrying: Sequence[int], through_weights: bool) -> tuple[fl
 
 # The mask checked last and the answer: one mask tensor is shared by every layer of a forward pass, so it is
 # compared with the causal mask once per pass, not once per layer. [weakref to it, its version, answer]
+# An inference tensor (made under torch.inference_mode) has no version counter and cannot be written
+# outside inference mode; inside it, it can, unseen: it is checked every time and never memoized.
 _LAST_CHECK: list[Any] = [None, -1, False]
+
+
+def _equals_causal(mask: Tensor, n: int) -> bool:
+    return torch.equal(mask, torch.ones(n, n, dtype=torch.bool, device=mask.device).tril().expand_as(mask))
 
 
 def _is_causal_mask(mask: Any, q: Tensor, k: Tensor) -> bool:
@@ -57,10 +63,12 @@ def _is_causal_mask(mask: Any, q: Tensor, k: Tensor) -> bool:
     if (not isinstance(mask, Tensor) or mask.dtype != torch.bool or k.size(-2) != n or mask.dim() < 2
             or mask.shape[-2:] != (n, n)):
         return False
+    if mask.is_inference():
+        return _equals_causal(mask, n)
     ref, version, answer = _LAST_CHECK
     if ref is not None and ref() is mask and version == mask._version:
         return answer
-    answer = torch.equal(mask, torch.ones(n, n, dtype=torch.bool, device=mask.device).tril().expand_as(mask))
+    answer = _equals_causal(mask, n)
     _LAST_CHECK[:] = [weakref.ref(mask), mask._version, answer]
     return answer
 
