@@ -305,6 +305,9 @@ def _constant_origin(node: fx.Node, on_path: set[str], depth: int = 8) -> str:
                 return "embedding"
             if n.op == "get_attr" and "bias" in str(n.target).rsplit(".", 1)[-1]:
                 return "bias"
+            if n.op == "get_attr" and any(k in str(n.target).rsplit(".", 1)[-1]
+                                          for k in ("position_embedding", "pos_embed")):
+                return "embedding"  # a position-embedding parameter (ViT, DeiT, DINOv2), not a lookup
             nxt.extend(_leaves(n))
         frontier = nxt
     return "constant"
