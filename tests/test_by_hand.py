@@ -31,6 +31,7 @@ def _error(got: torch.Tensor, per_unit: torch.Tensor) -> float:
     """Largest ``|got − Σ_h R_h| / Σ_h |R_h|`` over the tokens (``per_unit``: hand relevance ``[L, H]``)."""
     return float(((got - per_unit.sum(-1)).abs() / per_unit.abs().sum(-1)).max())
 
+
 # Right-padded batch: the second row is shorter (padding id 0 after it), the third is a single token.
 ROWS = [[3, 17, 5, 60, 22, 9, 41], [88, 2, 30, 7], [55]]
 
