@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test coverage-sweep demo lint bench clean
+.PHONY: venv test test-docs coverage-sweep demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ venv: $(VENV)/.installed
 test: venv
 	$(VENV)/bin/ruff check lxt_fx tests benchmarks
 	$(PY) -m pytest -q -x tests
+	$(MAKE) test-docs
+
+# Every ```python block of README.md and docs/*.md, as written (pytest-markdown-docs; SmolLM2 loads once).
+test-docs: venv
+	$(PY) -m pytest -q -x -p tests.docs_plugin --markdown-docs README.md docs/
 
 coverage-sweep: venv
 	$(PY) benchmarks/coverage.py
