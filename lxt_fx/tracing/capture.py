@@ -90,9 +90,10 @@ class Signature:
     training: bool
     attn_implementation: str | None
     device: str
+    dtype: torch.dtype | None = None  # of the first parameter: model.to(dtype) keeps the Parameter objects
 
     def key(self) -> tuple:
-        return (self.tensors, self.static, self.training, self.attn_implementation, self.device)
+        return (self.tensors, self.static, self.training, self.attn_implementation, self.device, self.dtype)
 
 
 @dataclass
@@ -112,24 +113,28 @@ class CapturedGraph:
 
 
 def fingerprint(model: nn.Module) -> tuple:
-    """The module tree of ``model`` as a flat tuple: for each submodule (in ``modules()`` order) its id and
-    class, then for each parameter and buffer its name, object id, shape, dtype and device.
+    """The module tree of ``model`` as a flat tuple: each submodule's id and class, and each parameter's and
+    buffer's name and object id (a depth-first walk over ``_modules``; shared modules appear once per place).
 
     Equal fingerprints (while the objects are kept alive, as a capture does) mean the same tree of the same
-    objects. Costs about 0.3 µs per tensor (see the capture tests)."""
+    objects; values changed in place, ``param.data = …`` and ``model.to(…)`` keep it (the dtype and device
+    of the parameters are part of the capture's :class:`Signature`). Its cost, about 1.7× a bare
+    ``for m in model.modules(): pass`` loop, is paid on every capture lookup."""
     parts: list[Any] = []
-    add = parts.append
-    for mod in model.modules():
-        add(id(mod))
-        add(type(mod))
-        for store in (mod._parameters, mod._buffers):
-            for name, t in store.items():
-                add(name)
-                add(id(t))
-                if t is not None:
-                    add(t.shape)
-                    add(t.dtype)
-                    add(t.device)
+    extend = parts.extend
+    stack: list[Any] = [model]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        mod = pop()
+        if mod is None:
+            continue
+        d = mod.__dict__
+        extend((id(mod), type(mod)))
+        for store in (d["_parameters"], d["_buffers"]):
+            if store:
+                extend(store)
+                extend(map(id, store.values()))
+        push(d["_modules"].values())
     return tuple(parts)
 
 
@@ -172,6 +177,7 @@ def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mappin
         training=model.training,
         attn_implementation=getattr(config, "_attn_implementation", None),
         device=str(param.device) if param is not None else "cpu",
+        dtype=param.dtype if param is not None else None,
     )
 
 
