@@ -26,10 +26,12 @@ For one output ``z_j = Σ_i x_i w_ij + b_j`` and the relevance ``R_j`` it receiv
   flips sign or blows up): keep it for inputs known to be ``≥ 0`` (after a ReLU).
 
 GxI form: the forward output is exact, ``y = op(x, W, b)``. The backward receives ``g_y`` (so
-``R_y = y ⊙ g_y``) and returns ``g_x`` with ``x ⊙ g_x = R_x``: with ``s = g_y ⊙ y / stab(d)`` and ``m`` the mask
-``y ≥ 0``, four linear passes ``d↑ = op(x⁺, W↑, b↑) + op(x⁻, W↓, 0)``, ``d↓ = op(x⁺, W↓, b↓) + op(x⁻, W↑, 0)``
-give ``d = where(m, d↑, d↓)`` and ``g_x = ∂/∂x Σ(s ⊙ m ⊙ d↑ + s ⊙ (1 − m) ⊙ d↓)`` (the derivative of
-``x⁺ = clamp(x, min=0)`` selects the ``x_i⁺`` terms where ``x_i > 0``, that of ``x⁻`` the others). The classic
+``R_y = y ⊙ g_y``) and returns ``g_x`` with ``x ⊙ g_x = R_x``: with ``s = g_y ⊙ y / stab(d)`` split by the mask
+``m = [y ≥ 0]`` into ``s↑ = m ⊙ s`` and ``s↓ = (1 − m) ⊙ s``, ``g_x = W↑ᵀs↑ + W↓ᵀs↓`` where ``x > 0`` and
+``W↓ᵀs↑ + W↑ᵀs↓`` where ``x < 0``. Three linear passes give it (:func:`_signed_gradient`): ``z₀ = op(x, W, 0)``
+and the positive part ``P = op(x⁺, W⁺, 0) + op(x⁻, W⁻, 0)`` (so ``N = z₀ − P``, ``d↑ = y + γ(P + b⁺)``,
+``d↓ = y + γ(N + b⁻)``), and one backward through them. The explicit form builds the four products
+``x^± W↑/↓`` instead, an independent check. The classic
 form is one pass: ``g_x = W_γᵀ (g_y ⊙ y / stab(z_γ))`` with ``W_γ = W↑``. The transpose is the vector-Jacobian
 product of the same op with modified parameters, so one code path covers ``aten.linear``, GPT-2's
 ``aten.addmm`` (``bias, x, W``) and ``aten.conv1d/2d/3d`` / ``aten.convolution`` with every stride, padding,
@@ -120,6 +122,49 @@ def divide(numerator: Tensor, denominator: Tensor, positive: Tensor, epsilon: fl
     return torch.where(den == 0, 0.0, numerator.to(wide) / torch.where(den == 0, 1.0, den))
 
 
+def bias_term(op: Any, args: Sequence[Any], out: Tensor, modify: Callable[[Tensor], Tensor]) -> Tensor | float:
+    """``modify(b)`` broadcast against the output ``out`` (channel dim of a convolution, last dim of a linear
+    map); ``0.0`` when the op has no bias."""
+    _, w, b = layout(op)
+    if b >= len(args) or not isinstance(args[b], Tensor):
+        return 0.0
+    p = modify(args[b].detach())
+    if getattr(op, "overloadpacket", op) in (aten.linear, aten.addmm):
+        return p
+    channel = out.dim() - (args[w].dim() - 2) - 1  # convolutions: [N,] C, *spatial
+    return p.reshape(p.shape + (1,) * (out.dim() - channel - 1))
+
+
+def _signed_gradient(op: Any, full: list[Any], kwargs: dict[str, Any], leaf: Tensor, y: Tensor, grad: Tensor,
+                     gamma: float, epsilon: float) -> Tensor:
+    """The generalized rule's ``g_x`` in three linear passes: ``z₀ = op(x, W, 0)``, the same-sign-positive
+    part ``P = op(x⁺, W⁺, 0) + op(x⁻, W⁻, 0)`` and ``N = z₀ − P``. Then ``d↑ = y + γ(P + b⁺)``,
+    ``d↓ = y + γ(N + b⁻)`` (γ = ∞: ``P + b⁺``, ``N + b⁻``), ``s = g_y ⊙ y / stab(d)``, ``s↑ = m ⊙ s``,
+    ``s↓ = (1 − m) ⊙ s``, and ``∂/∂x Σ(s↑ d↑ + s↓ d↓) = ∂z₀ᵀ(s↑ + (1 + γ)s↓) + γ ∂Pᵀ(s↑ − s↓)``
+    (γ = ∞: ``∂z₀ᵀ s↓ + ∂Pᵀ(s↑ − s↓)``) — which is ``W↑ᵀs↑ + W↓ᵀs↓`` where ``x > 0`` and
+    ``W↓ᵀs↑ + W↑ᵀs↓`` where ``x < 0``, the rule's ``g_x``."""
+    infinite = math.isinf(gamma)
+    z0 = op(*with_params(op, full, lambda p: p, leaf, bias=False), **kwargs)
+    part = op(*with_params(op, full, lambda p: p.clamp(min=0), leaf.clamp(min=0), bias=False), **kwargs) \
+        + op(*with_params(op, full, lambda p: p.clamp(max=0), leaf.clamp(max=0), bias=False), **kwargs)
+    p_val, n_val = part.detach(), z0.detach() - part.detach()
+    b_up = bias_term(op, full, y, lambda p: p.clamp(min=0))
+    b_down = bias_term(op, full, y, lambda p: p.clamp(max=0))
+    if infinite:
+        d_up, d_down = p_val + b_up, n_val + b_down
+    else:
+        d_up, d_down = y + gamma * (p_val + b_up), y + gamma * (n_val + b_down)
+    positive = y >= 0
+    s = (grad.to(torch.promote_types(y.dtype, torch.float32))
+         * divide(y, torch.where(positive, d_up, d_down), positive, epsilon)).to(y.dtype)
+    s_up = torch.where(positive, s, torch.zeros_like(s))
+    s_down = s - s_up
+    g_z = s_down if infinite else s_up + (1 + gamma) * s_down
+    g_p = (s_up - s_down) if infinite else gamma * (s_up - s_down)
+    (g,) = torch.autograd.grad([z0, part], leaf, [g_z, g_p])
+    return g
+
+
 class _GammaBackward(torch.autograd.Function):
     """Forward: the op unchanged. Backward: the γ-rule's modified input gradient (module docstring)."""
 
@@ -142,13 +187,7 @@ class _GammaBackward(torch.autograd.Function):
             leaf = x.detach().requires_grad_(True)
             full = [*ctx.args[:index], leaf, *ctx.args[index:]]
             if ctx.signed:
-                d_up, d_down = signed_denominators(op, full, kwargs, leaf, ctx.gamma)
-                positive = y >= 0
-                den = torch.where(positive, d_up, d_down).detach()
-                s = grad.to(den.dtype) * divide(y, den, positive, ctx.epsilon).to(den.dtype)
-                zero = torch.zeros_like(s)
-                (g,) = torch.autograd.grad([d_up, d_down], leaf,
-                                           [torch.where(positive, s, zero), torch.where(positive, zero, s)])
+                g = _signed_gradient(op, full, kwargs, leaf, y, grad, ctx.gamma, ctx.epsilon)
             else:
                 z = op(*gamma_args(op, full, ctx.gamma), **kwargs)
                 ratio = divide(y, z.detach(), z.detach() >= 0, ctx.epsilon)
