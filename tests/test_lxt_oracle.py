@@ -14,6 +14,12 @@ For each family LXT supports (LLaMA, Qwen2, Qwen3, Gemma3, GPT-2, BERT) × atten
 The last two tests show the comparison can fail: plain Gradient×Input on the same models, and BERT with one
 rule left out (the pooler's tanh given its plain gradient), are far from LXT.
 
+No intended difference to LXT shows on these models, so nothing here is checked against a closed form instead:
+LXT's efficient rules put no ε on linear layers (its non-sign-aware ε never enters), its softmax is the plain
+gradient (its last-dim-only softmax rule is not used), and its ``f(x)/(x + 1e-10)`` activation ratio differs
+from our analytic ratios only in float rounding at these inputs. Measured per family × attention:
+``benchmarks/lxt_oracle/README.md``.
+
 The torchvision ViT that LXT also patches is not covered: this environment has no torchvision to rebuild it.
 """
 
