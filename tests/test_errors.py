@@ -162,3 +162,17 @@ def test_check_is_callable_and_still_the_package(model) -> None:
     assert isinstance(report, CheckReport) and report.ok
     direct = check(model, torch.tensor([[1, 2, 3, 4]]), zero_bias=False)
     assert report.score == direct.score
+
+
+def test_calls_the_graph_cannot_represent_are_named_errors(model) -> None:
+    from lxt_fx.session import RelevanceInputError, UnsupportedCallError
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(UnsupportedCallError, match=r"use_cache=True.*\n  what to do: .*use_cache=False") as info:
+        lxt_fx.attnlrp.rewrite(model, {"input_ids": ids, "use_cache": True})
+    assert isinstance(info.value, lxt_fx.LXTError)
+    with pytest.raises(RelevanceInputError, match=r"not floating point.*inputs_embeds"):
+        lxt_fx.attnlrp.rewrite(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                               relevance_inputs=["attention_mask"])
+    _, report = lxt_fx.attnlrp.rewrite(model, {"input_ids": ids}, relevance_inputs=["input_ids"])
+    assert report.path_nodes > 0  # input_ids stand for the embeddings looked up from them
