@@ -13,7 +13,11 @@ with ``past_key_values`` / ``cache`` / ``cache_position``, ``use_cache=True``, o
 the model would put a cache into the tuple cannot be represented: with gradients disabled (``torch.no_grad``,
 ``torch.inference_mode`` — e.g. every step of ``model.generate``) the model's own untouched ``forward`` runs,
 which is exactly what the user gets outside and no relevance can be asked for; with gradients enabled the
-call raises. ``labels`` are graph inputs: the loss is the model's own loss, computed inside the graph.
+call raises. A non-tensor argument that holds tensors or state (``encoder_outputs=(…,)``) would be baked into
+the graph as a constant: the same policy. ``labels`` are graph inputs: the loss is the model's own loss,
+computed inside the graph (its ops lie on the relevance path, so ``strict=True`` names the loss's
+non-linear ops). Tuple outputs (``hidden_states``) come back as tuples. A call without ``use_cache`` runs the
+graph even where the model's config would make a cache: the output's cache field is then ``None``.
 """
 
 from __future__ import annotations
