@@ -64,7 +64,7 @@ CAUSE_HELP = {
 BIAS_SLOT = {aten.linear: 2, aten.addmm: 0, aten.baddbmm: 0, aten.conv1d: 2, aten.conv2d: 2, aten.conv3d: 2,
              aten.convolution: 2, aten.conv_transpose1d: 2, aten.conv_transpose2d: 2, aten.layer_norm: 3,
              aten.group_norm: 3}
-_ADDS = frozenset({aten.add, aten.sub, aten.rsub})
+_ADDS = frozenset({aten.add, aten.add_, aten.sub, aten.sub_, aten.rsub})  # in place too (embeddings += pos)
 
 
 RTOL = 1e-4   # of |score|: what no known cause accounts for, at most (see the module docstring)
