@@ -131,6 +131,46 @@ def grad_disabled(node: Any) -> bool:
             and node.args[0] is False)
 
 
+def writes_first_argument(op: Any) -> bool:
+    """Whether ``op`` is an in-place ATen overload: its schema marks argument 0 as written (``mul_``)."""
+    schema = getattr(op, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return bool(alias is not None and alias.is_write) and not schema.name.endswith("_out")
+
+
+def returns_view(op: Any) -> bool:
+    """Whether ``op``'s output aliases its first argument without writing it (``view``, ``transpose``)."""
+    schema = getattr(op, "_schema", None)
+    if schema is None or not schema.returns or not schema.arguments:
+        return False
+    alias = schema.returns[0].alias_info
+    return alias is not None and not alias.is_write
+
+
+def written_in_place(nodes: Any) -> set[str]:
+    """Names of the fx nodes whose storage a later in-place op writes (``mul_`` on the node or on a view of
+    it): a value read from them before that write must be copied to be kept. ``nodes``: a graph's nodes;
+    a rewritten node's original op is read from ``meta["lxt_original_target"]``."""
+    written: set[str] = set()
+    for node in nodes:
+        target = node.meta.get("lxt_original_target", node.target)
+        if node.op != "call_function" or not writes_first_argument(target):
+            continue
+        args = node.args[1:] if "lxt_original_target" in node.meta else node.args
+        base = args[0] if args else None
+        while hasattr(base, "op"):
+            written.add(base.name)
+            origin = base.meta.get("lxt_original_target", base.target)
+            if base.op == "call_function" and (origin is operator.getitem or returns_view(origin)
+                                               or writes_first_argument(origin)):
+                base = base.args[1] if "lxt_original_target" in base.meta else base.args[0]
+            else:
+                break
+    return written
+
+
 def packet(target: Any) -> Any:
     """The overload packet of an ATen overload (``aten.mul.Tensor`` → ``aten.mul``), else the target."""
     return target.overloadpacket if isinstance(target, OpOverload) else target

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .checkpoint import MODES, SegmentedGraph, segmented
+from .ops import writes_first_argument
 from .rewrite import Plan, RewriteReport, UnhandledOpError, apply, plan
 from .tracing import CapturedGraph, accepts_kwarg, capture
 from .tracing.capture import unflatten_outputs
@@ -279,12 +280,7 @@ def example_call(model: nn.Module, example_inputs: Mapping[str, Any] | Sequence[
 
 def _mutates_first(node: fx.Node) -> bool:
     """Whether the node's op writes its first argument (an in-place ATen overload, possibly rule-wrapped)."""
-    target = node.meta.get("lxt_original_target", node.target)
-    schema = getattr(target, "_schema", None)
-    if schema is None or not schema.arguments:
-        return False
-    alias = schema.arguments[0].alias_info
-    return alias is not None and alias.is_write
+    return writes_first_argument(node.meta.get("lxt_original_target", node.target))
 
 
 @dataclass

@@ -185,6 +185,22 @@ def test_inplace_product_gets_the_uniform_rule_and_keeps_the_forward() -> None:
     assert abs(float(r_inplace.sum() / s_inplace) - 1.0) < 1e-5
 
 
+def test_check_books_close_node_by_node_on_an_inplace_product() -> None:
+    x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(3))
+    model = InPlace(True).eval()
+    with torch.no_grad():
+        expected = model(x)
+    report = check(model, {"inputs_embeds": x})
+    zero = report.zero_bias
+    # the edge into mul_ is tapped on a fresh tensor that mul_ then writes (see check.latent.insert_taps)
+    assert zero.verdict().status == "closes", zero.verdict().reason
+    assert report.ok
+    # the tapped graph's forward is the model's: `a` read after the write sees the written value
+    assert abs(report.score - float(expected[0, -1].max())) < 1e-5
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)  # the check leaves the model as it was
+
+
 def test_inplace_product_of_a_tensor_with_itself() -> None:
     a = torch.randn(4, 5, dtype=F64, requires_grad=True)
     fn, extra = Uniform().gxi(aten.mul_.Tensor, (0, 1))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..attribution import CaptureNameError
+from ..ops import writes_first_argument, written_in_place
 from ..rewrite import Plan, RewriteReport, apply
 from ..session import Rewritten
 from ..tracing.meta import module_path
@@ -141,10 +142,14 @@ class Recorder:
 class Tap(nn.Module):
     """The module a tap node calls: identity in value; records into its :class:`Recorder`."""
 
-    def __init__(self, spec: TapSpec, recorder: Recorder) -> None:
+    def __init__(self, spec: TapSpec, recorder: Recorder, copy: bool = False, fresh: bool = False) -> None:
         super().__init__()
         self.spec = spec
         self.recorder = recorder
+        self.copy = copy  # a later in-place op writes this value: keep a copy, not a view of it
+        # the consumer writes this edge in place: hand it a fresh tensor (a hook on a view that is written in
+        # place never fires; one on a fresh tensor receives the gradient of the value before the write)
+        self.fresh = fresh
 
     def forward(self, x: Any) -> Any:
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -156,8 +161,9 @@ class Tap(nn.Module):
         if not x.requires_grad:
             recorder.records.setdefault(spec.key, Record())
             return x
-        y = x.view_as(x)  # a fresh autograd node: the gradient arriving here is this tap's share only
-        value = x.detach()
+        # a fresh autograd node: the gradient arriving here is this tap's share only
+        y = x.clone() if self.fresh else x.view_as(x)
+        value = x.detach().clone() if self.copy else x.detach()
         y.register_hook(lambda grad: recorder.saw_grad(spec, value, grad))
         return y
 
@@ -234,6 +240,15 @@ def _replace_slot(consumer: fx.Node, node: fx.Node, slot: int, new: fx.Node) -> 
     consumer.kwargs = fx.node.map_arg(consumer.kwargs, swap)
 
 
+def _writes(consumer: fx.Node, node: fx.Node) -> bool:
+    """Whether ``consumer`` is an in-place op that writes ``node`` itself (its first tensor argument)."""
+    target = consumer.meta.get("lxt_original_target", consumer.target)
+    if not writes_first_argument(target):
+        return False
+    args = consumer.args[1:] if "lxt_original_target" in consumer.meta else consumer.args
+    return bool(args) and args[0] is node
+
+
 def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder) -> fx.GraphModule:
     """Insert a tap per spec into ``gm`` (in place; pass a copy) and recompile. Edge taps go in first, so a
     node tap on the same node sees the sum of its edges' gradients."""
@@ -241,10 +256,14 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
     nodes = {n.name: n for n in graph.nodes}
     output = next(n for n in graph.nodes if n.op == "output")
     ordered = sorted(specs, key=lambda s: (s.consumer is None, s.value_only))
+    written = written_in_place(graph.nodes)
+    rewired: list[tuple[fx.Node, fx.Node]] = []
     for i, spec in enumerate(ordered):
         node = nodes[spec.node]
         name = f"lxt_tap_{i}"
-        gm.add_submodule(name, Tap(spec, recorder))
+        consumer = None if spec.consumer in (None, OUTPUT) else nodes[spec.consumer]
+        fresh = consumer is not None and spec.slot == 0 and _writes(consumer, node)
+        gm.add_submodule(name, Tap(spec, recorder, copy=spec.node in written, fresh=fresh))
         if spec.value_only:
             with graph.inserting_after(node):
                 graph.call_module(name, (node,))
@@ -257,6 +276,14 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
             with graph.inserting_before(consumer):
                 tap = graph.call_module(name, (node,))
             _replace_slot(consumer, node, spec.slot, tap)
+            if fresh:
+                rewired.append((node, consumer))
+    # the consumer wrote a copy, not the node: later readers of the node read the consumer's result instead
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    for node, consumer in rewired:
+        for user in list(node.users):
+            if position[user] > position[consumer]:
+                user.replace_input_with(node, consumer)
     graph.lint()
     gm.recompile()
     return gm

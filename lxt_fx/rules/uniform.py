@@ -21,7 +21,7 @@ from torch import Tensor
 from torch._ops import OpOverload
 from torch._ops import ops as _ops
 
-from ..ops import factors
+from ..ops import factors, writes_first_argument
 from ..tracing.errors import LXTError
 from .base import (
     Position,
@@ -41,15 +41,6 @@ Scales = tuple[float | tuple[float, ...], ...]
 
 class InPlaceProductError(LXTError):
     """An in-place product (``a.mul_(b)``) whose out-of-place twin does not exist."""
-
-
-def writes_first_argument(op: Any) -> bool:
-    """Whether ``op`` is an in-place ATen overload: its schema marks argument 0 as written (``mul_``)."""
-    schema = getattr(op, "_schema", None)
-    if schema is None or not schema.arguments:
-        return False
-    alias = schema.arguments[0].alias_info
-    return bool(alias is not None and alias.is_write) and not schema.name.endswith("_out")
 
 
 def out_of_place(op: OpOverload) -> OpOverload:
