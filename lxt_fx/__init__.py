@@ -11,13 +11,22 @@ from .attribution import Attribution, CaptureNameError
 from .composites import Composite, attnlrp, cp_lrp
 from .explain import InputError, NoParametersError, explain
 from .rewrite import RewriteReport, UnhandledOpError
-from .session import DtypeError, NoInputEmbeddingsError, NotAModuleError
+from .session import (
+    DtypeError,
+    ExampleInputsError,
+    NoInputEmbeddingsError,
+    NoRelevancePathError,
+    NotAModuleError,
+    RelevanceInputError,
+    UnsupportedCallError,
+)
 from .targets import Contrastive, LogProb, TargetError
 from .tracing import CaptureError, LXTError
 
 __version__ = "0.1.0"
 
 __all__ = ["Attribution", "CaptureError", "CaptureNameError", "Composite", "Contrastive", "DtypeError",
-           "InputError", "LXTError", "LogProb", "NoInputEmbeddingsError", "NoParametersError", "NotAModuleError",
-           "RewriteReport", "TargetError", "UnhandledOpError", "attnlrp", "check", "composites", "cp_lrp",
-           "explain", "rules", "targets", "tracing"]
+           "ExampleInputsError", "InputError", "LXTError", "LogProb", "NoInputEmbeddingsError", "NoParametersError",
+           "NoRelevancePathError", "NotAModuleError", "RelevanceInputError", "RewriteReport", "TargetError",
+           "UnhandledOpError", "UnsupportedCallError", "attnlrp", "check", "composites", "cp_lrp", "explain",
+           "rules", "targets", "tracing"]

@@ -181,7 +181,23 @@ def normalize(target: Any) -> frozenset[Any]:
     ATen overload/packet itself. Unknown callables stand for themselves (e.g. custom ops)."""
     if isinstance(target, (OpOverload, OpOverloadPacket)):
         return frozenset({packet(target)})
-    return frozenset(_TORCH_TO_ATEN.get(target, (target,)))
+    if target in _TORCH_TO_ATEN:
+        return frozenset(_TORCH_TO_ATEN[target])
+    same = torch_builtin_packet(target)
+    return frozenset({same}) if same is not None else frozenset({target})
+
+
+def torch_builtin_packet(target: Any) -> OpOverloadPacket | None:
+    """The ATen packet of a torch builtin of the same name (``torch.sin`` → ``aten.sin``), else None."""
+    name = getattr(target, "__name__", None)
+    tensor_method = getattr(target, "__objclass__", None) is torch._C.TensorBase  # torch.Tensor.sin
+    torch_function = isinstance(target, type(torch.sin)) and getattr(target, "__module__", None) in (
+        None, "torch", "torch._C._VariableFunctions", "torch._C._nn")
+    functional = callable(target) and getattr(target, "__module__", None) == "torch.nn.functional"
+    if not name or not (tensor_method or torch_function or functional):
+        return None
+    found = getattr(aten, name, None)
+    return found if isinstance(found, OpOverloadPacket) else None
 
 
 def op_name(target: Any) -> str:

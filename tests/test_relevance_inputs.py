@@ -135,3 +135,14 @@ def test_relevance_inputs_override_and_masks_stay_out_by_default() -> None:
     with lxt_fx.attnlrp.context(model, relevance_inputs=["a"]):
         model(xa, xc, mask).sum().backward()
     assert xa.grad is not None
+
+
+def test_check_reads_relevance_at_any_float_input() -> None:
+    """``lxt_fx.check`` on a model whose input is ``x`` (before: InputError "no relevance input"): the books
+    of the toy's rewritten graph, with a rule for ``sin``, by keyword and by position."""
+    model, x = _toy()
+    composite = lxt_fx.attnlrp.extend([(torch.sin, Identity())])
+    for inputs in ({"x": x}, x):
+        report = lxt_fx.check(model, inputs, composite=composite)
+        assert not report.unhandled
+        assert report.zero_bias is not None and report.zero_bias.verdict().status == "closes"

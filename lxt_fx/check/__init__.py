@@ -33,14 +33,16 @@ from ..composites.registry import for_model
 from ..explain import InputError, encode, last_positions, mask_like, model_device
 from ..ops import op_name
 from ..session import (
-    RELEVANCE_INPUTS,
     Rewritten,
+    carrying_inputs,
     check_model,
+    example_call,
     input_embeddings,
     rewritten_graph,
     split_inputs,
 )
 from ..targets import Function, Target, TokenSpec, as_target
+from ..tracing import accepts_kwarg
 from ..tracing.meta import module_path
 from .conservation import (
     Conservation,
@@ -83,10 +85,7 @@ def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, 
     model = check_model(model)
     model_device(model)  # a model without parameters is a named error here, not a StopIteration later
     tensors, static = _prepare(model, inputs, tokenizer, attention_mask)
-    relevance_input = next((n for n in RELEVANCE_INPUTS if n in tensors), None)
-    if relevance_input is None:
-        raise InputError(f"no relevance input among {sorted(tensors)}: pass input_ids (the model needs "
-                         f"get_input_embeddings()) or one of {RELEVANCE_INPUTS}")
+    relevance_inputs = carrying_inputs(tensors)  # every float input but masks/positions (NoRelevancePathError)
     composite = composite if composite is not None else for_model(model)
     goal = as_target(target)
     graph = rewritten_graph(model, composite, tensors, static, strict=False)
@@ -97,10 +96,10 @@ def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, 
         row.segment = segment.get(row.name, "")
     opacity = prove(graph.module, graph.plan)
 
-    main = _bookkeeping(graph, tensors, relevance_input, goal, tokenizer, zero_bias=False)
+    main = _bookkeeping(graph, tensors, relevance_inputs, goal, tokenizer, zero_bias=False)
     zero = None
     if zero_bias:
-        zero = _bookkeeping(graph, tensors, relevance_input, goal, tokenizer, zero_bias=True,
+        zero = _bookkeeping(graph, tensors, relevance_inputs, goal, tokenizer, zero_bias=True,
                             target_ids=main.target_ids).conservation
     return CheckReport(type(model).__name__, composite.name, _describe(goal, main.target_ids, tokenizer),
                        main.conservation.score, coverage, opacity, main.conservation, zero, main.provenance,
@@ -114,6 +113,8 @@ def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tens
              ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if isinstance(inputs, Mapping):
         tensors, static = split_inputs(model, inputs)
+    elif isinstance(inputs, Tensor) and inputs.is_floating_point() and not accepts_kwarg(model, "inputs_embeds"):
+        tensors, static = split_inputs(model, example_call(model, inputs))  # forward(self, x): bound by position
     elif isinstance(inputs, Tensor) and inputs.is_floating_point():
         tensors, static = {"inputs_embeds": inputs}, {}
         if attention_mask is not None:
@@ -176,7 +177,7 @@ class _Pass:
     target_ids: Tensor
 
 
-def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_input: str, goal: Target,
+def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inputs: Sequence[str], goal: Target,
                  tokenizer: Any, zero_bias: bool, target_ids: Tensor | None = None) -> _Pass:
     plan = graph.plan
     gm = fresh_rewritten(graph)
@@ -187,7 +188,7 @@ def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inpu
     recorder = MagnitudeRecorder(specs, excused_neg_inf(gm, path))
     insert_taps(gm, specs, recorder)
     # every relevance input is a leaf (an encoder-decoder has two: encoder and decoder embeddings)
-    names = [n for n in RELEVANCE_INPUTS if n in tensors] or [relevance_input]
+    names = list(relevance_inputs)
     mask = tensors.get("decoder_attention_mask", tensors.get("attention_mask"))  # the explained sequence's
     with torch.enable_grad():
         leaves = [tensors[n].detach().requires_grad_(True) for n in names]

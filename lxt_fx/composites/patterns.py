@@ -21,7 +21,7 @@ from typing import Any
 from torch import fx
 from torch._ops import OpOverload, OpOverloadPacket
 
-from ..ops import _TORCH_TO_ATEN, normalize, packet
+from ..ops import _TORCH_TO_ATEN, normalize, packet, torch_builtin_packet
 from ..tracing.meta import module_classes, module_path
 
 
@@ -63,7 +63,7 @@ def compile_pattern(pattern: Any) -> Matcher:
         return lambda node, info: any(p(node, info) for p in parts)
     if isinstance(pattern, OpOverload):
         return lambda node, info: node.target is pattern
-    if isinstance(pattern, OpOverloadPacket) or pattern in _TORCH_TO_ATEN:
+    if isinstance(pattern, OpOverloadPacket) or pattern in _TORCH_TO_ATEN or torch_builtin_packet(pattern):
         packets = normalize(pattern)
         return lambda node, info: packet(node.target) in packets
     if isinstance(pattern, type):
