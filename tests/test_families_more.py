@@ -217,8 +217,7 @@ def test_relevance_equals_explicit_reference(case: str, attn: str) -> None:
     assert att.report.unhandled == []
     assert att.report.composite == for_model(model).name
     # the vision composite's γ-rule divides by a sign-split z_γ (x⁺, x⁻ against W↑, W↓) + b_γ, which float32
-    # resolves less finely
-    # than y: its reference runs in the graph's own dtype (the float64 one agrees to ~1e-4, see below)
+    # resolves less finely than y: its reference runs in the graph's own dtype (the float64 one agrees to ~1e-4, see below)
     dtype = None if case == "vit" else torch.float64
     ref = reference(model, case, att, for_model(model), dtype)
     if case == "vit":
