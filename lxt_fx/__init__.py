@@ -7,7 +7,7 @@
 
 # ``lxt_fx.check`` is the package of the checks and, called, ``check(model, inputs)`` (see lxt_fx/check).
 from . import check, composites, rules, targets, tracing
-from .attribution import Attribution, CaptureNameError
+from .attribution import Attribution
 from .composites import Composite, attnlrp, cp_lrp
 from .explain import InputError, NoParametersError, explain
 from .rewrite import RewriteReport, UnhandledOpError
@@ -20,6 +20,7 @@ from .session import (
     RelevanceInputError,
     UnsupportedCallError,
 )
+from .taps import CaptureNameError
 from .targets import Contrastive, LogProb, TargetError
 from .tracing import CaptureError, LXTError
 

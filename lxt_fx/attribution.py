@@ -9,15 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from .rewrite import RewriteReport
-from .tracing.errors import LXTError
-
-
-class CaptureNameError(LXTError, KeyError):
-    """A name given to ``explain(..., capture=[...])`` or ``Attribution.latent(name)`` that names nothing
-    captured: no graph node, relevance input or module path of that name (close matches are listed)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+from .taps import CaptureNameError
 
 
 @dataclass

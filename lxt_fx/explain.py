@@ -168,7 +168,7 @@ def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture
     """Run the rewritten graph, through the latent-relevance pass when ``capture`` names nodes."""
     if not capture:
         return graph(tensors, checkpoint), None
-    from .check.latent import latent_pass
+    from .taps import latent_pass
 
     latent = latent_pass(graph, capture)
     return latent(tensors), latent

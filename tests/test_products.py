@@ -192,7 +192,7 @@ def test_check_books_close_node_by_node_on_an_inplace_product() -> None:
         expected = model(x)
     report = check(model, {"inputs_embeds": x})
     zero = report.zero_bias
-    # the edge into mul_ is tapped on a fresh tensor that mul_ then writes (see check.latent.insert_taps)
+    # the edge into mul_ is tapped on a fresh tensor that mul_ then writes (see lxt_fx.taps.insert_taps)
     assert zero.verdict().status == "closes", zero.verdict().reason
     assert report.ok
     # the tapped graph's forward is the model's: `a` read after the write sees the written value

@@ -41,6 +41,14 @@ from ..session import (
     rewritten_graph,
     split_inputs,
 )
+from ..taps import (
+    LatentPass,
+    fresh_rewritten,
+    insert_taps,
+    latent_pass,
+    original_call,
+    relevance_path,
+)
 from ..targets import Function, Target, TokenSpec, as_target
 from ..tracing import accepts_kwarg
 from ..tracing.meta import module_path
@@ -56,14 +64,6 @@ from .conservation import (
     zero_biases,
 )
 from .coverage import CoverageRow, classify
-from .latent import (
-    LatentPass,
-    fresh_rewritten,
-    insert_taps,
-    latent_pass,
-    original_call,
-    relevance_path,
-)
 from .opacity import prove
 from .provenance import Provenance, locate
 from .report import CheckReport, GraphNode

@@ -45,9 +45,9 @@ from torch._ops import ops as _ops
 from ..checkpoint import block_index
 from ..ops import LINEAR, SELECTION, SOFTMAX, op_name, packet
 from ..rewrite import Plan
+from ..taps import OUTPUT, Recorder, TapSpec, original_call, relevance_of
 from ..tracing.meta import module_path
 from .coverage import model_source
-from .latent import OUTPUT, Recorder, TapSpec, original_call, relevance_of
 
 aten = _ops.aten
 

@@ -25,8 +25,8 @@ from torch._ops import ops as _ops
 from ..checkpoint import block_index
 from ..ops import LINEAR, PRODUCTS, SELECTION, op_name, packet
 from ..rewrite import Plan
+from ..taps import original_call, rule_calls
 from ..tracing.meta import module_class, module_path, source_line
-from .latent import original_call, rule_calls
 
 aten = _ops.aten
 

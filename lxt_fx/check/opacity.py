@@ -20,8 +20,8 @@ from torch import fx
 
 from ..ops import op_name
 from ..rewrite import Plan
+from ..taps import rule_calls
 from ..tracing.meta import module_path
-from .latent import rule_calls
 
 _ASSIGN = re.compile(r"^\s*(\w+) = ([\w.]+)\(")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from torch import fx
 
 from ..ops import op_name
+from ..taps import OUTPUT, Recorder, original_call
 from ..tracing.meta import module_path
 from .coverage import model_source, short_source
-from .latent import OUTPUT, Recorder, original_call
 
 
 @dataclass

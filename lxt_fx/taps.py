@@ -23,18 +23,28 @@ import fnmatch
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from ..attribution import CaptureNameError
-from ..ops import writes_first_argument, written_in_place
-from ..rewrite import Plan, RewriteReport, apply
-from ..session import Rewritten
-from ..tracing.meta import module_path
+from .ops import writes_first_argument, written_in_place
+from .rewrite import Plan, RewriteReport, apply
+from .tracing.errors import LXTError
+from .tracing.meta import module_path
+
+if TYPE_CHECKING:
+    from .session import Rewritten
 
 OUTPUT = "output"
+
+
+class CaptureNameError(LXTError, KeyError):
+    """A name given to ``explain(..., capture=[...])`` or ``Attribution.latent(name)`` that names nothing
+    captured: no graph node, relevance input or module path of that name (close matches are listed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
