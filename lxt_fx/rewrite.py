@@ -18,13 +18,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import fx
 
-from .composites.composite import Composite
-from .composites.patterns import NodeInfo
 from .ops import (
     IGNORED,
     LINEAR,
@@ -42,6 +40,32 @@ from .tracing.errors import LXTError
 from .tracing.meta import module_class, module_path, source_line
 
 aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a predicate may ask about a node besides the node itself.
+
+    ``carrying``: positional argument indices (flattened) that carry relevance;
+    ``reachable``: names of all nodes that depend on the relevance input, ignoring stop decisions."""
+
+    carrying: tuple[int, ...]
+    reachable: frozenset[str]
+
+
+class Decider(Protocol):
+    """What :func:`plan` asks of a composite (:class:`lxt_fx.composites.Composite` is one)."""
+
+    name: str
+
+    def decide(self, node: fx.Node, info: NodeInfo) -> tuple[Rule | None, int | None]:
+        """(rule, entry index) for ``node``; (None, index) when an entry maps it to None; (None, None) when
+        no entry fits."""
+        ...
+
+    def region_members(self, nodes: Iterable[fx.Node], info: NodeInfo) -> list[tuple[Rule, list[fx.Node]]]:
+        """For each region rule, the ``call_function`` nodes its pattern matches, grouped by module path."""
+        ...
 
 
 class UnhandledOpError(LXTError):
@@ -186,7 +210,7 @@ class Plan:
     absorbed: set[str] = field(default_factory=set)  # nodes inside a region (backward rerouted)
 
 
-def _regions(nodes: list[fx.Node], composite: Composite, reachable: set[fx.Node]
+def _regions(nodes: list[fx.Node], composite: Decider, reachable: set[fx.Node]
              ) -> dict[str, tuple[Rule, fx.Node, set[str]]]:
     """Region output name → (rule, region input node, member names) for every module region that is one
     element-wise function: one relevance-carrying input, one output used outside, ≥ 2 non-linear ops."""
@@ -202,7 +226,7 @@ def _regions(nodes: list[fx.Node], composite: Composite, reachable: set[fx.Node]
     return found
 
 
-def plan(gm: fx.GraphModule, composite: Composite, inputs: Iterable[str]) -> Plan:
+def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str]) -> Plan:
     """Decide a rule per node (steps 1 and 2 of the module docstring); changes nothing."""
     inputs = tuple(inputs)
     nodes = list(gm.graph.nodes)

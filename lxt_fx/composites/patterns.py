@@ -15,26 +15,14 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import fx
 from torch._ops import OpOverload, OpOverloadPacket
 
 from ..ops import _TORCH_TO_ATEN, normalize, packet, torch_builtin_packet
+from ..rewrite import NodeInfo  # defined with the pass that fills it; re-exported here
 from ..tracing.meta import module_classes, module_path
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What a predicate may ask about a node besides the node itself.
-
-    ``carrying``: positional argument indices (flattened) that carry relevance;
-    ``reachable``: names of all nodes that depend on the relevance input, ignoring stop decisions."""
-
-    carrying: tuple[int, ...]
-    reachable: frozenset[str]
-
 
 Matcher = Callable[[fx.Node, NodeInfo], bool]
 
