@@ -14,10 +14,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..attribution import Attribution
 from ..tracing.errors import LXTError
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 # Byte-level BPE (GPT-2, LLaMA-3, SmolLM) and SentencePiece markers, as text.
 _MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥"}

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..attribution import Attribution
 from .common import Row, hex_colour, is_image, report_summary, rgb, rows, scale_note, text_rgb
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 CSS = """
 .lxt { font-family: system-ui, sans-serif; color: #222; max-width: 60em; }

@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..attribution import Attribution
 from ..tracing.errors import LXTError
 from .common import NEWLINE, TAB, Row, report_summary, require_tokens, rgb, rows, scale_note, text_rgb
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 ENGINES = ("xelatex", "pdflatex")
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..attribution import Attribution
 from .common import RenderError, is_image, rgb, rows, text_rgb
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 
 def matplotlib_parts() -> dict[str, Any]:

@@ -4,15 +4,17 @@ one block per row of a batch. Pixel relevance is drawn with half blocks (two pix
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..attribution import Attribution
 from .common import Row, is_image, report_summary, rgb, rows, scale_note, text_rgb
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 
 def _style(value: float, underline: bool = False) -> str:

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -21,10 +21,12 @@ from rich.table import Table
 from rich.text import Text
 from torch import Tensor, nn
 
-from ..attribution import Attribution
 from .common import RenderError, display_tokens, named_tokens, require_tokens, rgb, shown, target_label
 from .html import cell_style, page, write_text
 from .png import matplotlib_parts
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
 
 _BLOCK = re.compile(r"^(.*?)(?:^|\.)((?:layers|layer|h|blocks|block))\.(\d+)$")
 EMBEDDINGS = "inputs_embeds"
