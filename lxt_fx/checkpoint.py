@@ -18,7 +18,6 @@ about √N blocks). A graph without block structure falls back to no checkpointi
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,21 +28,14 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.split_module import split_module
 from torch.utils.checkpoint import checkpoint
 
-from .tracing.meta import module_path
+from .tracing.meta import BLOCK_PATH, module_path
 
 MODES = (None, "layer", "sqrt")
 TAIL = 1 << 20  # partition id of the nodes after the last block
-BLOCK_PATH = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 
 class CheckpointWarning(UserWarning):
     """Checkpointing was asked for but the graph has no block structure; it runs unsegmented."""
-
-
-def block_index(node: fx.Node) -> int | None:
-    """The block number in ``node``'s module path (``model.layers.7.mlp`` → 7), else None."""
-    match = BLOCK_PATH.search(module_path(node))
-    return int(match.group(1)) if match else None
 
 
 def block_key(node: fx.Node) -> str | None:

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import block_index
 from ..composites.composite import Composite
 from ..composites.registry import for_model
 from ..explain import InputError, encode, last_positions, mask_like, model_device
@@ -51,7 +50,7 @@ from ..taps import (
 )
 from ..targets import Function, Target, TokenSpec, as_target
 from ..tracing import accepts_kwarg
-from ..tracing.meta import module_path
+from ..tracing.meta import block_index, module_path
 from .conservation import (
     Conservation,
     MagnitudeRecorder,

@@ -42,11 +42,10 @@ import torch
 from torch import Tensor, fx
 from torch._ops import ops as _ops
 
-from ..checkpoint import block_index
 from ..ops import LINEAR, SELECTION, SOFTMAX, op_name, packet
 from ..rewrite import Plan
 from ..taps import OUTPUT, Recorder, TapSpec, original_call, relevance_of
-from ..tracing.meta import module_path
+from ..tracing.meta import block_index, module_path
 from .coverage import model_source
 
 aten = _ops.aten

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from torch import fx
 from torch._ops import ops as _ops
 
-from ..checkpoint import block_index
 from ..ops import LINEAR, PRODUCTS, SELECTION, op_name, packet
 from ..rewrite import Plan
 from ..taps import original_call, rule_calls
-from ..tracing.meta import module_class, module_path, source_line
+from ..tracing.meta import block_index, module_class, module_path, source_line
 
 aten = _ops.aten
 

@@ -12,6 +12,8 @@ _ENTRY_PREFIX = "model."
 _SKIP_DIRS = (os.path.dirname(torch.__file__) + os.sep,
               os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+# A module path inside a repeated block: ``model.layers.7.mlp`` (group 1: the block number).
+BLOCK_PATH = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 
 def _innermost(node: fx.Node) -> tuple[str, str]:
@@ -31,6 +33,12 @@ def module_path(node: fx.Node) -> str:
     if path == "model":
         return ""
     return path[len(_ENTRY_PREFIX):] if path.startswith(_ENTRY_PREFIX) else path
+
+
+def block_index(node: fx.Node) -> int | None:
+    """The block number in ``node``'s module path (``model.layers.7.mlp`` → 7), else None."""
+    match = BLOCK_PATH.search(module_path(node))
+    return int(match.group(1)) if match else None
 
 
 def module_class(node: fx.Node) -> str:
