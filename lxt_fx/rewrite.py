@@ -116,20 +116,20 @@ class RewriteReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    # Renderers live with the other reports in lxt_fx.check; imported on use.
+    # Renderers live in lxt_fx.render.rewrite_report (a layer below); imported on use.
     def __rich__(self) -> Any:
-        from .check.render_report import rewrite_rich
+        from .render.rewrite_report import rewrite_rich
 
         return rewrite_rich(self)
 
     def _repr_html_(self) -> str:
-        from .check.render_report import rewrite_html
+        from .render.rewrite_report import rewrite_html
 
         return rewrite_html(self)
 
     def to_networkx(self, graph: fx.GraphModule | None = None) -> Any:
         """The rewritten nodes (or, given the rewritten ``graph``, every node) as a networkx DiGraph."""
-        from .check.render_report import rewrite_networkx
+        from .render.rewrite_report import rewrite_networkx
 
         return rewrite_networkx(self, graph)
 

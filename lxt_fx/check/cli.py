@@ -51,8 +51,8 @@ def _check(argv: list[str]) -> int:
 
     from .. import composites
     from ..cli import CLIError, _check_model_argument, _load
+    from ..render.rewrite_report import rewrite_rich
     from . import check
-    from .render_report import rewrite_rich
 
     console = Console(width=args.width)
     composite = None

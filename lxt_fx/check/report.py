@@ -8,7 +8,6 @@ is the condensed per-block view both renderings lead with.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..render.tables import STYLE, escape, html_table
 from ..rewrite import RewriteReport
 from .conservation import ATOL, CAUSE_HELP, CAUSES, Conservation, Verdict
 from .coverage import KINDS, CoverageRow, counts, short_source
@@ -237,56 +237,48 @@ class CheckReport:
     # ---- HTML -------------------------------------------------------------------------------------------
 
     def _repr_html_(self) -> str:
-        parts = [f"<div class='lxt-check'>{STYLE}", f"<h3>{_e(self.title())}</h3>"]
+        parts = [f"<div class='lxt-check'>{STYLE}", f"<h3>{escape(self.title())}</h3>"]
         rows = []
         for name, passed, detail in self.checks():
             mark = "<span class='ok'>✓</span>" if passed else (
                 "<span class='bad'>✗</span>" if passed is False else "·")
-            rows.append([_e(name), mark, _e(detail)])
-        parts.append(_html_table("checks", ["check", "", "detail"], rows))
+            rows.append([escape(name), mark, escape(detail)])
+        parts.append(html_table("checks", ["check", "", "detail"], rows))
         if self.unhandled:
-            parts.append(_html_table("UNHANDLED ops on the relevance path", ["node", "op", "module path",
-                                     "source"], [[_e(r.name), _e(r.op), _e(r.module_path or "<top>"),
-                                                  _e(short_source(r.source))] for r in self.unhandled], cls="bad"))
+            parts.append(html_table("UNHANDLED ops on the relevance path", ["node", "op", "module path",
+                                     "source"], [[escape(r.name), escape(r.op), escape(r.module_path or "<top>"),
+                                                  escape(short_source(r.source))] for r in self.unhandled], cls="bad"))
         bad = [r for r in self.opacity if not r.ok or r.problem]
         if bad:
-            parts.append(_html_table("rule opacity failures", ["node", "rule", "problem"],
-                                     [[_e(r.name), _e(r.rule), _e(r.problem)] for r in bad], cls="bad"))
+            parts.append(html_table("rule opacity failures", ["node", "rule", "problem"],
+                                     [[escape(r.name), escape(r.rule), escape(r.problem)] for r in bad], cls="bad"))
         parts.append(_html_blocks(self.blocks(), "per block: relevance entering (in) and leaving (out) each "
                                   "stretch, and what it lost", abs(self.score)))
         leaks = self.conservation.top(8)
-        parts.append(_html_table("largest losses by node", ["node", "op", "cause", "absorbed", "module path"],
-                                 [[_e(x.name), _e(x.op), _e(x.cause), _num(x.absorbed),
-                                   _e(x.module_path or "<top>")] for x in leaks]))
+        parts.append(html_table("largest losses by node", ["node", "op", "cause", "absorbed", "module path"],
+                                 [[escape(x.name), escape(x.op), escape(x.cause), _num(x.absorbed),
+                                   escape(x.module_path or "<top>")] for x in leaks]))
         if self.zero_bias is not None and not _same_bookkeeping(self.conservation, self.zero_bias):
             parts.append(_html_blocks(self.blocks(self.zero_bias), "zero-bias mode: per block",
                                       abs(self.zero_bias.score)))
         if not self.provenance.ok:
-            parts.append(_html_table("non-finite tensors", ["stage", "finding"],
-                                     [[_e(f.stage), _e(str(f))] for f in _findings(self.provenance)], cls="bad"))
+            parts.append(html_table("non-finite tensors", ["stage", "finding"],
+                                     [[escape(f.stage), escape(str(f))] for f in _findings(self.provenance)], cls="bad"))
         on_path = [r for r in self.coverage if r.kind != "off-path"]
         shown = on_path[:MAX_HTML_ROWS]
         more = f" (first {MAX_HTML_ROWS} of {len(on_path)})" if len(on_path) > MAX_HTML_ROWS else ""
-        parts.append("<details><summary>every relevance-path op" + _e(more) + "</summary>")
-        parts.append(_html_table("", ["node", "op", "kind", "rule", "module path", "source"],
-                                 [[_e(r.name), _e(r.op), f"<span class='k-{_e(r.kind)}'>{_e(r.kind)}</span>",
-                                   _e(r.rule), _e(r.module_path or "<top>"), _e(short_source(r.source))]
+        parts.append("<details><summary>every relevance-path op" + escape(more) + "</summary>")
+        parts.append(html_table("", ["node", "op", "kind", "rule", "module path", "source"],
+                                 [[escape(r.name), escape(r.op), f"<span class='k-{escape(r.kind)}'>{escape(r.kind)}</span>",
+                                   escape(r.rule), escape(r.module_path or "<top>"), escape(short_source(r.source))]
                                   for r in shown]))
         parts.append("</details>")
-        causes = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in CAUSE_HELP.items())
+        causes = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in CAUSE_HELP.items())
         parts.append(f"<details><summary>causes</summary><ul>{causes}</ul></details></div>")
         return "\n".join(parts)
 
 
 MAX_HTML_ROWS = 600
-STYLE = """<style>
-.lxt-check table{border-collapse:collapse;margin:.4em 0 1em 0;font:12px/1.35 ui-monospace,monospace}
-.lxt-check caption{text-align:left;font-weight:bold;padding:.2em 0}
-.lxt-check th,.lxt-check td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
-.lxt-check td.n{text-align:right}.lxt-check .ok{color:#1a7f37;font-weight:bold}
-.lxt-check .bad{color:#c62828;font-weight:bold}.lxt-check table.bad caption{color:#c62828}
-.lxt-check .k-UNHANDLED{color:#c62828;font-weight:bold}.lxt-check .k-rule{color:#1565c0}
-</style>"""
 
 
 class _Null:
@@ -300,10 +292,6 @@ class _Null:
 def short_op(op: str) -> str:
     """``aten.scaled_dot_product_attention.default`` → ``scaled_dot_product_attention``."""
     return op.removeprefix("aten.").removesuffix(".default")
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _num(x: float | None) -> str:
@@ -406,24 +394,16 @@ def _provenance_table(p: Provenance) -> Table:
     return table
 
 
-def _html_table(caption: str, header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{_e(caption)}</caption>" if caption else ""
-    klass = f" class='{cls}'" if cls else ""
-    return f"<table{klass}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _html_blocks(rows: list[BlockRow], caption: str, scale: float) -> str:
     causes = _shown_causes(rows, scale)
     header = ["stretch", "path ops", "rules", "UNHANDLED", "ΣR in", "ΣR out", "lost", *causes]
     body = []
     for b in rows:
-        body.append([_e(b.label), str(b.path_ops), _e(_rules_text(b.rules)),
+        body.append([escape(b.label), str(b.path_ops), escape(_rules_text(b.rules)),
                      f"<span class='bad'>{b.unhandled}</span>" if b.unhandled else "0",
                      _num(b.below), _num(b.above), _num(b.lost),
                      *[_num(b.by_cause[c]) if c in b.by_cause else "" for c in causes]])
-    return _html_table(caption, header, body)
+    return html_table(caption, header, body)
 
 
 __all__ = ["BlockRow", "CheckReport", "GraphNode", "KINDS"]

@@ -13,7 +13,7 @@ from rich.console import Console
 
 import lxt_fx
 from lxt_fx.check import check
-from lxt_fx.check.render_report import per_block, rewrite_html, rewrite_networkx, rewrite_rich
+from lxt_fx.render.rewrite_report import per_block, rewrite_html, rewrite_networkx, rewrite_rich
 from lxt_fx.session import rewritten_graph
 
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr"}

@@ -1,6 +1,7 @@
 """Renderers for :class:`lxt_fx.rewrite.RewriteReport`: rich tables, self-contained HTML, networkx.
 
-Written as plain functions of the report so the rewrite module stays free of rendering;
+Written as plain functions of the report so the rewrite module stays free of rendering (render sits below
+rewrite and knows the report and the rewritten graph only by type);
 ``RewriteReport.__rich__``, ``_repr_html_`` and ``to_networkx`` call them. Each leads with the condensed
 per-block view: which rules landed in which block, and the UNHANDLED ops with their module path and source
 line.
@@ -9,7 +10,7 @@ line.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from rich.console import Group
@@ -17,11 +18,12 @@ from rich.table import Table
 from rich.text import Text
 from torch import fx
 
-from ..checkpoint import BLOCK_PATH
-from ..rewrite import NodeRow, RewriteReport
-from ..session import Rewritten
-from ..tracing.meta import module_path
-from .report import STYLE, _e, _html_table
+from ..tracing.meta import BLOCK_PATH, module_path
+from .tables import STYLE, escape, html_table
+
+if TYPE_CHECKING:
+    from ..rewrite import NodeRow, RewriteReport
+    from ..session import Rewritten
 
 _NUMBER = re.compile(r"(?<=\.)\d+(?=\.|$)")
 
@@ -118,21 +120,21 @@ def rewrite_rich(self: RewriteReport) -> Group:
 
 def rewrite_html(self: RewriteReport) -> str:
     """``RewriteReport._repr_html_``: the same tables as a self-contained HTML fragment (no scripts)."""
-    parts = [f"<div class='lxt-check'>{STYLE}", f"<h3>{_e(summary(self))}</h3>"]
-    parts.append(_html_table("rules applied", ["rule", "op", "nodes", "module paths"],
-                             [[_e(r), _e(o), str(n), _e(p)] for r, o, n, p in _rules(self)]))
-    parts.append(_html_table("per block", ["block", "rules", "UNHANDLED"],
-                             [[_e(b), _e(rules_text(c)),
+    parts = [f"<div class='lxt-check'>{STYLE}", f"<h3>{escape(summary(self))}</h3>"]
+    parts.append(html_table("rules applied", ["rule", "op", "nodes", "module paths"],
+                             [[escape(r), escape(o), str(n), escape(p)] for r, o, n, p in _rules(self)]))
+    parts.append(html_table("per block", ["block", "rules", "UNHANDLED"],
+                             [[escape(b), escape(rules_text(c)),
                                f"<span class='bad'>{n}</span>" if n else "0"] for b, c, n in per_block(self)]))
     if self.unhandled:
-        parts.append(_html_table("UNHANDLED: non-linear relevance-path ops without a rule",
+        parts.append(html_table("UNHANDLED: non-linear relevance-path ops without a rule",
                                  ["node", "op", "module path", "class", "source"],
-                                 [[_e(r.name), _e(r.op), _e(r.module_path or "<top>"), _e(r.module_class),
-                                   _e(r.source)] for r in self.unhandled], cls="bad"))
-    rows = [[_e(r.name), _e(r.op), _e(r.rule), _e(r.module_path or "<top>"), _e(r.source)]
+                                 [[escape(r.name), escape(r.op), escape(r.module_path or "<top>"), escape(r.module_class),
+                                   escape(r.source)] for r in self.unhandled], cls="bad"))
+    rows = [[escape(r.name), escape(r.op), escape(r.rule), escape(r.module_path or "<top>"), escape(r.source)]
             for r in self.rewritten]
     parts.append("<details><summary>every rewritten node</summary>")
-    parts.append(_html_table("", ["node", "op", "rule", "module path", "source"], rows))
+    parts.append(html_table("", ["node", "op", "rule", "module path", "source"], rows))
     parts.append("</details></div>")
     return "\n".join(parts)
 
@@ -147,8 +149,9 @@ def rewrite_networkx(self: RewriteReport, graph: Rewritten | fx.GraphModule | No
     (named ``module:<path>``, ``kind`` ``module``, edges parent → child)."""
     out = nx.DiGraph(model=self.model_class, composite=self.composite)
     if graph is not None:
-        gm = graph.module if isinstance(graph, Rewritten) else graph
-        on_path = graph.plan.on_path if isinstance(graph, Rewritten) else None
+        plain = isinstance(graph, fx.GraphModule)  # else a Rewritten: its .module and .plan (the relevance path)
+        gm = graph if plain else graph.module
+        on_path = None if plain else graph.plan.on_path
         rules = {r.name: r.rule for r in self.rewritten}
         unhandled = {r.name for r in self.unhandled}
         for node in gm.graph.nodes:
