@@ -11,14 +11,9 @@ from torch import Tensor, nn
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
-from .session import check_model, input_embeddings, rewritten_graph
+from .session import InputError, check_model, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
-
-
-class InputError(LXTError, ValueError):
-    """Inputs that cannot be explained (empty text, ids outside the vocabulary, no tokenizer for text,
-    ids or an attention mask of the wrong shape)."""
 
 
 class NoParametersError(LXTError, ValueError):
@@ -34,21 +29,6 @@ def model_device(model: nn.Module) -> torch.device:
             "through its weights and reads relevance at its input embeddings; pass the model itself (e.g. "
             "AutoModelForCausalLM.from_pretrained(...)), not a wrapper function or an empty module")
     return param.device
-
-
-def mask_like(ids: Tensor, attention_mask: Tensor | None, what: str = "input_ids") -> Tensor:
-    """``attention_mask`` checked against ``ids`` ``[batch, seq]`` (a ``[seq]`` mask for one row is
-    ``[1, seq]``); all ones when None. Anything else is an :class:`InputError`, never a reshape."""
-    if attention_mask is None:
-        return torch.ones_like(ids)
-    mask = attention_mask
-    if mask.dim() == 1 and ids.shape[0] == 1:
-        mask = mask.unsqueeze(0)
-    if tuple(mask.shape) != tuple(ids.shape):
-        raise InputError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit {what} of shape "
-                         f"{tuple(ids.shape)}: give one mask entry per token, shape [batch, seq] = "
-                         f"{tuple(ids.shape)} (1 for a real token, 0 for padding)")
-    return mask
 
 
 def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask: Tensor | None,

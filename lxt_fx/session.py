@@ -93,6 +93,11 @@ class NoRelevancePathError(LXTError):
     """No input carries relevance to any output: the explanation would be a plain gradient (or nothing)."""
 
 
+class InputError(LXTError, ValueError):
+    """Inputs that cannot be explained (empty text, ids outside the vocabulary, no tokenizer for text,
+    ids or an attention mask of the wrong shape)."""
+
+
 def check_model(model: Any) -> nn.Module:
     """Validate ``model`` for explanation; returns it."""
     if not isinstance(model, nn.Module):
@@ -168,6 +173,21 @@ def unsupported_argument(model: nn.Module, call: Mapping[str, Any]) -> tuple[str
     return None
 
 
+def mask_like(ids: Tensor, attention_mask: Tensor | None, what: str = "input_ids") -> Tensor:
+    """``attention_mask`` checked against ``ids`` ``[batch, seq]`` (a ``[seq]`` mask for one row is
+    ``[1, seq]``); all ones when None. Anything else is an :class:`InputError`, never a reshape."""
+    if attention_mask is None:
+        return torch.ones_like(ids)
+    mask = attention_mask
+    if mask.dim() == 1 and ids.shape[0] == 1:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise InputError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit {what} of shape "
+                         f"{tuple(ids.shape)}: give one mask entry per token, shape [batch, seq] = "
+                         f"{tuple(ids.shape)} (1 for a real token, 0 for padding)")
+    return mask
+
+
 def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(tensor kwargs for the graph, static kwargs baked into it); ``input_ids`` become ``inputs_embeds``.
 
@@ -191,8 +211,6 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str,
         if mask in tensors and what is not None and kwargs.get("past_key_values") is None \
                 and tensors[mask].dim() == 2 and tensors[what].dim() >= 2 \
                 and tuple(tensors[mask].shape) != tuple(tensors[what].shape[:2]):
-            from .explain import mask_like  # raises InputError (explain imports this module)
-
             mask_like(tensors[what][..., 0] if what.endswith("embeds") else tensors[what], tensors[mask], what)
     for ids, embeds in _EMBEDDED.items():
         if ids in tensors and embeds not in tensors:

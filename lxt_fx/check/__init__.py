@@ -29,14 +29,16 @@ from torch import Tensor, nn
 
 from ..composites.composite import Composite
 from ..composites.registry import for_model
-from ..explain import InputError, encode, last_positions, mask_like, model_device
+from ..explain import encode, last_positions, model_device
 from ..ops import op_name
 from ..session import (
+    InputError,
     Rewritten,
     carrying_inputs,
     check_model,
     example_call,
     input_embeddings,
+    mask_like,
     rewritten_graph,
     split_inputs,
 )
