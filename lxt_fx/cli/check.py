@@ -18,7 +18,7 @@ DEFAULT_PROMPT = "The capital of France is"
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx check`` (usage errors are one line with a hint)."""
-    from ..cli import _Parser
+    from . import _Parser
 
     p = _Parser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
                 "Coverage, rule opacity, conservation bookkeeping and NaN/Inf provenance.")
@@ -39,7 +39,7 @@ def check_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx check`` with ``argv`` (without the program and sub-command names); returns the exit
     status. Every failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` (or
     ``debug=True``) prints the traceback first."""
-    from ..cli import pop_debug, run_guarded
+    from . import pop_debug, run_guarded
 
     args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
     return run_guarded(lambda: _check(args), debug or flag)
@@ -50,9 +50,9 @@ def _check(argv: list[str]) -> int:
     from rich.console import Console
 
     from .. import composites
-    from ..cli import CLIError, _check_model_argument, _load
+    from ..check import check
     from ..render.rewrite_report import rewrite_rich
-    from . import check
+    from . import CLIError, _check_model_argument, _load
 
     console = Console(width=args.width)
     composite = None
@@ -85,11 +85,3 @@ def _check(argv: list[str]) -> int:
                            "check the folder exists and is writable", code=1) from exc
         console.print(f"wrote {args.html}")
     return 0 if report.ok else 1
-
-
-def main() -> None:  # pragma: no cover - console entry for ``python -m lxt_fx.check.cli``
-    sys.exit(check_main(sys.argv[1:]))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,7 +1,7 @@
 """``lxt-fx evaluate``: perturbation faithfulness (MoRF / LeRF / ABPC) of attribution methods on a dataset.
 
     lxt-fx evaluate --model smollm2 --data FILE --methods attnlrp,ixg,ig,random --out DIR
-    python -m lxt_fx.cli_evaluate --model smollm2 --data passages --limit 16 --steps 10 --out results/
+    python -m lxt_fx.cli evaluate --model smollm2 --data passages --limit 16 --steps 10 --out results/
 
 ``--data``: a JSONL file of passages (``{"text": ...}``; the model explains its own next token after the
 first ``--length`` tokens) or of cloze prompts (``{"prompt": ..., "answer": " word"}``; the answer, which
@@ -21,13 +21,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .tracing.errors import LXTError
+from ..tracing.errors import LXTError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx evaluate``."""
-    from .cli import _Parser
-    from .evaluate.baselines import method_names
+    from ..evaluate.baselines import method_names
+    from . import _Parser
 
     p = _Parser(prog="lxt-fx evaluate", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status. Every
     failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` prints the traceback first."""
-    from .cli import pop_debug, run_guarded
+    from . import pop_debug, run_guarded
 
     args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
     return run_guarded(lambda: _evaluate(args), debug or flag)
@@ -65,7 +65,7 @@ def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int
 def _evaluate(argv: list[str]) -> int:
     from rich.console import Console
 
-    from .cli import CLIError
+    from . import CLIError
 
     args = build_parser().parse_args(argv)
     try:
@@ -80,11 +80,11 @@ def _run(args: argparse.Namespace, console: object) -> int:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .evaluate import data as data_mod
-    from .evaluate.baselines import parse_methods
-    from .evaluate.report import console_table, markdown_table, plot_curves
-    from .evaluate.runner import run, work_units
-    from .models import load
+    from ..evaluate import data as data_mod
+    from ..evaluate.baselines import parse_methods
+    from ..evaluate.report import console_table, markdown_table, plot_curves
+    from ..evaluate.runner import run, work_units
+    from ..models import load
 
     methods = parse_methods(args.methods)               # unknown names fail before the model loads
     perturbation: str | int = int(args.perturbation) if args.perturbation.lstrip("-").isdigit() else args.perturbation
@@ -130,12 +130,3 @@ def _run(args: argparse.Namespace, console: object) -> int:
     console.print(console_table(result, f"{args.model} · {kind} · N={result.n} · steps={args.steps}"))
     console.print(f"wrote {out / 'evaluate.json'}, {out / 'evaluate.md'}" + (f", {png}" if png else ""))
     return 0
-
-
-def main() -> None:
-    """``python -m lxt_fx.cli_evaluate``."""
-    sys.exit(evaluate_main(sys.argv[1:]))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import make_model
 from helpers import word_tokenizer
 
-from lxt_fx.check.cli import check_main
+from lxt_fx.cli.check import check_main
 
 
 def test_check_cli_on_a_local_directory(tmp_path: Path, capsys) -> None:

@@ -8,7 +8,7 @@ import evalhelpers
 import torch
 from evalhelpers import WORDS, word_tokenizer, write_jsonl
 
-from lxt_fx.cli_evaluate import evaluate_main
+from lxt_fx.cli.evaluate import evaluate_main
 from lxt_fx.evaluate import Example, run
 from lxt_fx.evaluate.synthetic import KeyValueTask, evidence_scores
 

@@ -1,0 +1,7 @@
+"""``python -m lxt_fx.cli``: the same as the ``lxt-fx`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""``lxt-fx explain``: explain the next token of each prompt with one backward pass; the relevance of every
+input token as a terminal heatmap, and on request HTML, PNG, the tokens × layers trace, LaTeX, PDF, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from . import (
+    CLIError,
+    _check_model_argument,
+    _common,
+    _composite,
+    _explain_error,
+    _json_dump,
+    _load,
+    _write_all,
+)
+
+_EXPLAIN_EPILOG = """examples:
+  lxt-fx explain --prompt "The capital of France is"
+  lxt-fx explain --model ./my-llama --prompt "2 + 2 =" --target " 4" --html heat.html --png heat.png
+  lxt-fx explain --prompt "Hello world" --prompt "The sky is" --json rows.json   (a batch: one block per row)
+  lxt-fx explain --prompt "The capital of France is" --trace trace.png           (tokens × layers)
+"""
+
+
+def add_parser(sub: Any) -> None:
+    """The ``explain`` sub-command's parser, added to ``sub`` (the subparsers of ``lxt-fx``)."""
+    ex = sub.add_parser("explain", help="explain the next token of a prompt (terminal heatmap, HTML, PDF, PNG, JSON)",
+                        description="Explain one next token of each prompt with one backward pass and show the "
+                                    "relevance of every input token.", epilog=_EXPLAIN_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("--prompt", action="append", metavar="TEXT",
+                    help="text to explain; repeat for a batch (one block per prompt)")
+    ex.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': standard input)")
+    ex.add_argument("--target", metavar="TOKEN", default=None,
+                    help="next token to explain: one token of the vocabulary such as ' Paris' (mind the leading "
+                         "space) or a token id (default: the model's most likely next token)")
+    ex.add_argument("--pdf", metavar="FILE", help="write a PDF heatmap (needs xelatex or pdflatex)")
+    ex.add_argument("--latex", metavar="FILE", help="write the LaTeX source of the heatmap")
+    ex.add_argument("--trace", metavar="FILE",
+                    help="also capture every block and write the tokens × layers relevance trace (.png or .html)")
+    _common(ex)
+
+
+def _target(text: str | None, tokenizer: Any) -> int | str | None:
+    """``None``, an id, or a string checked to be exactly one token (before any graph work)."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        value = int(text)
+        size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+        if size is not None and value >= size:
+            raise CLIError(f"--target id {value} is outside the vocabulary of {size}", "give an id below the "
+                           "vocabulary size, or the token as text")
+        return value
+    pieces = tokenizer.encode(text, add_special_tokens=False)
+    if len(pieces) != 1:
+        names = tokenizer.convert_ids_to_tokens(pieces)
+        raise CLIError(f"--target {text!r} is {len(pieces)} tokens {names}, not one",
+                       f"give one token, e.g. --target {tokenizer.decode(pieces[:1])!r}, or a token id "
+                       f"(--target {pieces[0] if pieces else 0})")
+    return text
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            text = sys.stdin.read() if args.prompt_file == "-" else Path(args.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise CLIError(f"--prompt-file {args.prompt_file!r}: no such file", "check the path") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read --prompt-file {args.prompt_file!r}: {exc}", "give a UTF-8 text file") from exc
+        prompts.append(text.rstrip("\n"))
+    if not prompts:
+        raise CLIError("no prompt given", "pass --prompt TEXT (repeatable) or --prompt-file FILE")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise CLIError(f"prompt {empty[0] + 1} is empty", "give at least one token of text")
+    return prompts
+
+
+def _with_rows(att: Any, tokenizer: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from ..render import display_tokens
+    from ..render.common import named_tokens
+
+    data = att.to_dict()
+    for row in data["rows"]:
+        row["text"] = display_tokens(named_tokens(row["tokens"], row["input_ids"]), row["input_ids"], tokenizer)
+        row["target_text"] = tokenizer.decode([row["target_id"]]) if row["target_id"] >= 0 else None
+    data.update(extra or {})
+    return data
+
+
+def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
+    prompts = _prompts(args)
+    _check_model_argument(args.model)
+    import torch
+
+    from ..explain import explain
+    from ..render import trace_capture
+    from ..tracing.errors import LXTError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = _load(args.model, status)
+    target = _target(args.target, tokenizer)
+    capture = None
+    if args.trace:
+        try:
+            capture = trace_capture(model)
+        except LXTError as exc:
+            raise CLIError(str(exc), "drop --trace for this model") from exc
+    what = f"{len(prompts)} prompts" if len(prompts) > 1 else "the prompt"
+    start = time.perf_counter()
+    try:
+        with status.status(f"[bold]capturing, rewriting and explaining {what} (one backward pass) …"):
+            att = explain(model, prompts if len(prompts) > 1 else prompts[0], tokenizer=tokenizer, target=target,
+                          composite=_composite(args.composite), capture=capture)
+    except LXTError as exc:
+        raise _explain_error(exc) from exc
+    status.print(f"explained in {time.perf_counter() - start:.1f} s")
+    options: dict[str, Any] = {"tokenizer": tokenizer, "skip_first": args.skip_first}
+    from ..render.html import write_text
+
+    att.show(out, top=args.top > 0, k=max(args.top, 1), **options)
+    outputs: list[tuple[str, str | None, Any]] = [
+        ("JSON", args.json, lambda: _json_dump(args.json, _with_rows(att, tokenizer, {"prompts": prompts,
+                                                                                    "model_path": args.model}))),
+        ("HTML", args.html, lambda: att.to_html(args.html, title=f"lxt-fx · {args.model}", **options)),
+        ("PNG", args.png, lambda: att.save_png(args.png, **options)),
+        ("trace", args.trace, lambda: att.trace(args.trace, tokenizer=tokenizer, skip_first=args.skip_first)),
+        ("LaTeX", args.latex, lambda: write_text(args.latex, att.to_latex(**options))),
+        ("PDF", args.pdf, lambda: att.save_pdf(args.pdf, **options)),
+    ]
+    return _write_all(outputs, status)

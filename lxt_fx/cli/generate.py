@@ -1,0 +1,111 @@
+"""``lxt-fx generate``: generate greedily with the untouched model, then explain the generated span with one
+backward pass (``--per-token``: one map per generated token, in the same pass)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.console import Console
+
+from . import (
+    CLIError,
+    _check_model_argument,
+    _common,
+    _composite,
+    _explain_error,
+    _json_dump,
+    _load,
+    _write_all,
+)
+
+_GENERATE_EPILOG = """The model generates greedily as it is; then ONE backward pass explains the sum of the generated
+tokens' logits (each at the position that predicted it). --per-token adds one map per generated token,
+in the same batch and the same single backward pass.
+
+examples:
+  lxt-fx generate --prompt "The capital of France is" --max-new-tokens 8
+  lxt-fx generate --prompt "Name a colour." --chat --max-new-tokens 6 --per-token --html gen.html
+"""
+
+
+def add_parser(sub: Any) -> None:
+    """The ``generate`` sub-command's parser, added to ``sub`` (the subparsers of ``lxt-fx``)."""
+    gen = sub.add_parser("generate", help="generate greedily, then explain the generated span with one backward",
+                         description="Generate a continuation greedily with the untouched model, then explain "
+                                     "the generated span with one backward pass.", epilog=_GENERATE_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
+    gen.add_argument("--per-token", action="store_true", help="also show one map per generated token")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    _common(gen)
+
+
+def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int:
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens {args.max_new_tokens}", "generate at least one token")
+    if not args.prompt.strip():
+        raise CLIError("the prompt is empty", "give at least one token of text")
+    _check_model_argument(args.model)
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..generate import generate_and_explain
+    from ..tracing.errors import LXTError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = _load(args.model, status)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=status, transient=True)
+    start = time.perf_counter()
+    try:
+        with progress:
+            task = progress.add_task("generating", total=args.max_new_tokens)
+            explaining = progress.add_task("explaining (one backward)", total=1, visible=False)
+
+            def on_token(token: int) -> None:
+                progress.advance(task)
+                if progress.tasks[task].completed >= args.max_new_tokens:
+                    progress.update(explaining, visible=True)
+
+            result = generate_and_explain(model, tokenizer, args.prompt, args.max_new_tokens,
+                                          per_token=args.per_token, chat=args.chat,
+                                          composite=_composite(args.composite), on_token=on_token)
+            progress.update(explaining, completed=1, visible=True)
+    except LXTError as exc:
+        raise _explain_error(exc) from exc
+    status.print(f"generated {len(result.generated_ids)} token(s) and explained them in "
+                 f"{time.perf_counter() - start:.1f} s")
+    out.print(f"[bold]prompt:[/bold] {args.prompt!r}")
+    out.print(f"[bold]generated:[/bold] {result.text!r}")
+    options: dict[str, Any] = {"tokenizer": tokenizer, "skip_first": args.skip_first}
+    mark = result.prompt_length
+    result.attribution.show(out, labels=result.labels, mark_from=mark, top=args.top > 0, k=max(args.top, 1),
+                            **options)
+    if result.per_token is not None:
+        result.per_token.show(out, labels=result.per_token_labels, mark_from=mark, top=False, **options)
+    both = result.attribution if result.per_token is None else _stack(result)
+    labels = result.labels + result.per_token_labels
+    outputs: list[tuple[str, str | None, Any]] = [
+        ("JSON", args.json, lambda: _json_dump(args.json, result.to_dict())),
+        ("HTML", args.html, lambda: both.to_html(args.html, labels=labels, mark_from=mark,
+                                                 title=f"lxt-fx generate · {args.model}", **options)),
+        ("PNG", args.png, lambda: both.save_png(args.png, labels=labels, **options)),
+    ]
+    return _write_all(outputs, status)
+
+
+def _stack(result: Any) -> Any:
+    """The span row and the per-token rows as one Attribution (for one HTML page / PNG)."""
+    import torch
+
+    from ..attribution import Attribution
+
+    a, b = result.attribution, result.per_token
+    return Attribution(torch.cat([a.relevance, b.relevance]), a.tokens + b.tokens,
+                       torch.cat([a.input_ids, b.input_ids]), torch.cat([a.attention_mask, b.attention_mask]),
+                       torch.cat([a.target_ids, b.target_ids]), torch.cat([a.target_scores, b.target_scores]),
+                       torch.cat([a.positions, b.positions]), a.report)
