@@ -25,6 +25,7 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(VENV)/bin/ruff check lxt_fx tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -x tests
 	$(MAKE) test-docs
 
@@ -38,8 +39,10 @@ coverage-sweep: venv
 demo: venv
 	$(PY) -m lxt_fx.demo
 
+# ruff, and the layers contract of pyproject.toml [tool.importlinter] (README "Layout").
 lint: venv
 	$(VENV)/bin/ruff check lxt_fx tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) benchmarks/overhead.py
