@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 test: venv
 	$(VENV)/bin/ruff check lxt_fx tests benchmarks
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -x tests
+	$(PY) -m pytest -q -x -n 2 --dist loadfile tests
 	$(MAKE) test-docs
 
 # Every ```python block of README.md and docs/*.md, as written (pytest-markdown-docs; SmolLM2 loads once).
