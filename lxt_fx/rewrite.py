@@ -46,10 +46,11 @@ aten = torch.ops.aten
 class NodeInfo:
     """What a predicate may ask about a node besides the node itself.
 
-    ``carrying``: positional argument indices (flattened) that carry relevance;
+    ``carrying``: positions of the arguments that carry relevance (an index, or ``(index, element)`` inside a
+    list argument, see :func:`carrying_positions`);
     ``reachable``: names of all nodes that depend on the relevance input, ignoring stop decisions."""
 
-    carrying: tuple[int, ...]
+    carrying: tuple[Position, ...]
     reachable: frozenset[str]
 
 

@@ -188,12 +188,14 @@ def mask_like(ids: Tensor, attention_mask: Tensor | None, what: str = "input_ids
     return mask
 
 
-def split_inputs(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def split_inputs(model: nn.Module, kwargs: Mapping[str, Any], *, checked: bool = False
+                 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(tensor kwargs for the graph, static kwargs baked into it); ``input_ids`` become ``inputs_embeds``.
 
     Raises :class:`UnsupportedCallError` for an argument the graph cannot represent
-    (:func:`unsupported_argument`); ``use_cache`` and ``return_dict`` are the session's to handle."""
-    problem = unsupported_argument(model, kwargs)
+    (:func:`unsupported_argument`; ``checked``: the caller already asked); ``use_cache`` and ``return_dict``
+    are the session's to handle."""
+    problem = None if checked else unsupported_argument(model, kwargs)
     if problem is not None:
         raise UnsupportedCallError(type(model).__name__, *problem)
     tensors: dict[str, Tensor] = {}
@@ -480,7 +482,7 @@ def _dispatch(model: nn.Module, patch: _Patch, entry: _Active, args: tuple, kwar
         argument, why, todo = problem
         raise UnsupportedCallError(type(model).__name__, argument,
                                    f"{why} (inside {entry.composite.name}.context, gradients enabled)", todo)
-    tensors, static = split_inputs(model, call)
+    tensors, static = split_inputs(model, call, checked=True)
     result = rewritten_graph(model, entry.composite, tensors, static, entry.strict, entry.relevance_inputs)
     out = wrap_output(result.captured, result(tensors, entry.checkpoint))
     return _as_tuple(out) if call.get("return_dict") is False else out

@@ -75,23 +75,20 @@ def uniform(op: Callable[..., Any], *args: Any, scales: Scales = (), epsilon: fl
     An in-place product (``a.mul_(b)``: the op writes its first argument) runs out of place on the scaled
     operands and copies the result into ``a``, which it returns: the forward value and the aliasing the
     model expects stay exactly as they were, and the scaled views are never written."""
-    if writes_first_argument(op) and isinstance(args[0], Tensor):
-        target = args[0]
-        storage = target.untyped_storage().data_ptr()
+    in_place = writes_first_argument(op) and isinstance(args[0], Tensor)
+    if in_place:
         # ``a`` is written below: every operand that shares its storage (``a`` itself, a view of it) is read
         # from a copy, so that nothing autograd saved for the backward is overwritten
-        copies = [a.clone() if isinstance(a, Tensor) and a.untyped_storage().data_ptr() == storage else a
-                  for a in args]
-        scaled = [_scaled(a, s) for a, s in zip(copies, scales, strict=False)] + copies[len(scales):]
-        out = out_of_place(op)(*scaled, **kwargs)
-        if epsilon:
-            out = stabilize_gradient(out, epsilon / _share(scales))
-        return target.copy_(out)
-    scaled = [_scaled(a, s) for a, s in zip(args, scales, strict=False)] + list(args[len(scales):])
-    out = op(*scaled, **kwargs)
+        storage = args[0].untyped_storage().data_ptr()
+        operands = [a.clone() if isinstance(a, Tensor) and a.untyped_storage().data_ptr() == storage else a
+                    for a in args]
+    else:
+        operands = list(args)
+    scaled = [_scaled(a, s) for a, s in zip(operands, scales, strict=False)] + operands[len(scales):]
+    out = (out_of_place(op) if in_place else op)(*scaled, **kwargs)
     if epsilon:
         out = stabilize_gradient(out, epsilon / _share(scales))
-    return out
+    return args[0].copy_(out) if in_place else out
 
 
 def _scales(carrying: Sequence[Position], product: Sequence[Position]) -> Scales:

@@ -8,10 +8,10 @@ on the model and nothing global in torch or transformers changes.
 The graph shares the model's ``Parameter`` and buffer objects, so in-place changes of their values
 (``weight.mul_``, ``load_state_dict``, ``param.data = …``) are seen by a cached graph as they are. A changed
 module tree is not: every use compares the model's :func:`fingerprint` (each submodule's identity and class,
-each parameter and buffer object with its name, shape, dtype and device) with the one taken at capture,
-and a mismatch drops every capture of that model (the next call captures again). Other attribute changes
-(a plain float attribute of a module, a config field other than the attention implementation) are not
-detected.
+each parameter and buffer object with its name; dtype and device are in the :class:`Signature`) with the one
+taken at capture, and a mismatch drops every capture of that model (the next call captures again). Other
+attribute changes (a plain float attribute of a module, a config field other than the attention
+implementation) are not detected.
 """
 
 from __future__ import annotations
