@@ -342,7 +342,7 @@ class Rewritten:
         if mode is None:
             return None
         if mode not in self._segmented:
-            model = self.captured.program.module()  # root holding the parameters split_module copies from
+            model = self.captured.module()  # root holding the parameters split_module copies from
             self._segmented[mode] = segmented(self.module, model, mode, self.captured.output_keys)
         return self._segmented[mode]
 

@@ -12,6 +12,10 @@ each parameter and buffer object with its name; dtype and device are in the :cla
 taken at capture, and a mismatch drops every capture of that model (the next call captures again). Other
 attribute changes (a plain float attribute of a module, a config field other than the attention
 implementation) are not detected.
+
+Across processes, a capture is read from the disk cache (:mod:`.disk_cache`, ``$LXT_FX_CACHE``) when one
+was stored for the same key, and stored there after every export: the graph only, bound to the live
+model's parameters on load.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from __future__ import annotations
 import inspect
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import disk_cache
 from .errors import CaptureError, capture_hint, failing_location
 
 # Kwargs whose second dimension is the token sequence.
@@ -98,17 +103,23 @@ class Signature:
 
 @dataclass
 class CapturedGraph:
-    """One export of one model for one call signature."""
+    """One capture of one model for one call signature: an export (``program``) or a graph read from the
+    disk cache (``program`` None, ``source`` ``"disk"``); ``seconds``: how long the export or the read took."""
 
-    program: torch.export.ExportedProgram
+    program: torch.export.ExportedProgram | None
     signature: Signature
     output_class: type | None
     output_keys: tuple[str, ...]
     seconds: float
     rewrites: dict[Any, Any] = field(default_factory=dict)
+    source: str = "export"
+    build: Callable[[], torch.fx.GraphModule] | None = None
 
     def module(self) -> torch.fx.GraphModule:
         """A fresh, unrewritten ``GraphModule`` sharing the model's parameters."""
+        if self.program is None:
+            assert self.build is not None
+            return self.build()
         return self.program.module()
 
 
@@ -230,7 +241,19 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     if hit is not None:
         return hit
     with torch.inference_mode(False):  # export and its probe need tensors that track versions
-        return _export(model, tensors, static, sig, per_model)
+        key = disk_cache.cache_key(model, repr(sig.key())) if disk_cache.cache_dir() is not None else None
+        if key is not None:
+            stored = disk_cache.load(_Entry(model, static), key)
+            if stored is not None:
+                captured = CapturedGraph(None, sig, stored.output_class, stored.output_keys, stored.seconds,
+                                         source="disk", build=stored.build)
+                per_model.graphs[sig.key()] = captured
+                return captured
+        captured = _export(model, tensors, static, sig, per_model)
+        if key is not None:
+            disk_cache.store(_Entry(model, static), key, captured.program.module(), captured.output_class,
+                             captured.output_keys)
+        return captured
 
 
 def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, Any], sig: Signature,
