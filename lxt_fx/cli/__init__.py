@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain.add_parser(sub)
     generate.add_parser(sub)
+    from . import attribute_dataset
+
+    attribute_dataset.add_parser(sub)
     sub.add_parser("check", help="does the rewrite make sense? coverage, opacity, conservation, NaN "
                                  "provenance (lxt-fx check --help)", add_help=False)
     sub.add_parser("evaluate", help="perturbation faithfulness (MoRF/LeRF/ABPC) of attribution methods "
@@ -278,8 +281,9 @@ def _main(args_list: list[str]) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
-    from . import explain, generate
+    from . import attribute_dataset, explain, generate
 
-    command = {"explain": explain.cmd_explain, "generate": generate.cmd_generate}[args.command]
+    command = {"explain": explain.cmd_explain, "generate": generate.cmd_generate,
+               "attribute-dataset": attribute_dataset.cmd_attribute_dataset}[args.command]
     return command(args, Console(), Console(stderr=True))
 

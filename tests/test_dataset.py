@@ -1,0 +1,124 @@
+"""Dataset attribution: every row once, bad rows reported, a killed run resumed, two ranks under torchrun —
+each row's relevance compared with ``explain`` of that row alone (the independent reference)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_model
+from helpers import word_tokenizer
+
+import lxt_fx
+from lxt_fx.dataset import INDEX, DatasetError, attribute, load_relevance
+
+WORDS = ["the", "capital", "of", "france", "is", "paris", "a", "b", "c", "sky", "blue"]
+GOOD = ["the capital of france is", "a b c", "the sky is", "france is", "the capital of", "b c a b",
+        "the sky is blue", "paris is", "c"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    make_model("llama", "sdpa", layers=1).save_pretrained(folder)
+    word_tokenizer(WORDS).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
+
+
+def _data(path: Path) -> Path:
+    lines = [json.dumps({"id": f"g{i}", "text": t}) for i, t in enumerate(GOOD[:4])]
+    lines += ['{"text": ""}', "not json {", json.dumps({"text": "a b c a b c a b"}),  # empty, not JSON, too long
+              json.dumps({"id": "t", "text": "the sky is", "target": "blue"}),      # its own target
+              json.dumps({"text": "the sky", "target": "sky blue"}), "[1, 2]", ""]   # 2-token target, not an object
+    lines += [json.dumps({"text": t}) for t in GOOD[4:]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+BAD = {4: "empty text", 5: "not JSON", 6: "too long", 8: "2 tokens", 9: "not a JSON object", 10: "empty line"}
+
+
+def _check(out: Path, model, tok, data: Path) -> list[dict]:
+    index = [json.loads(line) for line in (out / INDEX).read_text().splitlines()]
+    lines = data.read_text().splitlines()
+    assert [r["position"] for r in index] == list(range(len(lines)))
+    for record in index:
+        if record["position"] in BAD:
+            assert BAD[record["position"]] in record["error"] and record["shard"] is None
+            continue
+        row = json.loads(lines[record["position"]])
+        alone = lxt_fx.explain(model, row["text"], tokenizer=tok, target=row.get("target"))
+        assert record["tokens"] == alone.tokens[0] and record["target"] == int(alone.target_ids[0])
+        assert record["score"] == pytest.approx(float(alone.target_scores[0]), abs=1e-5)
+        torch.testing.assert_close(load_relevance(out, record), alone.relevance[0], rtol=1e-5, atol=1e-6)
+    assert index[7]["target_token"] == "blue" and index[7]["id"] == "t"
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*.tmp"))
+    return index
+
+
+def test_one_process_with_bad_rows_and_a_resume_after_a_kill(loaded, tmp_path) -> None:
+    model, tok = loaded
+    data, out = _data(tmp_path / "rows.jsonl"), tmp_path / "out"
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(path: Path) -> None:  # the process dies right after renaming its second shard
+        if len(list(out.glob("shard-*.safetensors"))) == 2:
+            (out / f".{path.name}.junk.tmp").write_bytes(b"half a shard")  # what a killed writer leaves
+            raise Killed
+
+    with pytest.raises(Killed):
+        attribute(model, tok, data, out, batch_size=2, shard_size=3, max_length=6, progress=False,
+                  on_shard=die_after_two)
+    assert not (out / INDEX).exists()
+    first = {r["position"] for p in out.glob("shard-*") for r in json.loads(_meta(p)["rows"])}
+    summary = attribute(model, tok, data, out, batch_size=2, shard_size=3, max_length=6, progress=False)
+    lines = len(data.read_text().splitlines())
+    assert summary.resumed == len(first) and summary.explained + summary.bad == lines - len(first)
+    _check(out, model, tok, data)
+    again = attribute(model, tok, data, out, batch_size=2, shard_size=3, max_length=6, progress=False)
+    assert (again.explained, again.bad, again.resumed) == (0, 0, lines)  # nothing done twice
+    with pytest.raises(DatasetError, match="max_length"):
+        attribute(model, tok, data, out, max_length=7, progress=False)  # other options: not the same run
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_cli_errors(tmp_path) -> None:
+    from lxt_fx.cli import main
+
+    assert main(["attribute-dataset", "--model", "smollm2", "--data", str(tmp_path / "none.jsonl"),
+                 "--out", str(tmp_path)]) == 2
+
+
+def test_two_ranks_under_torchrun(tiny, loaded, tmp_path) -> None:
+    model, tok = loaded
+    data, out = _data(tmp_path / "rows.jsonl"), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LXT_FX_BACKEND": "gloo", "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lxt_fx.cli", "attribute-dataset", "--model", str(tiny), "--data", str(data),
+                           "--out", str(out), "--batch-size", "2", "--shard-size", "2", "--max-length", "6",
+                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    index = _check(out, model, tok, data)
+    ranks = {p.name.rsplit("-r", 1)[1] for p in out.glob("shard-*.safetensors")}
+    assert ranks == {"0.safetensors", "1.safetensors"}  # both ranks wrote shards
+    assert "explained" in done.stderr + done.stdout and len(index) == len(data.read_text().splitlines())
