@@ -10,6 +10,8 @@ export HF_HOME := $(CURDIR)/.cache/huggingface
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The capture cache on disk (lxt_fx/tracing/disk_cache.py) stays inside the checkout; the test suite turns it off.
+export LXT_FX_CACHE := $(CURDIR)/.cache/lxt-fx
 
 .PHONY: venv test test-docs coverage-sweep demo lint bench clean
 

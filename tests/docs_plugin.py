@@ -20,6 +20,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The capture cache on disk goes into the checkout (as with make), never into ~/.cache.
+os.environ.setdefault("LXT_FX_CACHE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   ".cache", "lxt-fx"))
 
 
 @pytest.fixture(scope="session")
