@@ -27,6 +27,7 @@ def child(out: str) -> None:
     import lxt_fx
     from lxt_fx.models import load
     from lxt_fx.tracing import capture, disk_cache
+    from lxt_fx.tracing.capture import _Entry
 
     torch.set_num_threads(2)
     model, tok = load("smollm2")
@@ -39,7 +40,7 @@ def child(out: str) -> None:
     store = 0.0
     if captured.source == "export":  # capture() stored it already; time one more store of the same graph
         start = time.perf_counter()
-        disk_cache.store(capture.__globals__["_Entry"](model, {"use_cache": False}),
+        disk_cache.store(_Entry(model, {"use_cache": False}),
                          disk_cache.cache_key(model, repr(captured.signature.key())), captured.module(),
                          captured.output_class, captured.output_keys)
         store = time.perf_counter() - start
