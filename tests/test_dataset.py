@@ -43,11 +43,12 @@ def _data(path: Path) -> Path:
               json.dumps({"id": "t", "text": "the sky is", "target": "blue"}),      # its own target
               json.dumps({"text": "the sky", "target": "sky blue"}), "[1, 2]", ""]   # 2-token target, not an object
     lines += [json.dumps({"text": t}) for t in GOOD[4:]]
+    lines += [json.dumps({"text": "the sky", "target": 999})]  # explain raises TargetError: recorded, not raised
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-BAD = {4: "empty text", 5: "not JSON", 6: "too long", 8: "2 tokens", 9: "not a JSON object", 10: "empty line"}
+BAD = {4: "empty text", 5: "not JSON", 6: "too long", 8: "2 tokens", 9: "not a JSON object", 10: "empty line", 16: "outside"}
 
 
 def _check(out: Path, model, tok, data: Path) -> list[dict]:

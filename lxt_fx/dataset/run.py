@@ -25,18 +25,20 @@ import torch
 from torch import nn
 
 from ..explain import explain
+from ..tracing.errors import LXTError
 from . import shards
 from .rows import DatasetError, Row, read_rows
 
 
 @dataclass
 class Summary:
-    """What one call of :func:`attribute` did: rows explained and bad rows recorded by this process (and by all
-    ranks, ``*_all``), rows found finished already, the shards this process wrote, seconds, and the index."""
+    """What one call of :func:`attribute` did: rows explained and bad rows recorded by this process, rows done
+    by all ranks together in this call, rows found finished already, the shards this process wrote, seconds,
+    and the index (rank 0; None on the other ranks)."""
 
     explained: int
     bad: int
-    explained_all: int
+    processed_all: int
     resumed: int
     shards: list[str]
     seconds: float
@@ -140,7 +142,7 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
     rel: list[torch.Tensor] = []
     ids: list[torch.Tensor] = []
     written: list[str] = []
-    explained = bad = explained_all = 0
+    explained = bad = processed_all = 0
 
     def flush() -> None:
         if records:
@@ -166,13 +168,13 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
             if len(records) >= shard_size:
                 flush()
             done_now = _sum(len(batch), world, device)
-            explained_all += done_now
+            processed_all += done_now
             bar.update(task, advance=done_now)
         flush()
     _barrier(world)
     index = shards.write_index(out, len(rows)) if rank == 0 else None
     _barrier(world)
-    return Summary(explained, bad, explained_all, len(finished), written, time.perf_counter() - start, index)
+    return Summary(explained, bad, processed_all, len(finished), written, time.perf_counter() - start, index)
 
 
 def _progress(enabled: bool, total: int, done: int) -> Any:
@@ -208,7 +210,7 @@ def _explain_batch(model: nn.Module, tokenizer: Any, batch: list[Row], target: A
         goal = [tid for _, tid in group] if explicit else None
         try:
             att = explain(model, texts, tokenizer=tokenizer, target=goal, composite=composite)
-        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the run: retry alone, then record it
+        except LXTError as exc:  # one bad row must not stop the run: retry alone, then record it
             if len(group) == 1:
                 row = group[0][0]
                 results[row.position] = ({"id": row.id, "position": row.position,
