@@ -16,7 +16,6 @@ import lxt_fx
 from lxt_fx import models
 
 
-
 def needs_gemma(test):
     """Slow, and only with the packages installed and ``LXT_FX_GEMMA=1``."""
     marks = [
