@@ -54,8 +54,7 @@ def _call(kind: str) -> dict:
     call = {"pixel_values": case["images"]}
     if "inputs" in case:
         call["input_ids"] = case["inputs"]
-        if kind == "clip":
-            call["attention_mask"] = torch.ones_like(case["inputs"])
+        call["attention_mask"] = torch.ones_like(case["inputs"])  # as explain passes it: one capture serves all
     return call
 
 
