@@ -49,6 +49,7 @@ def patch_grid(pixel_relevance: Tensor, patch: int) -> Tensor:
 
 
 def pixels(images: Any, processor: Any) -> Tensor:
+    """``pixel_values`` ``[batch, C, H, W]``: a float tensor as it is, else ``processor``'s image processor output."""
     if isinstance(images, Tensor):
         if not images.is_floating_point() or images.dim() != 4:
             raise InputError(f"images must be pixel_values, a float tensor [batch, channels, H, W]; got "
@@ -61,6 +62,8 @@ def pixels(images: Any, processor: Any) -> Tensor:
 
 
 def audio_input(model: nn.Module, audio: Any, processor: Any) -> tuple[str, Tensor]:
+    """``(argument name, features)``: ``input_features`` (Whisper) or ``input_values`` (waveform models),
+    from a float tensor as it is or from ``processor``'s feature extractor."""
     key = "input_features" if names(model, "input_features") else "input_values"
     if not isinstance(audio, Tensor):
         extractor = getattr(processor, "feature_extractor", processor)
@@ -80,6 +83,7 @@ def names(model: nn.Module, name: str) -> bool:
 
 
 def vocab_size(model: nn.Module, embedding: nn.Module | None) -> int:
+    """The vocabulary size token ids are checked against (the embedding's, or the (text) config's)."""
     size = getattr(embedding, "num_embeddings", None)
     config = getattr(model, "config", None)
     for holder in (config, getattr(config, "text_config", None)):
@@ -91,12 +95,14 @@ def vocab_size(model: nn.Module, embedding: nn.Module | None) -> int:
 
 
 def input_relevance(leaf: Tensor, grad: Tensor | None) -> Tensor:
+    """``leaf ⊙ grad`` in float32 (zeros when the input got no gradient)."""
     if grad is None:
         return torch.zeros_like(leaf, dtype=torch.float32)
     return leaf.detach().float() * grad.float()
 
 
 def check_batches(tensors: dict[str, Tensor], ids: Tensor | None) -> None:
+    """:class:`InputError` unless every input (and the text) has the same batch size."""
     sizes = {k: v.shape[0] for k, v in tensors.items()}
     if ids is not None:
         sizes["text"] = ids.shape[0]
