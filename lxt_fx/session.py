@@ -216,8 +216,17 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any], *, checked: bool =
             mask_like(tensors[what][..., 0] if what.endswith("embeds") else tensors[what], tensors[mask], what)
     for ids, embeds in _EMBEDDED.items():
         if ids in tensors and embeds not in tensors:
+            if _dual_encoder(model):  # CLIP, SigLIP: the text tower reads the ids themselves (pooling, eos)
+                continue
             tensors[embeds] = input_embeddings(model)(tensors.pop(ids))
     return tensors, static
+
+
+def _dual_encoder(model: nn.Module) -> bool:
+    """A model whose forward takes ``input_ids`` and ``pixel_values`` but not ``inputs_embeds`` by name (CLIP,
+    SigLIP): it cannot be called with embeddings, so its ids stay ids."""
+    params = _signature(type(model).forward).parameters
+    return "pixel_values" in params and "input_ids" in params and "inputs_embeds" not in params
 
 
 def carrying_inputs(tensors: Mapping[str, Tensor], relevance_inputs: Sequence[str] | None = None

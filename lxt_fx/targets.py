@@ -99,6 +99,27 @@ class Function(Target):
         self.fn = fn
 
 
+class Similarity(Function):
+    """Image–text similarity of a dual encoder (CLIP, SigLIP): row ``i`` explains
+    ``outputs[key][i, i]``, the similarity of image ``i`` with text ``i`` (``key`` default
+    ``"logits_per_image"``, i.e. ``scale · cos(image_i, text_i)`` (+ bias for SigLIP)). Give as many texts
+    as images, paired by row."""
+
+    def __init__(self, key: str = "logits_per_image") -> None:
+        self.key = key
+        super().__init__(self._diagonal)
+
+    def _diagonal(self, outputs: dict[str, Tensor]) -> Tensor:
+        if self.key not in outputs:
+            raise TargetError(f"Similarity explains outputs[{self.key!r}], but the model returns {list(outputs)}: "
+                              "use a dual encoder (CLIPModel, SiglipModel) or Similarity(key=...)")
+        sims = outputs[self.key]
+        if sims.dim() != 2 or sims.shape[0] != sims.shape[1]:
+            raise TargetError(f"Similarity pairs image i with text i, but {self.key} has shape "
+                              f"{tuple(sims.shape)}: give as many texts as images (repeat a text per image)")
+        return sims.diagonal()
+
+
 def as_target(target: Target | TokenSpec) -> Target:
     """``None``/int/str/ids → :class:`Logit`; a :class:`Target` as it is."""
     return target if isinstance(target, Target) else Logit(target)

@@ -1,0 +1,128 @@
+"""Mixed inputs, one backward: CLIP / SigLIP (image–text similarity), DINOv2 (features), Whisper (speech).
+
+Each model is tiny and random. For each: the forward through the rewritten graph equals the model, no op on
+the relevance path is left without a rule (``strict=True``), the relevance maps equal the float64
+explicit-form reference (:func:`lxt_fx.reference.explicit_relevance`, node by node, independent of the
+GxI path) summed per patch / frame / token, and the books close in zero-bias mode (:func:`lxt_fx.check`).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lxt_fx
+from lxt_fx.composites import for_model
+from lxt_fx.reference import explicit_relevance
+from lxt_fx.session import rewritten_graph
+from lxt_fx.targets import Function, Similarity
+
+from .tiny import PATCH, TEXT_IDS, features, images, model
+
+PROBE = torch.randn(32, generator=torch.Generator().manual_seed(7))  # a linear probe on the features
+
+
+def _pooled(outputs: dict) -> torch.Tensor:
+    return outputs["pooler_output"] @ PROBE.to(outputs["pooler_output"].dtype)
+
+
+def _grid(pixel: torch.Tensor) -> torch.Tensor:
+    """Pixel relevance [b, c, H, W] summed over channels and PATCH×PATCH blocks, by explicit loops."""
+    b, _, h, w = pixel.shape
+    out = torch.zeros(b, h // PATCH, w // PATCH, dtype=pixel.dtype)
+    for i in range(h // PATCH):
+        for j in range(w // PATCH):
+            out[:, i, j] = pixel[:, :, i * PATCH:(i + 1) * PATCH, j * PATCH:(j + 1) * PATCH].sum((1, 2, 3))
+    return out
+
+
+def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    scale = float(ref.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(ours.double(), ref.double(), rtol=0, atol=2e-4 * scale)
+
+
+CASES = {
+    "clip": dict(inputs=TEXT_IDS, images=images(2), target=Similarity()),
+    "siglip": dict(inputs=TEXT_IDS[:, 1:].contiguous(), images=images(2, 1), target=Similarity()),
+    "dinov2": dict(images=images(2, 2), target=Function(_pooled)),
+}
+
+
+def _call(kind: str) -> dict:
+    case = CASES[kind]
+    call = {"pixel_values": case["images"]}
+    if "inputs" in case:
+        call["input_ids"] = case["inputs"]
+        call["attention_mask"] = torch.ones_like(case["inputs"])  # as explain passes it: one capture serves all
+    return call
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_image_models_match_reference_and_close_books(kind: str) -> None:
+    m, case = model(kind), CASES[kind]
+    att = lxt_fx.explain(m, case.get("inputs"), images=case["images"], target=case["target"], strict=True)
+    assert att.image_relevance.shape == (2, 4, 4) and att.pixel_relevance.shape == (2, 16, 16)
+    call = _call(kind)
+    graph = rewritten_graph(m, for_model(m), call, {})
+    assert not graph.report.unhandled
+    with torch.no_grad():
+        want = m(**call)
+        got = graph(call)
+    for key in graph.captured.output_keys:
+        torch.testing.assert_close(got[key], getattr(want, key), rtol=0, atol=0)  # the forward is the model's
+    out = {k: v.double() for k, v in got.items()}
+    if isinstance(case["target"], Similarity):
+        sims = out["logits_per_image"]
+        seeds = {"logits_per_image": torch.diag(sims.diagonal())}
+        torch.testing.assert_close(att.target_scores.double(), sims.diagonal(), rtol=1e-5, atol=1e-6)
+    else:
+        seeds = {"pooler_output": out["pooler_output"] * PROBE.double()}
+    ref = explicit_relevance(graph, call, seeds)
+    _close(att.image_relevance, _grid(ref["pixel_values"]))
+    torch.testing.assert_close(att.image_relevance.sum((1, 2)), att.pixel_relevance.sum((1, 2)), rtol=1e-5,
+                               atol=1e-6)
+    books = lxt_fx.check(m, call, target=case["target"]).zero_bias
+    assert books.verdict().verified, books.verdict().reason
+
+
+def test_whisper_audio_frames_and_decoder_tokens() -> None:
+    m = model("whisper")
+    feats = features(1)
+    dec = torch.tensor([[1, 5, 6, 7]])
+    att = lxt_fx.explain(m, dec, audio=feats, strict=True)
+    assert att.audio_relevance.shape == (1, 32) and att.relevance.shape == (1, 4)
+    embeds = m.get_decoder().get_input_embeddings()(dec).detach()
+    call = {"input_features": feats, "decoder_inputs_embeds": embeds, "decoder_attention_mask": torch.ones_like(dec)}
+    graph = rewritten_graph(m, for_model(m), call, {})
+    assert not graph.report.unhandled
+    with torch.no_grad():
+        got = graph(call)
+        want = m(**call)
+    torch.testing.assert_close(got["logits"], want.logits, rtol=0, atol=0)
+    logits = got["logits"].double()
+    target = int(att.target_ids[0])
+    assert target == int(logits[0, -1].argmax())
+    seeds = torch.zeros_like(logits)
+    seeds[0, -1, target] = logits[0, -1, target]
+    ref = explicit_relevance(graph, call, {"logits": seeds})
+    _close(att.audio_relevance, ref["input_features"].sum(1))
+    _close(att.relevance, ref["decoder_inputs_embeds"].sum(-1))
+    # one backward: audio and text share the explained score, and with the bias-free books it closes
+    books = lxt_fx.check(m, call, target=target).zero_bias
+    assert books.verdict().verified, books.verdict().reason
+
+
+def test_similarity_needs_paired_rows() -> None:
+    target = Similarity()
+    torch.testing.assert_close(target.fn({"logits_per_image": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}),
+                               torch.tensor([1.0, 4.0]))
+    with pytest.raises(lxt_fx.TargetError, match="as many texts as images"):
+        target.fn({"logits_per_image": torch.zeros(2, 3)})
+    with pytest.raises(lxt_fx.TargetError, match="returns"):
+        target.fn({"logits": torch.zeros(2, 2)})
+
+
+def test_batch_mismatch_is_named() -> None:
+    with pytest.raises(lxt_fx.InputError, match="batch size"):
+        lxt_fx.explain(model("siglip"), TEXT_IDS[:1, 1:].contiguous(), images=images(2), target=Similarity())
