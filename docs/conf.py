@@ -37,7 +37,9 @@ extensions = [
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store"]
-suppress_warnings = ["myst.xref_missing"] if os.environ.get("LXT_DOCS_SUBSET") else []
+# lxt_fx.check is a callable module (``lxt_fx.check(model, inputs)``); sphinx-autodoc-typehints cannot read a
+# single signature from a module's source and says so. That is the only warning silenced.
+suppress_warnings = ["sphinx_autodoc_typehints.multiple_ast_nodes"]
 
 # MyST: ```{directive} fences, :::{card} colons, {math} roles; heading anchors for [](#section) links.
 myst_enable_extensions = ["colon_fence", "deflist", "attrs_inline"]
