@@ -50,11 +50,12 @@ api_modules = ["lxt_fx", "lxt_fx.tracing", "lxt_fx.composites", "lxt_fx.rules", 
                "lxt_fx.modules", "lxt_fx.targets", "lxt_fx.check", "lxt_fx.evaluate", "lxt_fx.render"]
 autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
 autodoc_typehints = "description"
-autodoc_class_signature = "separated"
+autodoc_class_signature = "mixed"
 autodoc_inherit_docstrings = True
 typehints_fully_qualified = False
 always_document_param_types = False
 typehints_document_rtype = True
+typehints_document_rtype_none = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
