@@ -128,8 +128,13 @@ def execute_page(text: str, docname: str, filename: str) -> str:
     return "".join(out)
 
 
+def enabled(value: Any) -> bool:
+    """``run_blocks`` as set in conf.py (a bool) or with ``-D run_blocks=0`` (a string)."""
+    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def _source_read(app: Sphinx, docname: str, source: list[str]) -> None:
-    if not app.config.run_blocks or not app.env.doc2path(docname).name.endswith(".md"):
+    if not enabled(app.config.run_blocks) or not app.env.doc2path(docname).name.endswith(".md"):
         return
     filename = str(app.env.doc2path(docname))
     source[0] = execute_page(source[0], docname, filename)
@@ -140,7 +145,7 @@ _SAVED: dict[str, Any] = {}
 
 def _memoize_load(app: Sphinx, config: Any) -> None:
     """One ``lxt_fx.models.load`` per (name, dtype) for the whole build, undone at build-finished."""
-    if not config.run_blocks:
+    if not enabled(config.run_blocks):
         return
     from lxt_fx import models
 
