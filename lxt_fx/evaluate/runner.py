@@ -52,6 +52,7 @@ class Run:
 
     @property
     def n(self) -> int:
+        """The number of evaluated rows (examples)."""
         return len(self.labels)
 
     def abpc(self, method: str) -> Tensor:

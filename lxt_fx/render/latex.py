@@ -45,7 +45,7 @@ def latex_escape(text: str, unicode: bool = True, spaces: bool = False) -> str:
     """``text`` safe to put in a LaTeX document in text mode.
 
     ``unicode=False`` writes characters outside Latin-1 as ``⟨U+XXXX⟩`` (for ``pdflatex``); ``spaces=True``
-    makes every space a control space ``\\ `` so that leading and repeated spaces of a token stay visible.
+    makes every space a control space (a backslash before the space) so that leading and repeated spaces of a token stay visible.
     """
     out = []
     for ch in text:

@@ -160,7 +160,7 @@ def image_array(image: Any) -> Any:
 def save_image_overlay(attribution: Attribution, path: str | os.PathLike[str], image: Any, *, row: int = 0,
                        alpha: float = 0.6, dpi: int = 150, score_label: str = "logit") -> None:
     """Write three panels to ``path``: the input ``image``, its pixel relevance (normalized to [-1, 1] by
-    max|R|) and the relevance laid over a grey copy of the image, opacity growing with |R|.
+    ``max|R|``) and the relevance laid over a grey copy of the image, opacity growing with ``|R|``.
 
     ``image``: what the model saw or the original picture (any size: the relevance is resized to it
     bilinearly), as a PIL image, a numpy array or a tensor (see :func:`image_array`).

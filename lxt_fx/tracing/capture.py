@@ -98,6 +98,7 @@ class Signature:
     dtype: torch.dtype | None = None  # of the first parameter: model.to(dtype) keeps the Parameter objects
 
     def key(self) -> tuple:
+        """The hashable tuple a capture is cached under: everything here that changes the graph."""
         return (self.tensors, self.static, self.training, self.attn_implementation, self.device, self.dtype)
 
 
