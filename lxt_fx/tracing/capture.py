@@ -240,7 +240,7 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     # export and its probe need tensors that track versions; offloaded weights are loaded for the export only
     with torch.inference_mode(False), opened(model) as offloaded:
         captured = _export(model, tensors, static, sig, per_model)
-    captured.offloaded = placeholders(captured.program, offloaded)
+    captured.offloaded = placeholders(captured.program, offloaded, prefix="model.")  # _Entry holds it as .model
     return captured
 
 

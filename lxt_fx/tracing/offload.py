@@ -168,17 +168,18 @@ class Placeholders:
         return bool(self.by_id)
 
 
-def placeholders(program: torch.export.ExportedProgram, tensors: list[OffloadedTensor]) -> Placeholders:
-    """Replace the loaded values of ``tensors`` in ``program``'s state dict by ``meta`` placeholders (so a cached
-    capture holds no weights) and return them with their loaders."""
+def placeholders(program: torch.export.ExportedProgram, tensors: list[OffloadedTensor], prefix: str = ""
+                 ) -> Placeholders:
+    """Replace the loaded values of ``tensors`` in ``program``'s state dict (named ``prefix + fqn`` there) by
+    ``meta`` placeholders, so a cached capture holds no weights, and return them with their loaders."""
     result = Placeholders()
     for t in tensors:
-        value = program.state_dict.get(t.fqn)
+        value = program.state_dict.get(prefix + t.fqn)
         if value is None:  # not used by the graph (e.g. a tied weight exported under its other name)
             continue
         meta = torch.empty_like(value, device="meta")
         meta = nn.Parameter(meta, requires_grad=value.requires_grad) if isinstance(value, nn.Parameter) else meta
-        program.state_dict[t.fqn] = meta
+        program.state_dict[prefix + t.fqn] = meta
         result.by_id[id(meta)] = t
         result.keep.append(meta)
     return result
