@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .errors import CaptureError, capture_hint, failing_location
 from .offload import Placeholders, opened, placeholders
+from .quantized import check_traceable
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -237,6 +238,7 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     hit = per_model.graphs.get(sig.key())
     if hit is not None:
         return hit
+    check_traceable(model)
     # export and its probe need tensors that track versions; offloaded weights are loaded for the export only
     with torch.inference_mode(False), opened(model) as offloaded:
         captured = _export(model, tensors, static, sig, per_model)
