@@ -55,6 +55,10 @@ def test_dispatched_model_explains_like_the_plain_model(plain, kind, tmp_path) -
     torch.testing.assert_close(model(IDS).logits, plain(IDS).logits)
     again = lxt_fx.explain(model, IDS, checkpoint="sqrt")
     torch.testing.assert_close(again.relevance, expected.relevance, rtol=1e-5, atol=1e-5)
+    if kind == "cpu_offload":  # latent relevance runs a tapped copy of the graph: loaded the same way
+        tapped = lxt_fx.explain(model, IDS, capture=["model.layers.1"])
+        torch.testing.assert_close(tapped.relevance, expected.relevance, rtol=1e-5, atol=1e-5)
+        assert tapped.latents and all(torch.isfinite(v).all() for v in tapped.latents.values())
     assert capture_count(model) == 1
 
 
