@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--rss-only", action="store_true", help="only section 4")
     parser.add_argument("--rss-length", type=int, default=1024)
     parser.add_argument("--rss-layers", type=int, nargs="+", default=None, help="default 16 64")
+    parser.add_argument("--rss-modes", nargs="+", default=None, help="of plain None layer sqrt (default all)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for torch.cuda.max_memory_allocated too")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
@@ -184,7 +185,8 @@ def main() -> None:
         rss_child(int(layers_), int(length_), mode_, device_)
         return
     if args.rss_only:
-        rows = [r for r in RSS_ROWS if args.rss_layers is None or r[0] in args.rss_layers]
+        rows = [r for r in RSS_ROWS if (args.rss_layers is None or r[0] in args.rss_layers)
+                and (args.rss_modes is None or str(r[1]) in args.rss_modes)]
         rss_table(args.rss_length, args.device, rows)
         return
     if args.child:
