@@ -90,7 +90,7 @@ SHRINK: dict[str, int] = {
     **dict.fromkeys(["moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size"],
                     FFN // 2),
     **dict.fromkeys(["num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"], 4),
-    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k"], 2),
+    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k", "top_k_experts"], 2),
     **dict.fromkeys(["n_shared_experts", "num_shared_experts", "n_group", "topk_group"], 1),
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 32),
     **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim"], 8),
@@ -190,10 +190,17 @@ def shrink(config: Any, depth: int = 0) -> Any:
             elif key.endswith(("_layer_ids", "_idxs", "_layer_indices")) and isinstance(value, (list, tuple)) \
                     and all(isinstance(i, int) for i in value):  # lists of layer indices follow the kept layers
                 setattr(config, key, type(value)(kept.index(i) for i in value if i in kept))
-        for key, value in before.items():  # counts of special layers scale with the layer count (floor)
+        for key, value in before.items():  # counts of special layers scale with the layer count, ≥ 1 if any —
+            # but KV sharing needs an earlier layer of the same kind, which two layers of two kinds lack: floor
             if key.endswith("_layers") and key not in SHRINK and 0 < value < original_layers:
-                _set(config, key, value * LAYERS // original_layers)
+                scaled = value * LAYERS // original_layers
+                _set(config, key, scaled if "shared" in key else min(LAYERS - 1, max(1, scaled)))
+        types = vars(config).get("layer_types")
+        if isinstance(types, (list, tuple)) and "sliding_attention" in types and _has(config, "sliding_window") \
+                and _get(config, "sliding_window") is None:  # a sliding layer kept needs a window
+            _set(config, "sliding_window", SEQ // 2)
     _mla(config, before)
+    _mrope(config)
     _ssm(config, before)
     _aliases(config, before)
     vocab = _get(config, "vocab_size") if _has(config, "vocab_size") else None
@@ -218,7 +225,8 @@ def shrink(config: Any, depth: int = 0) -> Any:
 
 # None means "not set" here, and the model reads it as a number: fill it (head sizes, KV heads, vocab, experts)
 _NONE_FILLED = frozenset({"head_dim", "num_key_value_heads", "vocab_size", "num_experts", "n_routed_experts",
-                          "num_local_experts", "n_shared_experts", "num_experts_per_tok"})
+                          "num_local_experts", "n_shared_experts", "num_experts_per_tok", "moe_intermediate_size",
+                          "top_k_experts"})
 
 
 def _kept_layers(config: Any, original_layers: int) -> list[int]:
@@ -278,6 +286,35 @@ def _mla(config: Any, before: dict[str, int]) -> None:
         _set(config, "index_n_heads", HEADS)
 
 
+def _reads(config: Any, name: str) -> bool:
+    """Does the modeling module of ``config``'s family mention ``name``? (a default the config leaves unset)"""
+    import importlib
+    import inspect
+
+    module = type(config).__module__.replace(".configuration_", ".modeling_")
+    try:
+        return name in inspect.getsource(importlib.import_module(module))
+    except Exception:  # noqa: BLE001 - no modeling module: it reads nothing
+        return False
+
+
+def _mrope(config: Any) -> None:
+    """Multimodal RoPE (Qwen2-VL, GLM-4V): the temporal / height / width sections split the rotary half of a
+    head; their default (16, 24, 24 for a 128-wide head) must be scaled to the tiny head, keeping 1 : 1.5 : 1.5."""
+    rope = vars(config).get("rope_parameters")
+    head = _get(config, "head_dim") if _has(config, "head_dim") else None
+    hidden, heads = _get(config, "hidden_size"), _get(config, "num_attention_heads")
+    if not isinstance(rope, dict) or "mrope_section" in rope or not isinstance(hidden, int) or not _reads(
+            config, "mrope_section"):
+        return
+    head = head if isinstance(head, int) else hidden // heads if isinstance(heads, int) and heads else None
+    if head is None:
+        return
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
+    half = int(head * factor) // 2
+    rope["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
 def _ssm(config: Any, before: dict[str, int]) -> None:
     """Mamba-2 style mixers: heads × head size = expand × hidden; a small state."""
     hidden = _get(config, "hidden_size") if _has(config, "hidden_size") else None
@@ -327,8 +364,12 @@ _OVERRIDES: dict[str, tuple] = {
     "esmc": (_override(num_key_value_heads=HEADS),),
     # LFM2-MoE's default leaves ``layer_types`` None (the checkpoints set it): one conv and one attention layer
     "lfm2_moe": (_override(layer_types=["conv", "full_attention"]),),
-    # Switch Transformers: 3 of 12 layers sparse scales to 0 of 2; keep one sparse layer per stack (its point)
-    "switch_transformers": (_override(num_sparse_encoder_layers=1, num_sparse_decoder_layers=1),),
+    # DBRX's attention sub-config has no ``rope_theta`` by default, and the attention reads it (10⁴ like LLaMA)
+    # and its default ``clip_qkv`` None reaches ``clamp(min=-None)``: clip at 8 as the released model does
+    "dbrx": (lambda c: (_set(c.attn_config, "rope_theta", 10000.0), _set(c.attn_config, "clip_qkv", 8.0)),),
+    # Dory: one input and one output layer around the recurrent core give mismatched mask shapes (16 vs 8)
+    # in the tiny config; the recurrent core alone builds, as it did from the generic shrink
+    "dory": (_override(n_input_layers=0, n_output_layers=0),),
 }
 
 
@@ -655,6 +696,27 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     return row
 
 
+NOT_RUN = "not run"
+
+
+def census(model_type: str, candidates: list[tuple[str, str]]) -> Row:
+    """Build only (``--build-only``): the row says whether the tiny model builds; capture and explain are
+    marked :data:`NOT_RUN`."""
+    row = Row(model_type)
+    start = time.perf_counter()
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            _, row.model_class, row.task, _, _ = build(model_type, candidates)
+        row.built = True
+        row.verdict, row.error = NOT_RUN, "capture and explain not run (build-only census)"
+    except Exception as exc:  # noqa: BLE001
+        row.error = f"build: {exc}"
+    row.seconds = time.perf_counter() - start
+    return row
+
+
 def _captured(model: Any) -> bool:
     from lxt_fx.tracing.capture import capture_count
 
@@ -732,6 +794,7 @@ def totals(rows: list[Row]) -> dict[str, Any]:
         "verified": sum(r.is_verified for r in captured),
         "verified_pct": 100.0 * sum(r.is_verified for r in captured) / len(captured) if captured else math.nan,
         "timeouts": sum("timeout" in r.error or r.verdict == "check timeout" for r in rows),
+        "not_run": sum(r.verdict == NOT_RUN for r in rows),
         "seconds": sum(r.seconds for r in rows),
     }
 
@@ -759,7 +822,8 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"- families (model types) swept: **{t['families']}**",
         f"- built (tiny model ran a plain forward): **{t['built']}** = "
         f"{100.0 * t['built'] / max(1, t['families']):.1f} % (goal ≥ 95 %)",
-        f"- captured (`torch.export`, non-strict): **{t['captured']}**",
+        f"- built but capture/explain **not run** in this sweep (build-only census rows): {t['not_run']}",
+        f"- captured (`torch.export`, non-strict): **{t['captured']}** of {t['built'] - t['not_run']} built and run",
         f"- explained with **zero unhandled ops** (strict coverage passes): **{t['zero_unhandled']}** of "
         f"{t['captured']} captured = **{t['zero_unhandled_pct']:.1f} %**",
         f"- forward inside the context equal to the untouched model: {t['forward_equal']} of {t['captured']}",
@@ -794,12 +858,13 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        captured = "not built" if not r.built else _mark(r.captured)
+        captured = "not built" if not r.built else "not run" if r.verdict == NOT_RUN else _mark(r.captured)
         unhandled = "–" if not r.explained else (
             ", ".join(f"`{op}`×{n}" for op, n in sorted(r.unhandled.items())) or "0")
         note = "; ".join(x for x in (r.error, "" if r.verified else r.verdict_reason) if x)
         note = note.replace("|", "\\|").replace("\n", " ")
         verified = "–" if r.verified is None else ("yes" if r.verified else f"**{r.verdict or 'no'}**")
+        note = r.error if r.verdict == NOT_RUN else note
         share = "–" if r.input_share is None else f"{r.input_share:.3f}"
         lines.append(f"| {r.model_type} | {r.model_class or '–'} | {captured} | {unhandled} | "
                      f"{_mark(r.forward_equal)} | {_mark(r.finite)} | {verified} | {share} | {r.seconds:.1f} | "
@@ -823,18 +888,18 @@ def by_mapping(rows: list[Row]) -> list[str]:
     lines = ["## By mapping", "",
              "Each family is counted once, under the first mapping that lists it (in the order below); its head is "
              "the first in that order that builds. Verified % is of captured.", "",
-             "| mapping | families | built | captured | zero unhandled | verified | verified % |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| mapping | families | built | not run | captured | zero unhandled | verified | verified % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for task, group in groups.items():
         if not group:
             continue
         t = totals(group)
         pct = "–" if math.isnan(t["verified_pct"]) else f"{t['verified_pct']:.1f}"
-        lines.append(f"| {task} | {t['families']} | {t['built']} | {t['captured']} | {t['zero_unhandled']} | "
+        lines.append(f"| {task} | {t['families']} | {t['built']} | {t['not_run']} | {t['captured']} | {t['zero_unhandled']} | "
                      f"{t['verified']} | {pct} |")
     t = totals(rows)
     pct = "–" if math.isnan(t["verified_pct"]) else f"{t['verified_pct']:.1f}"
-    lines += [f"| **all** | {t['families']} | {t['built']} | {t['captured']} | {t['zero_unhandled']} | "
+    lines += [f"| **all** | {t['families']} | {t['built']} | {t['not_run']} | {t['captured']} | {t['zero_unhandled']} | "
               f"{t['verified']} | {pct} |", ""]
     return lines
 
@@ -865,8 +930,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rerun", default="",
                         help="like --resume, but also rerun these comma-separated model types (after a change to "
                              "their shrunk config)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="only build each family not yet swept (a census, seconds each) and write its row as "
+                             "'not run'; a later --resume runs those in full. With every family swept: renders only")
     args = parser.parse_args(argv)
-    args.resume = args.resume or args.rerun_unverified or bool(args.rerun)
+    args.resume = args.resume or args.rerun_unverified or bool(args.rerun) or args.build_only
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
 
@@ -898,6 +966,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         done = {k: r for k, r in done.items() if r.is_verified or not r.built}
     for model_type in filter(None, (m.strip() for m in args.rerun.split(","))):
         done.pop(model_type, None)
+    if not args.build_only:  # a census row ("not run") is swept in full now
+        done = {k: r for k, r in done.items() if r.verdict != NOT_RUN}
     rows: list[Row] = []
     start = time.perf_counter()
     with progress.open("a" if args.resume else "w") as log:
@@ -905,8 +975,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
             if model_type in done:
                 rows.append(done[model_type])
                 continue
-            row = run_family(model_type, candidates) if args.inline else run_isolated(model_type, candidates,
-                                                                                      args.timeout)
+            if args.build_only:
+                row = census(model_type, candidates)
+            else:
+                row = run_family(model_type, candidates) if args.inline else run_isolated(model_type, candidates,
+                                                                                          args.timeout)
             rows.append(row)
             log.write(json.dumps(asdict(row)) + "\n")
             log.flush()
