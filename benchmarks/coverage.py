@@ -324,7 +324,9 @@ def _ssm(config: Any, before: dict[str, int]) -> None:
             ("mamba_n_heads", "mamba_d_head", "mamba_expand", "mamba_d_state"),       # Bamba, GraniteMoeHybrid
             ("n_mamba_heads", "mamba_headdim", "mamba_expand", "mamba_d_state"),      # Zamba2
             ("num_heads", "head_dim", "expand", "state_size")):                        # Mamba2
-        if heads_key in before and expand_key in before and state_key in before:
+        if heads_key in before and expand_key in before and state_key in before and (
+                head_key not in before or before[heads_key] * before[head_key] == before[expand_key] * before.get(
+                    "hidden_size", -1)):  # only where the default keeps that product (Falcon-H1 has its own width)
             inner = before[expand_key] * hidden
             heads = inner // SSM_HEAD
             if head_key in before or heads_key == "n_mamba_heads":
@@ -370,6 +372,12 @@ _OVERRIDES: dict[str, tuple] = {
     # Dory: one input and one output layer around the recurrent core give mismatched mask shapes (16 vs 8)
     # in the tiny config; the recurrent core alone builds, as it did from the generic shrink
     "dory": (_override(n_input_layers=0, n_output_layers=0),),
+    # Zamba ties the shared attention block across its hybrid layers and needs two of them: with one hybrid
+    # layer kept, ``tie_weights`` fails; keep the two Mamba layers the generic shrink kept
+    "zamba": (_override(layers_block_type=["linear_attention", "linear_attention"]),),
+    # Qwen4-Exp's indexed-attention layers read ``indexer_*`` sizes its default config leaves None (the
+    # checkpoints set them): keep two linear-attention layers, as the generic shrink did
+    "qwen4_exp_text": (_override(layer_types=["linear_attention", "linear_attention"]),),
 }
 
 
