@@ -676,8 +676,12 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
         target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
     start = time.perf_counter()
+    checked, checked_call = model, call
+    if row.task == "zero-shot-image-classification":  # text ids fixed, the pixels carry the relevance
+        checked = _ImageSide(model, {k: v for k, v in call.items() if k != "pixel_values"})
+        checked_call = {"pixel_values": call["pixel_values"]}
     try:
-        report = lxt_fx.check(model, call, composite=composite, target=target, zero_bias=True)
+        report = lxt_fx.check(checked, checked_call, composite=composite, target=target, zero_bias=True)
     except lxt_fx.CaptureError as exc:
         row.captured = False
         row.error = f"capture: {_short(exc.cause)}"
@@ -695,13 +699,29 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     row.input_share = zero.input_sum / zero.score if zero.score else None
     row.check_seconds = time.perf_counter() - start
     try:
-        with composite.context(model), torch.no_grad():
-            inside = _main_output(model(**call))
+        with composite.context(checked), torch.no_grad():
+            inside = _main_output(checked(**checked_call))
         row.forward_equal = bool(inside.shape == plain.shape and torch.allclose(inside, plain, atol=1e-5, rtol=1e-4))
     except Exception as exc:  # noqa: BLE001
         row.forward_equal = False
         row.error = f"context forward: {_short(exc)}"
     return row
+
+
+class _ImageSide(torch.nn.Module):
+    """A two-tower model (CLIP-like) seen from its image side: ``forward(pixel_values)`` calls the model with
+    fixed text ids (a model's ``input_ids`` always become embeddings in ``lxt_fx``, and these models take no
+    text embeddings)."""
+
+    def __init__(self, model: Any, text: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+        for name, value in text.items():
+            self.register_buffer(f"_{name}", value, persistent=False)
+        self._names = list(text)
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        return self.model(pixel_values=pixel_values, **{n: getattr(self, f"_{n}") for n in self._names})
 
 
 NOT_RUN = "not run"
