@@ -1,26 +1,38 @@
 """Coverage sweep: every model type in transformers' auto mappings for causal LM, seq2seq LM, masked LM,
-image classification and sequence classification, built tiny from its config defaults, then
+image classification, sequence and token classification, question answering, image-text-to-text, zero-shot
+image classification, audio classification and speech seq2seq, built tiny from its config defaults, then
 capture → rewrite → explain with the composite ``explain`` picks for it (the registered one, else AttnLRP).
 
     python benchmarks/coverage.py                        # the full sweep → benchmarks/results/coverage.md
     python benchmarks/coverage.py --only llama,gpt2,t5   # some model types
     python benchmarks/coverage.py --limit 20 --out /tmp/coverage.md
     python benchmarks/coverage.py --rerun-unverified     # keep verified rows, rerun the others
+    python benchmarks/coverage.py --rerun a,b --resume   # keep the progress file, rerun model types a and b
+    python benchmarks/coverage.py --build-only           # a build census of the families not yet swept
 
-One row per model type (family). Its class is the first head, in the order above, whose tiny model builds
-and runs a plain forward. Columns: built (a forward ran), captured (``torch.export``, non-strict),
-unhandled ops on the relevance path by name (strict coverage passes when there are none), forward equal
-(the model called inside ``composite.context`` gives the untouched model's output), relevance finite,
-**verified** (``lxt_fx.check`` in zero-bias mode on the same inputs and target: the books close — the gap
-between the input sum and the score is all absorbed by the softmax rule, constants and the target function,
-and nothing else gains or loses more than ``RTOL·|score| + ATOL·Σ|R|``, see
-:meth:`lxt_fx.check.conservation.Conservation.verdict`), and seconds. Each family runs in a forked child process with a timeout, so a hang or a crash costs one row.
+One row per model type (family). Its class is the first head, in the order of :data:`MAPPINGS`, whose tiny
+model builds and runs a plain forward. Columns: built (a forward ran), captured (``torch.export``,
+non-strict), unhandled ops on the relevance path by name (strict coverage passes when there are none),
+forward equal (the model called inside ``composite.context`` gives the untouched model's output), relevance
+finite, **verified** (``lxt_fx.check`` in zero-bias mode on the same inputs and target: the books close — the
+gap between the input sum and the score is all absorbed by the softmax rule, constants and the target
+function, and nothing else gains or loses more than ``RTOL·|score| + ATOL·Σ|R|``, see
+:meth:`lxt_fx.check.conservation.Conservation.verdict`), and seconds. Each family runs in a forked child
+process with a timeout, so a hang or a crash costs one row. A by-mapping table counts each family under the
+first mapping that lists it.
+
+Inputs per task: token ids for the text tasks (image-text-to-text: text only, the image side is not fed);
+pixels for image classification; for :data:`CHECKED_TASKS` (zero-shot image classification: pixels with
+fixed text ids; audio classification: raw ``input_values`` or ``input_features``; speech seq2seq: features
+and decoder ids) ``lxt_fx.check`` runs on the call's keyword arguments, its float inputs carrying relevance.
 The explained score is the top logit of the last position (``explain``'s default); a head that returns no
 logits is explained through ``lxt_fx.targets.Function`` on the sum of its main output.
 
-The tiny config is the class's default config shrunk generically (layers 2, hidden 64, 4 heads, 2 KV heads,
-FFN 128, vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too); families whose defaults
-do not survive that shrink show up as "not built" with the error.
+The tiny config is the class's default config shrunk (layers 2, hidden 64, 4 heads, 2 KV heads, FFN 128,
+vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too) by :func:`shrink`, which keeps each
+family's geometry by rule (MLA head parts, Mamba-2 heads, staged vision widths and windows, one layer of each
+kind, per-layer overrides, multimodal RoPE sections) and a few per-family overrides, each with its reason;
+families that still do not build show up as "not built" with the error.
 """
 
 from __future__ import annotations
