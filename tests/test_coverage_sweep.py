@@ -29,8 +29,9 @@ def coverage():
 
 
 def _rows(table: str) -> dict[str, list[str]]:
+    families = table.split("## Families", 1)[1]  # the per-family table (not the by-mapping one)
     return {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model type")}
+            for line in families.splitlines() if line.startswith("| ") and not line.startswith("| model type")}
 
 
 def test_short_sweep_covers_the_handful(tmp_path: Path) -> None:
@@ -62,14 +63,15 @@ def test_rerun_unverified_keeps_verified_rows_and_reruns_the_rest(coverage, tmp_
     out = tmp_path / "coverage.md"
     kept = coverage.Row("llama", "LlamaForCausalLM", "causal-lm", True, True, {}, True, True, True, "attnlrp",
                         1.5, verified=True, verdict="closes", verdict_reason="closes: …", input_share=0.75)
-    stale = coverage.Row("axk1", "AXK1ForCausalLM", "causal-lm", True, True, {}, True, True, True, "attnlrp",
+    stale = coverage.Row("timm_wrapper", "TimmWrapperForImageClassification", "image-classification", True, True,
+                         {}, True, True, True, "attnlrp",
                          2.0, verified=False, verdict="loss", verdict_reason="unexplained loss 5.0e-02 of |score|")
     broken = coverage.Row("bamba", error="build: RuntimeError: …")
     out.with_suffix(".jsonl").write_text("".join(json.dumps(coverage.asdict(r)) + "\n" for r in (kept, stale, broken)))
-    rows = {r.model_type: r for r in coverage.main(["--only", "llama,axk1,bamba", "--out", str(out),
+    rows = {r.model_type: r for r in coverage.main(["--only", "llama,timm_wrapper,bamba", "--out", str(out),
                                                     "--rerun-unverified", "--timeout", "120"])}
     assert rows["llama"] == kept and rows["bamba"] == broken  # not run again
-    assert not rows["axk1"].built and rows["axk1"].error.startswith("build:")  # run again: a fresh row
+    assert not rows["timm_wrapper"].built and rows["timm_wrapper"].error.startswith("build:")  # run again: fresh
     table = out.read_text()
     assert "**verified** (zero unhandled ops and the zero-bias books close, `lxt_fx.check`): **1** of 1" in table
     assert _rows(table)["llama"][6] == "yes"
@@ -184,3 +186,15 @@ def test_build_takes_the_sub_config_a_head_is_made_for(coverage) -> None:
     """``Qwen3_5ForCausalLM`` is built from the text part of a ``qwen3_5`` config (it failed on the whole)."""
     model = _built(coverage, "qwen3_5")
     assert type(model.config).__name__ == "Qwen3_5TextConfig"
+
+
+def test_build_only_census_rows_are_marked_not_run(coverage, tmp_path: Path) -> None:
+    """``--build-only`` builds and writes a 'not run' row (captured column 'not run'; counted as built, not as
+    captured); the by-mapping table counts it under its home mapping."""
+    out = tmp_path / "coverage.md"
+    rows = coverage.main(["--only", "gpt2,timm_wrapper", "--build-only", "--out", str(out)])
+    gpt2, timm = rows
+    assert gpt2.built and gpt2.verdict == coverage.NOT_RUN and gpt2.captured is None and not timm.built
+    table = out.read_text()
+    assert _rows(table)["gpt2"][2] == "not run" and _rows(table)["timm_wrapper"][2] == "not built"
+    assert "| causal-lm | 1 | 1 | 1 | 0 | 0 | 0 | – |" in table and "| image-classification | 1 | 0 | 0 |" in table
