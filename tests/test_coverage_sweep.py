@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "coverage.py"
@@ -28,8 +29,9 @@ def coverage():
 
 
 def _rows(table: str) -> dict[str, list[str]]:
+    families = table.split("## Families", 1)[1]  # the per-family table (not the by-mapping one)
     return {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model type")}
+            for line in families.splitlines() if line.startswith("| ") and not line.startswith("| model type")}
 
 
 def test_short_sweep_covers_the_handful(tmp_path: Path) -> None:
@@ -61,14 +63,15 @@ def test_rerun_unverified_keeps_verified_rows_and_reruns_the_rest(coverage, tmp_
     out = tmp_path / "coverage.md"
     kept = coverage.Row("llama", "LlamaForCausalLM", "causal-lm", True, True, {}, True, True, True, "attnlrp",
                         1.5, verified=True, verdict="closes", verdict_reason="closes: …", input_share=0.75)
-    stale = coverage.Row("axk1", "AXK1ForCausalLM", "causal-lm", True, True, {}, True, True, True, "attnlrp",
+    stale = coverage.Row("timm_wrapper", "TimmWrapperForImageClassification", "image-classification", True, True,
+                         {}, True, True, True, "attnlrp",
                          2.0, verified=False, verdict="loss", verdict_reason="unexplained loss 5.0e-02 of |score|")
     broken = coverage.Row("bamba", error="build: RuntimeError: …")
     out.with_suffix(".jsonl").write_text("".join(json.dumps(coverage.asdict(r)) + "\n" for r in (kept, stale, broken)))
-    rows = {r.model_type: r for r in coverage.main(["--only", "llama,axk1,bamba", "--out", str(out),
+    rows = {r.model_type: r for r in coverage.main(["--only", "llama,timm_wrapper,bamba", "--out", str(out),
                                                     "--rerun-unverified", "--timeout", "120"])}
     assert rows["llama"] == kept and rows["bamba"] == broken  # not run again
-    assert not rows["axk1"].built and rows["axk1"].error.startswith("build:")  # run again: a fresh row
+    assert not rows["timm_wrapper"].built and rows["timm_wrapper"].error.startswith("build:")  # run again: fresh
     table = out.read_text()
     assert "**verified** (zero unhandled ops and the zero-bias books close, `lxt_fx.check`): **1** of 1" in table
     assert _rows(table)["llama"][6] == "yes"
@@ -79,14 +82,20 @@ def test_a_family_past_its_timeout_is_one_row(coverage) -> None:
     assert "timeout after" in row.error and not row.built and not row.covered
 
 
-def test_families_cover_the_five_mappings(coverage) -> None:
+def test_families_cover_the_mappings(coverage) -> None:
     found = coverage.families()
     assert len(found) > 200
     assert found["llama"][0] == ("LlamaForCausalLM", "causal-lm")
     assert found["t5"][0] == ("T5ForConditionalGeneration", "seq2seq-lm")
     assert found["vit"][0] == ("ViTForImageClassification", "image-classification")
     tasks = {task for heads in found.values() for _, task in heads}
-    assert tasks == {"causal-lm", "seq2seq-lm", "masked-lm", "image-classification", "sequence-classification"}
+    assert tasks == {"causal-lm", "seq2seq-lm", "masked-lm", "image-classification", "sequence-classification",
+                     "token-classification", "question-answering", "image-text-to-text", "zero-shot-image-classification",
+                     "audio-classification", "speech-seq2seq"}
+    assert found["llava"][0] == ("LlavaForConditionalGeneration", "image-text-to-text")
+    assert found["wav2vec2"][0][1] == "audio-classification" and found["clip"][-1][1] == "zero-shot-image-classification"
+    assert coverage.home_mapping("whisper", found) == "causal-lm" and coverage.home_mapping("llava", found) == \
+        "image-text-to-text"
 
 
 def test_shrink_is_generic_and_reaches_sub_configs(coverage) -> None:
@@ -103,3 +112,89 @@ def test_shrink_is_generic_and_reaches_sub_configs(coverage) -> None:
     assert len(qwen3.layer_types) == 2  # per-layer lists follow the layer count
     llava = coverage.shrink(AutoConfig.for_model("llava"))
     assert llava.text_config.hidden_size == 64 and llava.vision_config.hidden_size == 64
+
+
+# ---- the config-aware shrink: each family below did not build from the generic shrink ------------------------
+
+
+def _built(coverage, model_type: str):
+    model, name, task, call, plain = coverage.build(model_type, coverage.families()[model_type])
+    assert torch.isfinite(plain).all()
+    return model
+
+
+def test_shrink_keeps_mla_geometry(coverage) -> None:
+    """DeepSeek-V3: q/k head = nope + rope, rotary tables sized by the rope part, no grouped KV."""
+    from transformers import AutoConfig
+
+    c = coverage.shrink(AutoConfig.for_model("deepseek_v3"))
+    assert c.qk_head_dim == c.qk_nope_head_dim + c.qk_rope_head_dim and c.head_dim == c.qk_rope_head_dim
+    assert c.num_key_value_heads == c.num_attention_heads == 4 and c.hidden_size == 64
+    model = _built(coverage, "deepseek_v3")
+    assert model.model.layers[0].self_attn.q_b_proj.out_features == 4 * c.qk_head_dim
+
+
+def test_shrink_keeps_ssm_heads(coverage) -> None:
+    """Mamba-2 and Bamba: heads × head size = expand × hidden (the generic shrink broke it)."""
+    from transformers import AutoConfig
+
+    m = coverage.shrink(AutoConfig.for_model("mamba2"))
+    assert m.num_heads * m.head_dim == m.expand * m.hidden_size and m.state_size == coverage.SSM_STATE
+    b = coverage.shrink(AutoConfig.for_model("bamba"))
+    assert b.mamba_n_heads * b.mamba_d_head == b.mamba_expand * b.hidden_size
+    _built(coverage, "mamba2")
+    _built(coverage, "bamba")
+
+
+def test_shrink_keeps_stage_geometry(coverage) -> None:
+    """Staged vision configs keep their per-stage widths and heads (depth 1 each); Swin's window tiles every
+    stage; ConvNeXt's and Swin's tiny models build."""
+    from transformers import AutoConfig
+
+    default = AutoConfig.for_model("swin")
+    s = coverage.shrink(AutoConfig.for_model("swin"))
+    assert s.num_heads == default.num_heads and s.embed_dim == default.embed_dim and set(s.depths) == {1}
+    grid = s.image_size // s.patch_size
+    assert all((grid >> i) % s.window_size == 0 for i in range(len(s.depths)))
+    c = coverage.shrink(AutoConfig.for_model("convnext"))
+    assert c.hidden_sizes == AutoConfig.for_model("convnext").hidden_sizes and c.num_stages == 4
+    _built(coverage, "convnext")
+    _built(coverage, "swin")
+
+
+def test_shrink_keeps_one_layer_of_each_kind(coverage) -> None:
+    """Per-layer lists keep layer 0 and the first layer unlike it; lists of layer indices follow; a
+    heterogeneous config's per-layer overrides follow the kept layers, scaled like the global value."""
+    from transformers import AutoConfig
+
+    g = coverage.shrink(AutoConfig.for_model("gemma3_text"))
+    assert g.layer_types == ["sliding_attention", "full_attention"]  # the first two were both sliding
+    z = coverage.shrink(AutoConfig.for_model("zamba2"))
+    assert z.layers_block_type[z.hybrid_layer_ids[0]] == "hybrid" and z.mamba_headdim * z.n_mamba_heads == \
+        z.mamba_expand * z.hidden_size
+    default = AutoConfig.for_model("gemma4_text")
+    g4 = coverage.shrink(AutoConfig.for_model("gemma4_text"))
+    assert g4.layer_types == ["sliding_attention", "full_attention"]
+    g4.allow_global_per_layer_attribute_access = True
+    assert g4.per_layer_config[1].head_dim == 2 * g4.per_layer_config[0].head_dim  # 512 vs 256 by default
+    default.allow_global_per_layer_attribute_access = True
+    assert default.per_layer_config[5].head_dim == 2 * default.per_layer_config[0].head_dim
+    _built(coverage, "gemma4_text")
+
+
+def test_build_takes_the_sub_config_a_head_is_made_for(coverage) -> None:
+    """``Qwen3_5ForCausalLM`` is built from the text part of a ``qwen3_5`` config (it failed on the whole)."""
+    model = _built(coverage, "qwen3_5")
+    assert type(model.config).__name__ == "Qwen3_5TextConfig"
+
+
+def test_build_only_census_rows_are_marked_not_run(coverage, tmp_path: Path) -> None:
+    """``--build-only`` builds and writes a 'not run' row (captured column 'not run'; counted as built, not as
+    captured); the by-mapping table counts it under its home mapping."""
+    out = tmp_path / "coverage.md"
+    rows = coverage.main(["--only", "gpt2,timm_wrapper", "--build-only", "--out", str(out)])
+    gpt2, timm = rows
+    assert gpt2.built and gpt2.verdict == coverage.NOT_RUN and gpt2.captured is None and not timm.built
+    table = out.read_text()
+    assert _rows(table)["gpt2"][2] == "not run" and _rows(table)["timm_wrapper"][2] == "not built"
+    assert "| causal-lm | 1 | 1 | 1 | 0 | 0 | 0 | – |" in table and "| image-classification | 1 | 0 | 0 |" in table
