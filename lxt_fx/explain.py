@@ -134,7 +134,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
     att = Attribution(relevance.cpu(), tokens, ids.cpu(), mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
-                      latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+                      latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
+                      latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
     if dec_ids is not None:
         att.decoder_relevance = _token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
@@ -244,7 +245,8 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
     return Attribution(relevance.cpu(), [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
                        torch.zeros(batch, 0, dtype=torch.long), target_ids.cpu(), scores.detach().float().cpu(),
                        positions.cpu(), graph.report,
-                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
+                      latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
 
 
 def _tokens(ids: Tensor, tokenizer: Any) -> list[str]:
