@@ -11,10 +11,12 @@ Built on the latent relevance ``x ⊙ grad`` that ``explain(..., capture=[...])`
 """
 
 from .ablate import ablate
+from .card import NeuronCard
 from .conditional import conditional
 from .heads import heads
+from .index import FeatureIndex, IndexMismatchError, Snippet, build_index
 from .neurons import Neuron, neurons, per_neuron
 from .places import AttentionPlace, PlaceError, attention_places, graph_for
 
-__all__ = ["AttentionPlace", "Neuron", "PlaceError", "ablate", "attention_places", "conditional", "graph_for",
-           "heads", "neurons", "per_neuron"]
+__all__ = ["AttentionPlace", "FeatureIndex", "IndexMismatchError", "Neuron", "NeuronCard", "PlaceError", "Snippet",
+           "ablate", "attention_places", "build_index", "conditional", "graph_for", "heads", "neurons", "per_neuron"]
