@@ -93,9 +93,10 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor, *, tokenizer
     position is explained. Default: the decoder start token alone, i.e. the first output token.
     ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
     relevance, less memory).
-    ``capture``: node names or module paths (``"model.layers.3"``, globs allowed) whose latent relevance
+    ``capture``: node names or module paths (``"model.layers.3"``, globs allowed; ``"<path>:input"`` for a
+    module's input) whose latent relevance
     ``x ⊙ grad`` (per neuron, from the same backward pass) is kept in ``Attribution.latents``; read one with
-    ``attribution.latent(name)``. With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
+    ``attribution.latent(name)`` (the activation: ``latent_value(name)``). With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
     """
     model = check_model(model)
     composite = composite if composite is not None else for_model(model)
