@@ -20,7 +20,8 @@ class Attribution:
     (without padding); ``target_ids``: the explained output index per row (``-1`` for function targets);
     ``target_scores``: the explained scalar per row; ``positions``: the sequence position explained per row
     (``-1`` for sequence-level outputs); ``report``: the rewrite report of the graph that produced it;
-    ``latents``: per-neuron relevance at the names given to ``explain(..., capture=...)``.
+    ``latents``: per-neuron relevance at the names given to ``explain(..., capture=...)``;
+    ``latent_values``: the activations there (the ``x`` of ``x ⊙ grad``).
 
     Encoder-decoder models (T5) also fill ``decoder_relevance`` ``[batch, decoder_seq]``,
     ``decoder_tokens`` and ``decoder_input_ids``: the explained token's relevance splits over the encoder
@@ -49,6 +50,16 @@ class Attribution:
     image_relevance: Tensor | None = None
     pixel_relevance: Tensor | None = None
     audio_relevance: Tensor | None = None
+    latent_values: dict[str, Tensor] | None = None  # the activation x at each ``capture`` name
+
+    def latent_value(self, name: str) -> Tensor:
+        """The activation ``x`` (per neuron) at ``name``, a name passed to ``explain(..., capture=[...])``:
+        ``latent(name)`` is ``x ⊙ grad`` of this very tensor."""
+        if not self.latent_values or name not in self.latent_values:
+            have = sorted(self.latent_values) if self.latent_values else []
+            raise CaptureNameError(f"no activation captured at {name!r} (captured: {have}); pass "
+                                   f"explain(..., capture=[{name!r}])")
+        return self.latent_values[name]
 
     def latent(self, name: str) -> Tensor:
         """Latent relevance ``x ⊙ grad`` (per neuron) at ``name``, a node or module path passed to

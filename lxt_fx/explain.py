@@ -99,9 +99,10 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     position is explained. Default: the decoder start token alone, i.e. the first output token.
     ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
     relevance, less memory).
-    ``capture``: node names or module paths (``"model.layers.3"``, globs allowed) whose latent relevance
+    ``capture``: node names or module paths (``"model.layers.3"``, globs allowed; ``"<path>:input"`` for a
+    module's input) whose latent relevance
     ``x ⊙ grad`` (per neuron, from the same backward pass) is kept in ``Attribution.latents``; read one with
-    ``attribution.latent(name)``. With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
+    ``attribution.latent(name)`` (the activation: ``latent_value(name)``). With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
     """
     model = check_model(model)
     composite = composite if composite is not None else for_model(model)
@@ -150,7 +151,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
     att = Attribution(relevance.cpu(), tokens, ids.cpu(), mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
-                      latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+                      latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
+                      latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
     if dec_ids is not None:
         att.decoder_relevance = _token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
@@ -260,7 +262,8 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
     return Attribution(relevance.cpu(), [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
                        torch.zeros(batch, 0, dtype=torch.long), target_ids.cpu(), scores.detach().float().cpu(),
                        positions.cpu(), graph.report,
-                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()})
+                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
+                      latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
 
 
 def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None, *, tokenizer: Any,

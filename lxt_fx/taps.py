@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .session import Rewritten
 
 OUTPUT = "output"
+INPUT_SUFFIX = ":input"  # ``"<module path>:input"``: the module's input rather than its output
 
 
 class CaptureNameError(LXTError, KeyError):
@@ -71,6 +72,7 @@ class Record:
 
     total: float = 0.0                  # Σ x ⊙ grad, float64
     relevance: Tensor | None = None     # x ⊙ grad per neuron (``keep=True``)
+    value: Tensor | None = None         # x itself, the activation (``keep=True``)
     fired: bool = False                 # a gradient arrived
     value_order: int | None = None      # forward position of a non-finite value
     value_kind: str = ""                # "nan", "+inf", "-inf"
@@ -140,6 +142,8 @@ class Recorder:
         if spec.keep:
             kept = r.detach().float()
             rec.relevance = kept if rec.relevance is None else rec.relevance + kept
+            if rec.value is None:
+                rec.value = x.detach().float()
 
     def totals(self) -> dict[str, float]:
         """Σ relevance per tap key (0.0 for taps no gradient reached)."""
@@ -148,6 +152,10 @@ class Recorder:
     def relevance(self) -> dict[str, Tensor]:
         """Per-neuron relevance of every ``keep`` tap a gradient reached."""
         return {key: rec.relevance for key, rec in self.records.items() if rec.relevance is not None}
+
+    def values(self) -> dict[str, Tensor]:
+        """The activation ``x`` of every ``keep`` tap a gradient reached (float32)."""
+        return {key: rec.value for key, rec in self.records.items() if rec.value is not None}
 
 
 class Tap(nn.Module):
@@ -311,7 +319,8 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
     """``{requested name: node name}``. A name is a graph node (``"add_9"``), a relevance input
     (``"inputs_embeds"``), or a module path as in ``model.named_modules()`` (``"model.layers.3"``, a glob
     like ``"model.layers.*.mlp"`` expands to one entry per module): a module means its output, the last of
-    its relevance-path nodes that is used outside it."""
+    its relevance-path nodes that is used outside it; ``"<module path>:input"`` means its input, the first
+    relevance-path tensor made outside the module that a node inside it reads."""
     nodes = list(graph.module.graph.nodes)
     by_name = {n.name: n for n in nodes}
     on_path = graph.plan.on_path
@@ -324,7 +333,8 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
         if f"tensors_{name}" in by_name:
             resolved[name] = f"tensors_{name}"
             continue
-        pattern = name.removesuffix(".")
+        is_input = name.endswith(INPUT_SUFFIX)
+        pattern = name.removesuffix(INPUT_SUFFIX).removesuffix(".")
         concrete = [p for p in _module_roots(paths) if fnmatch.fnmatchcase(p, pattern)]
         if not concrete:
             raise CaptureNameError(_unknown(name, paths, nodes))
@@ -332,6 +342,10 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
             inside = [n for n in nodes if n.op == "call_function" and
                       (module_path(n) == path or module_path(n).startswith(path + "."))]
             members = {n.name for n in inside}
+            if is_input:
+                key = f"{path}{INPUT_SUFFIX}" if any(c in name for c in "*?[") else name
+                resolved[key] = _module_input(path, inside, members, on_path)
+                continue
             outs = [n for n in inside if n.name in on_path and _external_users(n, members)
                     and isinstance(n.meta.get("val"), Tensor)]
             if not outs:
@@ -342,18 +356,31 @@ def resolve(graph: Rewritten, names: Sequence[str]) -> dict[str, str]:
     return resolved
 
 
+def _module_input(path: str, inside: Sequence[fx.Node], members: set[str], on_path: Iterable[str]) -> str:
+    """The node name of module ``path``'s input: the first relevance-path tensor from outside it read inside."""
+    on_path = set(on_path)
+    for n in inside:
+        for a in n.all_input_nodes:
+            if a.name not in members and a.name in on_path and isinstance(a.meta.get("val"), Tensor):
+                return a.name
+    raise CaptureNameError(f"module {path!r} reads no relevance-carrying input (nothing that reaches it carries "
+                           f"relevance to the explained output): capture {path!r} or a module before it")
+
+
 def _unknown(name: str, paths: Sequence[str], nodes: Sequence[fx.Node]) -> str:
     """The message for a capture name that matches nothing, with the closest module paths / node names."""
+    shown, suffix = name, (INPUT_SUFFIX if name.endswith(INPUT_SUFFIX) else "")
+    name = name.removesuffix(INPUT_SUFFIX)
     roots = _module_roots(paths)
     inputs = [n.name.removeprefix("tensors_") for n in nodes if n.op == "placeholder"
               and n.name.startswith("tensors_")]
     candidates = roots + inputs + [n.name for n in nodes if n.op == "call_function"]
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    close = [c + suffix for c in difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)]
     top = sorted({p.split(".")[0] for p in roots})
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    return (f"capture name {name!r} is neither a node of the graph, a relevance input nor a module path of "
+    return (f"capture name {shown!r} is neither a node of the graph, a relevance input nor a module path of "
             f"the model; {hint}module paths are as in model.named_modules() (top level: {top}; globs such as "
-            f"'model.layers.*' allowed), inputs: {inputs}")
+            f"'model.layers.*' allowed; '<path>:input' for a module's input), inputs: {inputs}")
 
 
 def _module_roots(paths: Iterable[str]) -> list[str]:
@@ -386,6 +413,11 @@ class LatentPass:
     def relevance(self) -> dict[str, Tensor]:
         """``{requested name: x ⊙ grad}`` after the backward pass (float32, the tensor's own shape)."""
         got = self.recorder.relevance()
+        return {name: got[self.tap_of[name]] for name in self.names if self.tap_of[name] in got}
+
+    def values(self) -> dict[str, Tensor]:
+        """``{requested name: x}``, the activation at each captured name (float32), after the backward."""
+        got = self.recorder.values()
         return {name: got[self.tap_of[name]] for name in self.names if self.tap_of[name] in got}
 
 

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "provenance (lxt-fx check --help)", add_help=False)
     sub.add_parser("evaluate", help="perturbation faithfulness (MoRF/LeRF/ABPC) of attribution methods "
                                     "(lxt-fx evaluate --help)", add_help=False)
+    sub.add_parser("index-features", help="top snippets per neuron of a place over a corpus (resumable)",
+                   add_help=False)
+    sub.add_parser("neuron", help="HTML card of one neuron of a feature index", add_help=False)
     return parser
 
 
@@ -273,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .evaluate import evaluate_main
 
         return evaluate_main(args_list[1:], debug=debug)
+    if args_list and args_list[0] in ("index-features", "neuron"):  # lxt_fx.features (index_features.py, neuron.py)
+        from .index_features import index_features_main
+        from .neuron import neuron_main
+
+        return {"index-features": index_features_main, "neuron": neuron_main}[args_list[0]](args_list[1:], debug=debug)
     return run_guarded(lambda: _main(args_list), debug)
 
 

@@ -1,0 +1,22 @@
+"""Feature visualization and latent attribution: which neurons and heads decide, and what they mean.
+
+Built on the latent relevance ``x ⊙ grad`` that ``explain(..., capture=[...])`` records in the same backward:
+
+* :mod:`.places` — a place is a module path (its output channels) or ``"<path>:input"`` (its input channels);
+* :func:`neurons` — the top-k neurons of a place by relevance, with their activation;
+* :func:`heads` — relevance per attention head ``[layers, heads]`` from one backward;
+* :func:`conditional` — the input relevance that flows through chosen neurons only (many concepts batched);
+* :func:`ablate` — knock out or scale neurons in every forward, reversibly;
+* :class:`FeatureIndex` / :func:`build_index` — reference snippets per neuron over a corpus; :mod:`.card`.
+"""
+
+from .ablate import ablate
+from .card import NeuronCard
+from .conditional import conditional
+from .heads import heads
+from .index import FeatureIndex, IndexMismatchError, Snippet, build_index
+from .neurons import Neuron, neurons, per_neuron
+from .places import AttentionPlace, PlaceError, attention_places, graph_for
+
+__all__ = ["AttentionPlace", "FeatureIndex", "IndexMismatchError", "Neuron", "NeuronCard", "PlaceError", "Snippet",
+           "ablate", "attention_places", "build_index", "conditional", "graph_for", "heads", "neurons", "per_neuron"]
