@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModalityMaps:
-    """Row ``row`` of a mixed attribution, every map divided by ``scale`` (the max |R| over all of them)."""
+    """Row ``row`` of a mixed attribution, every map divided by ``scale`` (the largest absolute relevance over all of them)."""
 
     tokens: list[tuple[str, float]]   # (token text, normalized relevance)
     patches: torch.Tensor | None      # [H/p, W/p] in [-1, 1]
