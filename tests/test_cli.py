@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -39,7 +40,9 @@ def lxt_fx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
     """The run failed with exit status 2 and ONE error line (the last on stderr; progress lines such as
     'loaded … in 1.2 s' may come before it)."""
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    # Log lines of other libraries (torch's "W1129 23:39:24.56 … ]" format, e.g. torchao's deprecation
+    # warnings when transformers imports it) are not ours.
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not re.match(r"[WIEF]\d{4} ", line)]
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     errors = [line for line in lines if "error" in line.lower()]
     assert len(errors) == 1 and lines[-1] == errors[0], done.stderr
