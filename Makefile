@@ -55,3 +55,4 @@ clean:
 browser-test: venv
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 	$(PY) -m pytest -q -rs tests/render/test_render_smollm2.py -k chromium
+	$(PY) -m pytest -q -rs tests/render/test_render_generation.py -k chromium

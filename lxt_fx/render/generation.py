@@ -79,7 +79,8 @@ _SCRIPT = """
         t.style.color = Math.abs(row[i]) > 0.55 ? '#fff' : '#000';
         t.title = 'relevance ' + raw[i].toPrecision(6);
       } else {
-        t.style.background = ''; t.style.color = ''; t.classList.add('unseen');
+        t.style.background = ''; t.style.color = '';
+        if (i > seen) { t.classList.add('unseen'); }
         t.title = i === seen ? 'the explained token' : 'not yet generated when this token was predicted';
       }
     }
@@ -159,8 +160,7 @@ def save_matrix_png(gen: GenerationAttribution, path: str | os.PathLike[str], *,
     n, width = values.shape
     unseen = np.arange(width)[None, :] >= (gen.prompt_length + np.arange(n))[:, None]
     shown_values = np.ma.masked_array(values, mask=unseen)
-    cmap = parts["cmap"].copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = parts["cmap"].with_extremes(bad="#e6e6e6")
     pieces = [shown(p) for p in display_tokens(gen.tokens, gen.ids, tokenizer)]
     fig = parts["Figure"](figsize=(min(28.0, 2.0 + 0.16 * width), min(30.0, 1.6 + 0.2 * n)))
     parts["Canvas"](fig)
