@@ -17,7 +17,7 @@ the sum of the rows is the relevance of ``Σ_k s_k`` (the span map of :func:`~lx
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
 from .explain import InputError, model_device
-from .generate import encode_prompt, greedy
+from .generate import Generation, encode_prompt, greedy
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
 
@@ -87,6 +87,16 @@ class GenerationAttribution:
         n = len(self)
         return [f"generated token {k + 1} of {n}: {tok!r}" for k, tok in enumerate(self.tokens[self.prompt_length:])]
 
+    def to_generation(self, prompt: str) -> Generation:
+        """The span map and the per-token maps as a :class:`~lxt_fx.generate.Generation` (what
+        ``generate_and_explain(..., per_token=True)`` returns), for ``prompt``."""
+        n = len(self)
+        span = self.span()
+        span.target_scores = self.scores.sum()[None]
+        labels = [f"Σ logits of the {n} generated token(s) {self.text!r}"]
+        return Generation(prompt, self.ids[: self.prompt_length], self.generated_ids, self.text, span,
+                          self.to_attribution(), labels, self.labels())
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready) form."""
         return {"ids": self.ids, "tokens": self.tokens, "prompt_length": self.prompt_length,
@@ -118,15 +128,16 @@ class GenerationAttribution:
 
 def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *, tokenizer: Any,
                        max_new_tokens: int, chat: bool = False, composite: Composite | None = None,
-                       seeds_per_pass: int = 16, stop_at_eos: bool = True, strict: bool = False
-                       ) -> GenerationAttribution:
+                       seeds_per_pass: int = 16, stop_at_eos: bool = True, strict: bool = False,
+                       on_token: Callable[[int], None] | None = None) -> GenerationAttribution:
     """Generate greedily with the untouched ``model``, then explain every generated token over all tokens
     before it with one forward through the rewritten graph and batched backward seeds (see the module doc).
 
     ``prompt``: text (``chat=True`` wraps it as one user turn with the tokenizer's chat template) or token
     ids; ``max_new_tokens``: at most this many tokens (fewer when the model ends at its EOS token and
     ``stop_at_eos``); ``seeds_per_pass``: seeds per batched vector-Jacobian product (memory grows with it:
-    each pass holds ``seeds_per_pass`` gradients of every activation); 1 runs one backward per seed."""
+    each pass holds ``seeds_per_pass`` gradients of every activation); 1 runs one backward per seed;
+    ``on_token(id)`` is called for each token as it is generated."""
     model = check_model(model)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens}: generate at least one token")
@@ -144,7 +155,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
         raise InputError(f"prompt ids outside the vocabulary of {vocab}: was the prompt encoded with this "
                          "model's tokenizer?")
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
-    generated = greedy(model, prompt_ids, max_new_tokens, eos)
+    generated = greedy(model, prompt_ids, max_new_tokens, eos, on_token)
     if not generated:
         raise InputError("the model generated nothing to explain")
     composite = composite if composite is not None else for_model(model)

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from .common import NEGATIVE, POSITIVE, RenderError, display_tokens, hex_colour, rgb, shown, text_rgb
+from .common import (
+    NEGATIVE,
+    POSITIVE,
+    RenderError,
+    display_tokens,
+    hex_colour,
+    named_tokens,
+    rgb,
+    shown,
+    text_rgb,
+)
 from .html import css, write_text
 from .png import _save, matplotlib_parts
 from .terminal import show
@@ -112,7 +122,7 @@ def generation_html(gen: GenerationAttribution, path: str | os.PathLike[str] | N
     each generated token clickable; clicking token ``k`` (or opening the page with ``#k``) colours the tokens
     before it by their relevance for it and greys out those after it. Token 0 is shown first, also without
     scripts (its colours are written into the page)."""
-    pieces = display_tokens(gen.tokens, gen.ids, tokenizer)
+    pieces = display_tokens(named_tokens(gen.tokens, gen.ids), gen.ids, tokenizer)
     values = scaled(gen, skip_first)
     first = values[0]
     spans = []
@@ -161,7 +171,7 @@ def save_matrix_png(gen: GenerationAttribution, path: str | os.PathLike[str], *,
     unseen = np.arange(width)[None, :] >= (gen.prompt_length + np.arange(n))[:, None]
     shown_values = np.ma.masked_array(values, mask=unseen)
     cmap = parts["cmap"].with_extremes(bad="#e6e6e6")
-    pieces = [shown(p) for p in display_tokens(gen.tokens, gen.ids, tokenizer)]
+    pieces = [shown(p) for p in display_tokens(named_tokens(gen.tokens, gen.ids), gen.ids, tokenizer)]
     fig = parts["Figure"](figsize=(min(28.0, 2.0 + 0.16 * width), min(30.0, 1.6 + 0.2 * n)))
     parts["Canvas"](fig)
     ax = fig.add_subplot(1, 1, 1)
