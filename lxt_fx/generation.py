@@ -149,8 +149,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
         if chat:
             raise InputError("chat=True needs the prompt as text (the chat template wraps text): pass a str")
         prompt_ids = _ids(prompt)
-    embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+    vocab = getattr(input_embeddings(model), "num_embeddings", None) or model.config.vocab_size
     if any(i < 0 or i >= vocab for i in prompt_ids):
         raise InputError(f"prompt ids outside the vocabulary of {vocab}: was the prompt encoded with this "
                          "model's tokenizer?")
@@ -158,6 +157,27 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
     generated = greedy(model, prompt_ids, max_new_tokens, eos, on_token)
     if not generated:
         raise InputError("the model generated nothing to explain")
+    return explain_continuation(model, prompt_ids, generated, tokenizer=tokenizer, composite=composite,
+                                seeds_per_pass=seeds_per_pass, strict=strict)
+
+
+def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuation_ids: Sequence[int], *,
+                         tokenizer: Any = None, composite: Composite | None = None, seeds_per_pass: int = 16,
+                         strict: bool = False) -> GenerationAttribution:
+    """Explain a given continuation token by token (teacher forcing: a reference answer, a sampled or an
+    earlier generation): row ``k`` is the relevance of every token before ``continuation_ids[k]`` for the
+    logit it got at the position that predicted it. One forward of ``prompt + continuation[:-1]`` through
+    the rewritten graph, batched seeds (see the module doc); :func:`explain_generation` is greedy decoding
+    followed by this."""
+    model = check_model(model)
+    if seeds_per_pass < 1:
+        raise InputError(f"seeds_per_pass={seeds_per_pass}: give at least 1 seed per backward pass")
+    prompt_ids, generated = _ids(prompt_ids), _ids(continuation_ids, "continuation")
+    embedding = input_embeddings(model)
+    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+    if any(i < 0 or i >= vocab for i in prompt_ids + generated):
+        raise InputError(f"token ids outside the vocabulary of {vocab}: was the text encoded with this "
+                         "model's tokenizer?")
     composite = composite if composite is not None else for_model(model)
     matrix, scores, report = _rows(model, embedding, composite, prompt_ids, generated, seeds_per_pass, strict)
     ids = prompt_ids + generated
@@ -166,16 +186,16 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
     return GenerationAttribution(matrix, ids, tokens, len(prompt_ids), scores, text, report)
 
 
-def _ids(prompt: Sequence[int] | Tensor) -> list[int]:
-    if isinstance(prompt, Tensor):
-        if prompt.is_floating_point() or prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
-            raise InputError(f"prompt ids must be one row of integer token ids, got {prompt.dtype} of shape "
-                             f"{tuple(prompt.shape)}: explain one generation at a time")
-        prompt = prompt.reshape(-1).tolist()
-    ids = [int(i) for i in prompt]
-    if not ids:
-        raise InputError("the prompt is empty: give at least one token")
-    return ids
+def _ids(ids: Sequence[int] | Tensor, what: str = "prompt") -> list[int]:
+    if isinstance(ids, Tensor):
+        if ids.is_floating_point() or ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise InputError(f"{what} ids must be one row of integer token ids, got {ids.dtype} of shape "
+                             f"{tuple(ids.shape)}: explain one generation at a time")
+        ids = ids.reshape(-1).tolist()
+    out = [int(i) for i in ids]
+    if not out:
+        raise InputError(f"the {what} is empty: give at least one token")
+    return out
 
 
 def _rows(model: nn.Module, embedding: nn.Module, composite: Composite, prompt_ids: list[int],
