@@ -103,6 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def key_token(gen: Any, tokenizer: Any, question: str) -> int:
+    """The answer token to highlight: the first one whose word is in the paragraph but not in the question
+    (the fact the answer took from the paragraph); else the last one."""
+    for k, token in enumerate(gen.generated_ids):
+        word = tokenizer.decode([token]).strip()
+        if len(word) > 2 and word in PARAGRAPH and word not in question:
+            return k
+    return len(gen) - 1
+
+
 def question_demo(model: Any, tokenizer: Any, args: argparse.Namespace, console: Console) -> int:
     """Answer ``args.question`` about :data:`PARAGRAPH`, explain each answer token, highlight the evidence."""
     from . import explain_generation
@@ -121,16 +131,18 @@ def question_demo(model: Any, tokenizer: Any, args: argparse.Namespace, console:
     console.print(f"[bold]paragraph:[/bold] {PARAGRAPH}")
     console.print(f"[bold]question:[/bold] {args.question}")
     console.print(f"[bold]answer:[/bold] {gen.text!r}\n")
-    span = gen.span()
     options = {"tokenizer": tokenizer, "skip_first": True}
-    labels = [f"the whole answer {gen.text.strip()!r} (Σ of its tokens' logits)"]
-    span.show(console, labels=labels, mark_from=gen.prompt_length, **options)
+    k = key_token(gen, tokenizer, args.question)
+    piece = tokenizer.decode([gen.generated_ids[k]])
+    evidence = gen.to_attribution([k])
+    labels = [f"answer token {k + 1} of {len(gen)}: {piece!r} — the word taken from the paragraph"]
+    evidence.show(console, labels=labels, mark_from=gen.prompt_length, **options)
     os.makedirs(args.out, exist_ok=True)
     html_path = os.path.join(args.out, "answer.html")
     gen.to_html(html_path, title=f"lxt-fx · SmolLM2 answers: {args.question}", **options)
     console.print(f"wrote {html_path} (click an answer token to see its evidence)")
     try:
-        span.save_png(os.path.join(args.out, "evidence.png"), labels=labels, **options)
+        evidence.save_png(os.path.join(args.out, "evidence.png"), labels=labels, **options)
         gen.save_png(os.path.join(args.out, "matrix.png"), **options)
     except ImportError as exc:
         console.print(f"[yellow]skipped the PNGs:[/yellow] {exc}")
