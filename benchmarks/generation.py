@@ -134,29 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     model = "tiny LLaMA" if args.tiny else "SmolLM2-135M"
-    print("| model | prompt | N | method | seconds | × seeds | peak RSS MB | above load MB | max rel. diff |")
+    print("| model | prompt | N | method | seconds | × first | peak RSS MB | above load MB | max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            results = {}
-            for method in args.methods:
+            ref = base = None
+            for method in args.methods:  # a row as soon as its method ran (the first is the reference)
                 out = os.path.join(tmp, f"{method}-{n}.pt")
-                results[method] = run_child(method, n, args, out)
-                results[method]["matrix"] = torch.load(out) if os.path.exists(out) else None
-            ref = results.get("seeds", {}).get("matrix")
-            base = results.get("seeds", {}).get("seconds")
-            for method in args.methods:
-                r = results[method]
+                r = run_child(method, n, args, out)
                 if "error" in r:
-                    print(f"| {model} | {args.prompt_tokens} | {n} | {NAMES[method]} | — | — | — | — | {r['error']} |")
+                    print(f"| {model} | {args.prompt_tokens} | {n} | {NAMES[method]} | — | — | — | — | {r['error']} |",
+                          flush=True)
                     continue
-                diff = "—"
-                if ref is not None and r["matrix"] is not None:
-                    scale = ref.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-                    diff = f"{float(((r['matrix'] - ref).abs() / scale).max()):.1e}"
-                ratio = f"{r['seconds'] / base:.2f}" if base else "—"
-                print(f"| {model} | {args.prompt_tokens} | {n} | {NAMES[method]} | {r['seconds']:.1f} | {ratio} | "
-                      f"{r['peak_mb']:.0f} | {r['above_load_mb']:.0f} | {diff} |", flush=True)
+                matrix = torch.load(out)
+                ref = matrix if ref is None else ref
+                base = r["seconds"] if base is None else base
+                scale = ref.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+                diff = f"{float(((matrix - ref).abs() / scale).max()):.1e}"
+                print(f"| {model} | {args.prompt_tokens} | {n} | {NAMES[method]} | {r['seconds']:.1f} | "
+                      f"{r['seconds'] / base:.2f} | {r['peak_mb']:.0f} | {r['above_load_mb']:.0f} | {diff} |", flush=True)
     return 0
 
 
