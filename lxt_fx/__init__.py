@@ -10,6 +10,7 @@ from . import check, composites, rules, targets, tracing
 from .attribution import Attribution
 from .composites import Composite, attnlrp, cp_lrp
 from .explain import InputError, NoParametersError, explain
+from .generation import GenerationAttribution, explain_generation
 from .rewrite import RewriteReport, UnhandledOpError
 from .session import (
     DtypeError,
@@ -31,3 +32,4 @@ __all__ = ["Attribution", "CaptureError", "CaptureNameError", "Composite", "Cont
            "NoRelevancePathError", "NotAModuleError", "RelevanceInputError", "RewriteReport", "TargetError",
            "UnhandledOpError", "UnsupportedCallError", "attnlrp", "check", "composites", "cp_lrp", "explain",
            "rules", "targets", "tracing"]
+__all__ += ["GenerationAttribution", "explain_generation"]

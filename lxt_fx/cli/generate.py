@@ -1,5 +1,5 @@
 """``lxt-fx generate``: generate greedily with the untouched model, then explain the generated span with one
-backward pass (``--per-token``: one map per generated token, in the same pass)."""
+backward pass (``--per-token``: one map per generated token, from one forward and batched backward seeds)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from . import (
 )
 
 _GENERATE_EPILOG = """The model generates greedily as it is; then ONE backward pass explains the sum of the generated
-tokens' logits (each at the position that predicted it). --per-token adds one map per generated token,
-in the same batch and the same single backward pass.
+tokens' logits (each at the position that predicted it). --per-token explains every generated token over
+the tokens before it: one forward of the whole sequence, one backward seed per generated token (batched);
+its HTML page lets you click a generated token to see its map, its PNG is the matrix.
 
 examples:
   lxt-fx generate --prompt "The capital of France is" --max-new-tokens 8
@@ -53,6 +54,7 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..generate import generate_and_explain
+    from ..generation import explain_generation
     from ..tracing.errors import LXTError
 
     if args.threads:
@@ -71,9 +73,15 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
                 if progress.tasks[task].completed >= args.max_new_tokens:
                     progress.update(explaining, visible=True)
 
-            result = generate_and_explain(model, tokenizer, args.prompt, args.max_new_tokens,
-                                          per_token=args.per_token, chat=args.chat,
-                                          composite=_composite(args.composite), on_token=on_token)
+            matrix = None
+            if args.per_token:  # one forward of the whole sequence, one backward seed per generated token
+                matrix = explain_generation(model, args.prompt, tokenizer=tokenizer,
+                                            max_new_tokens=args.max_new_tokens, chat=args.chat,
+                                            composite=_composite(args.composite), on_token=on_token)
+                result = matrix.to_generation(args.prompt)
+            else:
+                result = generate_and_explain(model, tokenizer, args.prompt, args.max_new_tokens, chat=args.chat,
+                                              composite=_composite(args.composite), on_token=on_token)
             progress.update(explaining, completed=1, visible=True)
     except LXTError as exc:
         raise _explain_error(exc) from exc
@@ -90,10 +98,13 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
     both = result.attribution if result.per_token is None else _stack(result)
     labels = result.labels + result.per_token_labels
     outputs: list[tuple[str, str | None, Any]] = [
-        ("JSON", args.json, lambda: _json_dump(args.json, result.to_dict())),
+        ("JSON", args.json, lambda: _json_dump(args.json, result.to_dict() if matrix is None else
+                                               {**result.to_dict(), "matrix": matrix.matrix.tolist()})),
         ("HTML", args.html, lambda: both.to_html(args.html, labels=labels, mark_from=mark,
-                                                 title=f"lxt-fx generate · {args.model}", **options)),
-        ("PNG", args.png, lambda: both.save_png(args.png, labels=labels, **options)),
+                                                 title=f"lxt-fx generate · {args.model}", **options)
+         if matrix is None else matrix.to_html(args.html, title=f"lxt-fx generate · {args.model}", **options)),
+        ("PNG", args.png, lambda: both.save_png(args.png, labels=labels, **options) if matrix is None
+         else matrix.save_png(args.png, **options)),
     ]
     return _write_all(outputs, status)
 
