@@ -36,6 +36,17 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device
 
 
+def encode_for(model: nn.Module, inputs: str | Sequence[str] | Tensor, tokenizer: Any,
+               attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``encode`` against the vocabulary of ``model``'s input embedding."""
+    return encode(inputs, tokenizer, attention_mask, vocab_size(model))
+
+
+def vocab_size(model: nn.Module) -> int:
+    """The number of token ids ``model``'s input embedding takes."""
+    return getattr(input_embeddings(model), "num_embeddings", None) or model.config.vocab_size
+
+
 def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask: Tensor | None,
            vocab_size: int) -> tuple[Tensor, Tensor]:
     """``(input_ids, attention_mask)``, right-padded, validated against the vocabulary."""
@@ -121,7 +132,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
         return _explain_image(model, inputs.to(device), goal, composite, strict, checkpoint, capture)
     embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+    vocab = vocab_size(model)
     ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
     ids, mask = ids.to(device), mask.to(device)
     config = getattr(model, "config", None)
@@ -141,11 +152,11 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
             tensors.update(decoder_inputs_embeds=dec_embeds, decoder_attention_mask=explained_mask)
         graph = rewritten_graph(model, composite, tensors, {}, strict)
         outputs, latent = _run(graph, tensors, checkpoint, capture)
-        scores, target_ids, positions = _scores(model, outputs, goal, explained_mask, tokenizer)
+        scores, target_ids, positions = target_scores(model, outputs, goal, explained_mask, tokenizer)
         leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
         grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
-    relevance = _token_relevance(embeds, grads[0], mask)
-    tokens = [_tokens(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
+    relevance = token_relevance(embeds, grads[0], mask)
+    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
@@ -154,9 +165,9 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
                       latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
     if dec_ids is not None:
-        att.decoder_relevance = _token_relevance(dec_embeds, grads[1], explained_mask).cpu()
+        att.decoder_relevance = token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
-        att.decoder_tokens = [_tokens(row[: int(m.sum())], tokenizer)
+        att.decoder_tokens = [token_strings(row[: int(m.sum())], tokenizer)
                               for row, m in zip(dec_ids, explained_mask, strict=True)]
     return att
 
@@ -172,7 +183,7 @@ def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture
     return latent(tensors), latent
 
 
-def _scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Tensor, tokenizer: Any
+def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Tensor, tokenizer: Any
             ) -> tuple[Tensor, Tensor, Tensor]:
     """(explained scalar per row, target id per row, explained position per row)."""
     batch = mask.shape[0]
@@ -194,7 +205,7 @@ def _scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Te
     return goal.score(logits, target_ids, tokenizer), target_ids, positions
 
 
-def _token_relevance(embeds: Tensor, grad: Tensor | None, mask: Tensor) -> Tensor:
+def token_relevance(embeds: Tensor, grad: Tensor | None, mask: Tensor) -> Tensor:
     """Relevance per token: ``(embedding ⊙ gradient)`` summed over the hidden dim, 0 on padding."""
     if grad is None:
         return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -256,7 +267,7 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
         graph = rewritten_graph(model, composite, tensors, {}, strict)
         outputs, latent = _run(graph, tensors, checkpoint, capture)
         mask = torch.ones(batch, 1, dtype=torch.long, device=pixels.device)
-        scores, target_ids, positions = _scores(model, outputs, goal, mask, None)
+        scores, target_ids, positions = target_scores(model, outputs, goal, mask, None)
         (grad,) = torch.autograd.grad(scores.sum(), leaf)
     relevance = (leaf.detach().float() * grad.float()).sum(1)
     return Attribution(relevance.cpu(), [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
@@ -308,17 +319,17 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         outputs, _ = _run(graph, call, checkpoint, None)
         explained = mask.to(device) if mask is not None else torch.ones(
             next(iter(leaves.values())).shape[0], 1, dtype=torch.long, device=device)
-        scores, target_ids, positions = _scores(model, outputs, goal, explained, tokenizer)
+        scores, target_ids, positions = target_scores(model, outputs, goal, explained, tokenizer)
         names = list(leaves)
         grads = dict(zip(names, torch.autograd.grad(scores.sum(), [leaves[n] for n in names], allow_unused=True),
                          strict=True))
     batch = scores.shape[0]
     if text_key is not None:
-        relevance = _token_relevance(leaves[text_key], grads[text_key], mask.to(device)).cpu()
+        relevance = token_relevance(leaves[text_key], grads[text_key], mask.to(device)).cpu()
     else:
         relevance = torch.zeros(batch, 0 if ids is None else ids.shape[1])
     tokens = [[] for _ in range(batch)] if ids is None else \
-        [_tokens(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
+        [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
@@ -338,7 +349,8 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     return att
 
 
-def _tokens(ids: Tensor, tokenizer: Any) -> list[str]:
+def token_strings(ids: Tensor, tokenizer: Any) -> list[str]:
+    """The tokens of one row of ids as the tokenizer spells them (the ids as text without a tokenizer)."""
     if tokenizer is None:
         return [str(i) for i in ids.tolist()]
     return tokenizer.convert_ids_to_tokens(ids.tolist())

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
-from .explain import InputError, model_device
+from .explain import InputError, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
@@ -149,7 +149,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
         if chat:
             raise InputError("chat=True needs the prompt as text (the chat template wraps text): pass a str")
         prompt_ids = _ids(prompt)
-    vocab = getattr(input_embeddings(model), "num_embeddings", None) or model.config.vocab_size
+    vocab = vocab_size(model)
     if any(i < 0 or i >= vocab for i in prompt_ids):
         raise InputError(f"prompt ids outside the vocabulary of {vocab}: was the prompt encoded with this "
                          "model's tokenizer?")
@@ -174,7 +174,7 @@ def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuati
         raise InputError(f"seeds_per_pass={seeds_per_pass}: give at least 1 seed per backward pass")
     prompt_ids, generated = _ids(prompt_ids), _ids(continuation_ids, "continuation")
     embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
+    vocab = vocab_size(model)
     if any(i < 0 or i >= vocab for i in prompt_ids + generated):
         raise InputError(f"token ids outside the vocabulary of {vocab}: was the text encoded with this "
                          "model's tokenizer?")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..composites.composite import Composite
 from ..composites.registry import for_model
-from ..explain import encode, last_positions, model_device
+from ..explain import encode_for, last_positions, model_device
 from ..ops import op_name
 from ..session import (
     InputError,
@@ -122,8 +122,7 @@ def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tens
             tensors["attention_mask"] = mask_like(inputs[..., 0], attention_mask, "inputs_embeds")
     else:
         embedding = input_embeddings(model)
-        vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
-        ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
+        ids, mask = encode_for(model, inputs, tokenizer, attention_mask)
         device = model_device(model)
         with torch.no_grad():
             embeds = embedding(ids.to(device))

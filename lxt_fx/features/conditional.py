@@ -24,7 +24,7 @@ from torch import Tensor, fx, nn
 
 from ..attribution import Attribution
 from ..composites.registry import for_model
-from ..explain import _scores, _token_relevance, _tokens, encode, model_device
+from ..explain import encode_for, model_device, target_scores, token_relevance, token_strings
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
 from ..targets import as_target
@@ -103,8 +103,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
     goal = as_target(target)
     device = model_device(model)
     embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
-    ids, mask = encode(inputs, tokenizer, None, vocab)
+    ids, mask = encode_for(model, inputs, tokenizer, None)
     ids, mask = ids.to(device), mask.to(device)
     with torch.enable_grad():
         base = embedding(ids).detach()
@@ -125,7 +124,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
             held = grip.last
         finally:
             grip.last = None  # hold no graph between calls
-        scores, target_ids, positions = _scores(model, outputs, goal, mask_all, tokenizer)
+        scores, target_ids, positions = target_scores(model, outputs, goal, mask_all, tokenizer)
         if held is None:
             raise PlaceError(f"no relevance reaches {place!r} from the input: nothing flows through it")
         rows = mask_all.shape[0]
@@ -136,8 +135,8 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
         g = (g.reshape(rows, -1, g.shape[-1]) * m[:, None, :]).reshape(g.shape)
         (grad,) = torch.autograd.grad(held, [embeds], grad_outputs=g, allow_unused=True)
         at_place = (held.detach().float() * g.float()).reshape(rows, -1, g.shape[-1])
-    relevance = _token_relevance(embeds, grad, mask_all)
-    tokens = [_tokens(row[: int(m.sum())], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
+    relevance = token_relevance(embeds, grad, mask_all)
+    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..composites.registry import for_model
-from ..explain import encode, model_device
+from ..explain import encode_for, model_device
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import INPUT_SUFFIX, CaptureNameError, original_call, resolve
 from ..tracing.errors import LXTError
@@ -38,8 +38,7 @@ def graph_for(model: nn.Module, inputs: Any, tokenizer: Any = None, composite: A
     model = check_model(model)
     composite = composite if composite is not None else for_model(model)
     embedding = input_embeddings(model)
-    vocab = getattr(embedding, "num_embeddings", None) or model.config.vocab_size
-    ids, mask = encode(inputs, tokenizer, None, vocab)
+    ids, mask = encode_for(model, inputs, tokenizer, None)
     device = model_device(model)
     with torch.no_grad():
         embeds = embedding(ids.to(device))
