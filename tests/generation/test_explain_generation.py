@@ -23,8 +23,8 @@ def _prefix_rows(model, gen: GenerationAttribution) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("family,seeds", [("llama", 16), ("qwen3", 3), ("llama", 1)])
-def test_equals_separate_explain_calls_on_the_prefixes(family: str, seeds: int) -> None:
+@pytest.mark.parametrize("family,seeds", [("llama", 16), ("qwen3", 3), ("llama", 1), ("llama", None)])
+def test_equals_separate_explain_calls_on_the_prefixes(family: str, seeds: int | None) -> None:
     model = make_model(family)
     torch.manual_seed(1)
     prompt = torch.randint(0, 96, (1, 7))
