@@ -82,3 +82,12 @@ def smollm2():
 # environment says, so that tests never write to ~/.cache and each test's capture count means exports; its own
 # tests (tests/tracing/test_disk_cache.py) point it at a tmp folder.
 os.environ["LXT_FX_CACHE"] = "off"
+
+
+def save_tiny_causal_lm(folder, words):
+    """A local causal-LM directory in ``folder``: a 2-block random Llama and a word-level tokenizer."""
+    from helpers import word_tokenizer
+
+    make_model("llama", "sdpa").save_pretrained(folder)
+    word_tokenizer(words).save_pretrained(folder)
+    return folder

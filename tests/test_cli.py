@@ -13,8 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import make_model
-from helpers import word_tokenizer
+from conftest import save_tiny_causal_lm
 
 from lxt_fx.cli import main
 
@@ -26,10 +25,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A local causal-LM directory: a 2-block random Llama and a word-level tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny")
-    make_model("llama", "sdpa").save_pretrained(folder)
-    word_tokenizer(WORDS).save_pretrained(folder)
-    return folder
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), WORDS)
 
 
 def lxt_fx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

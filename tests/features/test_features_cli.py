@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_model
-from helpers import word_tokenizer
+from conftest import save_tiny_causal_lm
 
 from lxt_fx.cli import main
 from lxt_fx.features import FeatureIndex
@@ -18,10 +17,7 @@ PLACE = "model.layers.0.mlp.down_proj:input"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    make_model("llama", "sdpa").save_pretrained(folder)
-    word_tokenizer(WORDS).save_pretrained(folder)
-    return folder
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), WORDS)
 
 
 def test_index_features_then_neuron_card(tiny: Path, tmp_path: Path, capsys) -> None:
