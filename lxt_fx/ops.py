@@ -107,8 +107,10 @@ SHAPE_ONLY: dict[Any, frozenset[int]] = {
                     frozenset({0})),
 }
 
-# Custom ops (by schema name) that are linear in their first argument when the others are constants.
-LINEAR_CUSTOM = frozenset({"transformers::grouped_mm_fallback"})
+# Ops (by schema name) that are linear in their first argument when the others are constants: the grouped
+# matrix products of MoE experts — transformers' own fallback (float32) and ATen's kernel (bf16, and on CUDA,
+# where transformers picks ``experts_implementation="grouped_mm"`` by default).
+LINEAR_CUSTOM = frozenset({"transformers::grouped_mm_fallback", "aten::_grouped_mm"})
 
 
 def is_linear_custom(target: Any) -> bool:
