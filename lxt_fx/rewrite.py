@@ -281,7 +281,8 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str]) -> Plan:
             rule = decisions.get(node.name, (None,))[0]
             if rule is not None and rule.stops:
                 continue
-            for position in carrying_of[node.name]:
+            flows = carrying_of[node.name] if rule is None else rule.flows(carrying_of[node.name], node.target)
+            for position in flows:
                 fx.node.map_arg(arg_at(node.args, position),
                                 lambda a: on_path.add(a.name) if a in carries else None)
     unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
