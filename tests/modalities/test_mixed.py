@@ -82,8 +82,21 @@ def test_image_models_match_reference_and_close_books(kind: str) -> None:
     _close(att.image_relevance, _grid(ref["pixel_values"]))
     torch.testing.assert_close(att.image_relevance.sum((1, 2)), att.pixel_relevance.sum((1, 2)), rtol=1e-5,
                                atol=1e-6)
-    books = lxt_fx.check(m, call, target=case["target"]).zero_bias
+    report = lxt_fx.check(m, call, target=case["target"])
+    if "inputs" in case:  # a dual encoder: its token relevance is read at the embedding lookup in the graph
+        assert graph.plan.places and att.relevance.shape == case["inputs"].shape
+        assert att.relevance.abs().sum() > 0 and att.tokens[0]
+        _close(att.relevance, ref["inputs_embeds"].sum(-1))
+        # the books count text and image as the inputs of one backward: their input sum is ours
+        ours = float(att.relevance.double().sum() + att.image_relevance.double().sum())
+        assert abs(report.conservation.input_sum - ours) <= 1e-5 * max(1.0, abs(ours))
+    books = report.zero_bias
     assert books.verdict().verified, books.verdict().reason
+    # zero-bias: what reached the inputs (text and image) plus what the books absorb for a named cause
+    # (position embeddings, CLS token, the softmax rule's term; the target's own function) is the score
+    absorbed = sum(leak.absorbed for leak in books.leaks if leak.cause != "other")
+    target = books.score - books.output_sum
+    assert abs(books.input_sum + absorbed + target - books.score) <= books.verdict().bound
 
 
 def test_whisper_audio_frames_and_decoder_tokens() -> None:
