@@ -139,3 +139,15 @@ def test_similarity_needs_paired_rows() -> None:
 def test_batch_mismatch_is_named() -> None:
     with pytest.raises(lxt_fx.InputError, match="batch size"):
         lxt_fx.explain(model("siglip"), TEXT_IDS[:1, 1:].contiguous(), images=images(2), target=Similarity())
+
+
+def test_dual_encoder_text_place_can_be_left_out_and_refuses_checkpoint() -> None:
+    m, case = model("clip"), CASES["clip"]
+    call = _call("clip")
+    assert set(rewritten_graph(m, for_model(m), call, {}).plan.places.values()) == {"inputs_embeds"}
+    image_only = rewritten_graph(m, for_model(m), call, {}, relevance_inputs=["pixel_values"])
+    assert not image_only.plan.places and image_only.plan.inputs == ("tensors_pixel_values",)
+    text_only = rewritten_graph(m, for_model(m), call, {}, relevance_inputs=["input_ids"])
+    assert text_only.plan.places and "tensors_pixel_values" not in text_only.plan.inputs
+    with pytest.raises(lxt_fx.InputError, match="checkpoint"):
+        lxt_fx.explain(m, case["inputs"], images=case["images"], target=case["target"], checkpoint="layer")
