@@ -22,8 +22,9 @@ process with a timeout, so a hang or a crash costs one row. A by-mapping table c
 first mapping that lists it.
 
 Inputs per task: token ids for the text tasks (image-text-to-text: text only, the image side is not fed);
-pixels for image classification; for :data:`CHECKED_TASKS` (zero-shot image classification: pixels with
-fixed text ids; audio classification: raw ``input_values`` or ``input_features``; speech seq2seq: features
+pixels for image classification; for :data:`CHECKED_TASKS` (zero-shot image classification: pixels and
+text ids, the model itself checked — its composite picked by its own model type — with relevance read at the
+pixels and at the token-embedding lookup inside the graph; audio classification: raw ``input_values`` or ``input_features``; speech seq2seq: features
 and decoder ids) ``lxt_fx.check`` runs on the call's keyword arguments, its float inputs carrying relevance.
 The explained score is the top logit of the last position (``explain``'s default); a head that returns no
 logits is explained through ``lxt_fx.targets.Function`` on the sum of its main output.
@@ -688,10 +689,9 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
         target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
     start = time.perf_counter()
+    # the model itself (a two-tower model's token relevance is read at its embedding lookup in the graph),
+    # so ``for_model`` sees its own model type
     checked, checked_call = model, call
-    if row.task == "zero-shot-image-classification":  # text ids fixed, the pixels carry the relevance
-        checked = _ImageSide(model, {k: v for k, v in call.items() if k != "pixel_values"})
-        checked_call = {"pixel_values": call["pixel_values"]}
     try:
         report = lxt_fx.check(checked, checked_call, composite=composite, target=target, zero_bias=True)
     except lxt_fx.CaptureError as exc:
@@ -718,22 +718,6 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         row.forward_equal = False
         row.error = f"context forward: {_short(exc)}"
     return row
-
-
-class _ImageSide(torch.nn.Module):
-    """A two-tower model (CLIP-like) seen from its image side: ``forward(pixel_values)`` calls the model with
-    fixed text ids (a model's ``input_ids`` always become embeddings in ``lxt_fx``, and these models take no
-    text embeddings)."""
-
-    def __init__(self, model: Any, text: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.model, self.config = model, model.config
-        for name, value in text.items():
-            self.register_buffer(f"_{name}", value, persistent=False)
-        self._names = list(text)
-
-    def forward(self, pixel_values: torch.Tensor) -> Any:
-        return self.model(pixel_values=pixel_values, **{n: getattr(self, f"_{n}") for n in self._names})
 
 
 NOT_RUN = "not run"

@@ -12,6 +12,7 @@ from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
+from .rewrite import recording_places
 from .session import InputError, check_model, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
@@ -316,16 +317,25 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
             leaves[text_key] = embedding(ids.to(device)).detach().requires_grad_(True)
         call = {**tensors, **leaves}
         graph = rewritten_graph(model, composite, call, {}, strict)
-        outputs, _ = _run(graph, call, checkpoint, None)
+        places = graph.plan.places
+        if places and checkpoint is not None:
+            raise InputError(f"{type(model).__name__} reads its token ids itself, so its token relevance is read "
+                             "inside the graph, which checkpoint=... does not support yet: drop checkpoint")
+        with recording_places() as seen:
+            outputs, _ = _run(graph, call, checkpoint, None)
+        place_values = seen.get("inputs_embeds", []) if places else []
         explained = mask.to(device) if mask is not None else torch.ones(
             next(iter(leaves.values())).shape[0], 1, dtype=torch.long, device=device)
         scores, target_ids, positions = target_scores(model, outputs, goal, explained, tokenizer)
         names = list(leaves)
-        grads = dict(zip(names, torch.autograd.grad(scores.sum(), [leaves[n] for n in names], allow_unused=True),
-                         strict=True))
+        got = torch.autograd.grad(scores.sum(), [leaves[n] for n in names] + place_values, allow_unused=True)
+        grads = dict(zip(names, got[:len(names)], strict=True))
     batch = scores.shape[0]
     if text_key is not None:
         relevance = token_relevance(leaves[text_key], grads[text_key], mask.to(device)).cpu()
+    elif place_values:  # a dual encoder: the token embeddings its graph looks up (summed over lookups)
+        relevance = sum(token_relevance(value, grad, mask.to(device))
+                        for value, grad in zip(place_values, got[len(names):], strict=True)).cpu()
     else:
         relevance = torch.zeros(batch, 0 if ids is None else ids.shape[1])
     tokens = [[] for _ in range(batch)] if ids is None else \
@@ -336,7 +346,7 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     att = Attribution(relevance, tokens, torch.zeros(batch, 0, dtype=torch.long) if ids is None else ids.cpu(),
                       torch.zeros(batch, 0, dtype=torch.long) if mask is None else mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens)
-    if text_key is None and ids is not None:  # no relevance was read at the text: say so, no zeros that lie
+    if text_key is None and not place_values and ids is not None:  # no relevance was read at the text: say so
         att.attention_mask = torch.zeros_like(att.attention_mask)
         att.tokens = [[] for _ in range(batch)]
     if "pixel_values" in leaves:

@@ -83,7 +83,8 @@ def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None 
 def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: Mapping[str, Tensor],
                        every_node: bool = False, dtype: torch.dtype | None = torch.float64
                        ) -> dict[str, Tensor]:
-    """Relevance at every relevance input (e.g. ``inputs_embeds``) for output relevance ``seeds``
+    """Relevance at every relevance input (e.g. ``inputs_embeds``; a relevance place inside the graph, such as
+    a dual encoder's token-embedding lookup, under the input it stands for) for output relevance ``seeds``
     (``{output_key: R}``, e.g. the explained logit's value at its index and 0 elsewhere); with
     ``every_node``, the relevance of every node that received some, by node name. ``dtype``: every float
     value, parameter and dtype argument is widened to it (float64 by default), so the divisions of the
@@ -156,5 +157,10 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
 
     if every_node:
         return {n.name: r for n, r in relevance.items() if isinstance(r, Tensor)}
-    return {n.name.removeprefix("tensors_"): relevance.get(n, torch.zeros_like(env[n]))
-            for n in placeholders if n.name in inputs}
+    found = {n.name.removeprefix("tensors_"): relevance.get(n, torch.zeros_like(env[n]))
+             for n in placeholders if n.name in inputs}
+    for name, key in getattr(graph.plan, "places", {}).items():  # relevance places inside the graph
+        node = by_name[name]
+        value = relevance.get(node, torch.zeros_like(env[node]))
+        found[key] = value if key not in found else found[key] + value
+    return found

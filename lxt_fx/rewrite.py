@@ -15,8 +15,10 @@ The pass, in three steps over the fx graph (no string surgery, no re-tracing):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -210,6 +212,9 @@ class Plan:
     inputs: tuple[str, ...]
     regions: dict[str, str] = field(default_factory=dict)  # region output node → its input node
     absorbed: set[str] = field(default_factory=set)  # nodes inside a region (backward rerouted)
+    # relevance places inside the graph: node name → the input it stands for (a dual encoder's token
+    # embedding lookup → "inputs_embeds"); listed in ``inputs`` too, see :func:`relevance_place`
+    places: dict[str, str] = field(default_factory=dict)
 
 
 def _regions(nodes: list[fx.Node], composite: Decider, reachable: set[fx.Node]
@@ -228,13 +233,22 @@ def _regions(nodes: list[fx.Node], composite: Decider, reachable: set[fx.Node]
     return found
 
 
-def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str]) -> Plan:
-    """Decide a rule per node (steps 1 and 2 of the module docstring); changes nothing."""
-    inputs = tuple(inputs)
+def _is_source(node: fx.Node, inputs: tuple[str, ...]) -> bool:
+    """A relevance input: a named placeholder, or a named node inside the graph (a relevance place)."""
+    return node.name in inputs and node.op in ("placeholder", "call_function")
+
+
+def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
+         places: dict[str, str] | None = None) -> Plan:
+    """Decide a rule per node (steps 1 and 2 of the module docstring); changes nothing.
+
+    ``inputs``: node names relevance starts from — placeholders, or nodes inside the graph named in
+    ``places`` (node name → the input it stands for), whose value is read as a relevance input."""
+    inputs = tuple(inputs) + tuple(n for n in (places or {}) if n not in inputs)
     nodes = list(gm.graph.nodes)
     reachable: set[fx.Node] = set()
     for node in nodes:
-        if node.op == "placeholder" and node.name in inputs:
+        if _is_source(node, inputs):
             reachable.add(node)
         elif node.op == "call_function" and _has_float_value(node) and carrying_positions(node, reachable):
             reachable.add(node)
@@ -246,7 +260,7 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str]) -> Plan:
     decisions: dict[str, tuple[Rule, tuple[Position, ...]]] = {}
     carrying_of: dict[str, tuple[Position, ...]] = {}
     for node in nodes:
-        if node.op == "placeholder" and node.name in inputs:
+        if _is_source(node, inputs):
             carries.add(node)
             continue
         if node.name in absorbed:
@@ -281,13 +295,14 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str]) -> Plan:
             rule = decisions.get(node.name, (None,))[0]
             if rule is not None and rule.stops:
                 continue
-            for position in carrying_of[node.name]:
+            flows = carrying_of[node.name] if rule is None else rule.flows(carrying_of[node.name], node.target)
+            for position in flows:
                 fx.node.map_arg(arg_at(node.args, position),
                                 lambda a: on_path.add(a.name) if a in carries else None)
     unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
                  and n.name not in decisions and _needs_rule(n, carrying_of[n.name])]
     region_inputs = {out: source.name for out, (_, source, _) in regions.items() if out in decisions}
-    return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed)
+    return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed, dict(places or {}))
 
 
 def row(node: fx.Node, rule: str = "", carrying: tuple[Position, ...] = ()) -> NodeRow:
@@ -319,9 +334,48 @@ def apply(gm: fx.GraphModule, the_plan: Plan, report: RewriteReport) -> fx.Graph
         node.args = (node.target, *node.args)
         node.kwargs = {**node.kwargs, **extra}
         node.target = fn
+    for name, key in getattr(the_plan, "places", {}).items():
+        node = by_name[name]
+        node.meta["lxt_original_target"] = node.target
+        node.meta["lxt_place"] = key
+        node.args = (node.target, *node.args)
+        node.kwargs = {**node.kwargs, "lxt_place": key}
+        node.target = relevance_place
     report.unhandled = [row(by_name[name]) for name in the_plan.unhandled]
     report.path_nodes = len(the_plan.on_path)
     report.graph_nodes = len(by_name)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+# ---- relevance places inside the graph ------------------------------------------------------------------
+
+_RECORDING: contextvars.ContextVar[dict[str, list[torch.Tensor]] | None] = contextvars.ContextVar(
+    "lxt_fx_relevance_places", default=None)
+
+
+def relevance_place(op: Any, *args: Any, lxt_place: str, **kwargs: Any) -> Any:
+    """A relevance place: runs ``op`` (a token-embedding lookup); inside :func:`recording_places` with
+    gradients enabled, its output becomes a tensor the caller can differentiate with respect to (a fresh
+    view, or a fresh leaf when nothing before it requires grad) and is recorded under ``lxt_place``, so that
+    relevance ``value ⊙ gradient`` is read there exactly as at an input. Elsewhere it is ``op`` itself."""
+    out = op(*args, **kwargs)
+    seen = _RECORDING.get()
+    if seen is None or not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
+        return out
+    out = out.view_as(out) if out.requires_grad else out.detach().requires_grad_(True)
+    seen.setdefault(lxt_place, []).append(out)
+    return out
+
+
+@contextlib.contextmanager
+def recording_places() -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Inside, every relevance place a rewritten graph runs records its value: ``{input name: [tensor, …]}``
+    (one per place node, in graph order); differentiate with respect to them for their relevance."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    token = _RECORDING.set(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDING.reset(token)

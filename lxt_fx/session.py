@@ -359,21 +359,62 @@ class Rewritten:
         return self._segmented[mode]
 
 
+# Names that ask for the text tokens' relevance of a dual encoder, whose graph reads the ids themselves.
+_TEXT_NAMES = frozenset({"input_ids", "inputs_embeds"})
+
+
+def _reads_text_place(tensors: Mapping[str, Tensor], relevance_inputs: Sequence[str] | None) -> bool:
+    """Whether the call keeps integer ``input_ids`` as a graph input (a dual encoder, see
+    :func:`split_inputs`) and the token relevance is wanted (by default, or named in ``relevance_inputs``)."""
+    ids = tensors.get("input_ids")
+    if ids is None or ids.is_floating_point() or "inputs_embeds" in tensors:
+        return False
+    names = (relevance_inputs,) if isinstance(relevance_inputs, str) else relevance_inputs
+    return names is None or bool(_TEXT_NAMES & set(names))
+
+
+def token_places(gm: fx.GraphModule, ids: str = "tensors_input_ids", depth: int = 6) -> dict[str, str]:
+    """The token-embedding lookups of ``gm`` whose indices are the graph input ``ids`` (through views and
+    casts): ``{node name: "inputs_embeds"}``, the relevance places of a model that reads token ids itself."""
+    found: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "overloadpacket", None) is not torch.ops.aten.embedding:
+            continue
+        index = node.args[1] if len(node.args) > 1 else None
+        for _ in range(depth):
+            if not isinstance(index, fx.Node) or index.op != "call_function":
+                break
+            index = index.args[0] if index.args else None
+        if isinstance(index, fx.Node) and index.op == "placeholder" and index.name == ids:
+            found[node.name] = "inputs_embeds"
+    return found
+
+
 def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str, Tensor],
                     static: Mapping[str, Any], strict: bool = False,
                     relevance_inputs: Sequence[str] | None = None) -> Rewritten:
     """The rewritten graph of ``model`` for this call signature under ``composite`` (cached per composite and
     set of relevance inputs, see :func:`carrying_inputs`). Raises :class:`NoRelevancePathError` when those
-    inputs reach no output, :class:`UnhandledOpError` with ``strict`` and a non-linear op left without a rule."""
-    inputs = carrying_inputs(tensors, relevance_inputs)
+    inputs reach no output, :class:`UnhandledOpError` with ``strict`` and a non-linear op left without a rule.
+
+    A dual encoder (CLIP, SigLIP) keeps its ``input_ids``: its token relevance is then read at the token
+    embedding lookup inside the graph (:func:`token_places`, ``Rewritten.plan.places``), by default and when
+    ``relevance_inputs`` names ``input_ids`` or ``inputs_embeds``."""
+    text = _reads_text_place(tensors, relevance_inputs)
+    rest = relevance_inputs
+    if text and relevance_inputs is not None:
+        names = (relevance_inputs,) if isinstance(relevance_inputs, str) else relevance_inputs
+        rest = [n for n in names if n not in _TEXT_NAMES]
+    inputs = () if text and rest is not None and not rest else carrying_inputs(tensors, rest)
     captured = capture(model, tensors, static)
-    key = (id(composite), inputs)
+    key = (id(composite), inputs, text)
     hit = captured.rewrites.get(key)
     if hit is None or hit[0] is not composite:
         start = time.perf_counter()
         gm = captured.module()
         report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds)
-        decided = plan(gm, composite, [f"tensors_{name}" for name in inputs])
+        places = token_places(gm) if text else {}
+        decided = plan(gm, composite, [f"tensors_{name}" for name in inputs], places)
         apply(gm, decided, report)
         report.rewrite_seconds = time.perf_counter() - start
         hit = (composite, Rewritten(gm, report, captured, decided))

@@ -31,6 +31,7 @@ from ..composites.composite import Composite
 from ..composites.registry import for_model
 from ..explain import encode_for, last_positions, model_device
 from ..ops import op_name
+from ..rewrite import recording_places
 from ..session import (
     InputError,
     Rewritten,
@@ -193,13 +194,16 @@ def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inpu
     with torch.enable_grad():
         leaves = [tensors[n].detach().requires_grad_(True) for n in names]
         call = {**tensors, **dict(zip(names, leaves, strict=True))}
-        outputs = gm({k: call[k] for k in sorted(call)})
+        with recording_places() as seen:  # a dual encoder's token embeddings, read inside the graph
+            outputs = gm({k: call[k] for k in sorted(call)})
+        places = [t for values in seen.values() for t in values]
         scores, target_ids = _score(outputs, goal, tokenizer, mask, target_ids)
         if scores.requires_grad:
-            torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
+            torch.autograd.grad(scores.sum(), leaves + places, allow_unused=True)
     score = float(scores.detach().double().sum())
-    conservation = account(gm, path, recorder.totals(), specs, score, [f"tensors_{n}" for n in names], cause,
-                           zero_bias, zeroed, recorder.magnitudes)
+    conservation = account(gm, path, recorder.totals(), specs, score,
+                           [f"tensors_{n}" for n in names] + list(plan.places), cause, zero_bias, zeroed,
+                           recorder.magnitudes)
     return _Pass(conservation, locate(gm, recorder), target_ids.detach().cpu())
 
 

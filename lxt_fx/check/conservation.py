@@ -457,14 +457,15 @@ def account(gm: fx.GraphModule, on_path: set[str], totals: dict[str, float], spe
                 label = name
         return label
 
+    inputs = set(relevance_inputs)
     leaks = []
     for node in nodes:
-        if node.op != "call_function" or node.name not in on_path or node.target is operator.getitem:
+        if node.op != "call_function" or node.name not in on_path or node.target is operator.getitem \
+                or node.name in inputs:  # a relevance place inside the graph is an input, not a leak
             continue
         absorbed = r_out.get(node.name, 0.0) - r_in.get(node.name, 0.0)
         leaks.append(NodeLeak(node.name, op_name(original_call(node)[0]), cause.get(node.name, "other"), absorbed,
                               module_path(node), label_of(index[node.name]), model_source(node)))
-    inputs = set(relevance_inputs)
     input_sum = sum(r_out.get(name, 0.0) for name in inputs if name in by_name)
     output_sum = r_in.get(OUTPUT, 0.0)
     segments = []

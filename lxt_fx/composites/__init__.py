@@ -6,8 +6,7 @@ from .cp_lrp import cp_lrp
 from .dynamic_mask import dynamic_mask
 from .patterns import AnyOf, NodeInfo
 from .registry import for_model, register, registered, unregister
-from .similarity import similarity
 from .vision import cp_lrp_gamma, vision
 
 __all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "cp_lrp_gamma", "dynamic_mask", "for_model",
-           "register", "registered", "similarity", "unregister", "vision"]
+           "register", "registered", "unregister", "vision"]

@@ -6,9 +6,19 @@ from torch import fx
 from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION, SOFTMAX, packet
-from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Renormalize, SoftmaxDT, Stop, Uniform
+from ..rules import (
+    Attention,
+    Identity,
+    IdentityRegion,
+    L2Normalize,
+    NormIdentity,
+    Renormalize,
+    SoftmaxDT,
+    Stop,
+    Uniform,
+)
 from .composite import Composite
-from .patterns import AnyOf, NodeInfo
+from .patterns import AnyOf, NodeInfo, inverse_l2_norm, l2_normalization
 
 aten = _ops.aten
 
@@ -39,6 +49,11 @@ def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
 # The normalizing scale of a norm, wherever the exporter decomposed it (RMSNorm, T5LayerNorm, gated norms
 # of linear-attention layers, L2-normalized queries and keys): identity through the norm (Prop. 3.4).
 NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
+# L2 normalisation ``x / ‖x‖₂`` in any spelling (CLIP's ``(Σx²) ** 0.5``, ``x.norm(dim=-1)``, ``F.normalize``),
+# matched from the graph's structure: the norm is a constant (identity, Prop. 3.4), and ``x * (1/‖x‖₂)``
+# (``rsqrt`` / ``** -0.5`` / ``reciprocal``) holds its scale constant the same way.
+L2_NORMALIZATION = l2_normalization
+INVERSE_L2_NORM = inverse_l2_norm
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
 # Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
@@ -50,6 +65,8 @@ ACTIVATION_MODULE = "Activation"
 
 attnlrp = Composite([
     (aten.scaled_dot_product_attention, Attention()),        # ¼ q, ¼ k, ½ v; kernel stays fused
+    (L2_NORMALIZATION, L2Normalize()),                        # x / ‖x‖₂: the norm a constant (Prop. 3.4)
+    (INVERSE_L2_NORM, Stop()),                                # x · (1/‖x‖₂): the same
     (NORM_SCALE, Stop()),                                     # identity through the norm (Prop. 3.4)
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient

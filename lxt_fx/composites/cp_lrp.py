@@ -8,8 +8,8 @@ from torch import fx
 from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, PRODUCTS, SOFTMAX, packet
-from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Stop, Uniform
-from .attnlrp import ACTIVATION_MODULE, DECAY, NORM_SCALE
+from ..rules import Attention, Identity, IdentityRegion, L2Normalize, NormIdentity, Stop, Uniform
+from .attnlrp import ACTIVATION_MODULE, DECAY, INVERSE_L2_NORM, L2_NORMALIZATION, NORM_SCALE
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
 
@@ -33,6 +33,8 @@ cp_lrp = Composite([
     (AnyOf(*SOFTMAX), Stop()),           # attention (and router) weights are constants
     (gate_activation, Stop()),           # the gate branch of a gated MLP is a constant
     (ACTIVATION_MODULE, IdentityRegion()),
+    (L2_NORMALIZATION, L2Normalize()),
+    (INVERSE_L2_NORM, Stop()),
     (NORM_SCALE, Stop()),
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),
     (DECAY, Stop()),

@@ -39,12 +39,10 @@ def register_defaults() -> None:
     default for vision; ``doge`` → AttnLRP with its dynamic attention mask held constant
     (:mod:`.dynamic_mask`). Called at import; call it again to restore them after ``unregister``."""
     from .dynamic_mask import dynamic_mask
-    from .similarity import similarity
     from .vision import vision
 
     register("vit", vision)
     register("doge", dynamic_mask)
-    register("clip", similarity)  # CLIP's hand-written L2 norm before the cosine similarity
 
 
 register_defaults()

@@ -6,6 +6,7 @@ from .epsilon import Epsilon
 from .gamma import Gamma
 from .gradient import Gradient
 from .identity import Identity
+from .l2norm import L2Normalize
 from .norm import NormIdentity
 from .region import IdentityRegion
 from .renormalize import Renormalize
@@ -13,5 +14,5 @@ from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "L2Normalize", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

@@ -179,6 +179,12 @@ class Rule:
         any). A position is an argument index, or ``(index, element)`` inside a list argument."""
         return len(carrying) > 0
 
+    def flows(self, carrying: Sequence[Position], op: Any = None) -> tuple[Position, ...]:
+        """The carrying positions relevance flows back into (default: all of them). A rule that holds an
+        input constant (the divisor of :class:`~.l2norm.L2Normalize`) leaves it out, so what computes that
+        input is off the relevance path."""
+        return tuple(carrying)
+
     def gxi(self, op: Any, carrying: Sequence[Position]) -> tuple[Callable[..., Any], dict[str, Any]]:
         """Replacement for ``op(*args, **kwargs)``: call as ``fn(op, *args, **kwargs, **extra)``."""
         raise NotImplementedError

@@ -82,8 +82,21 @@ def test_image_models_match_reference_and_close_books(kind: str) -> None:
     _close(att.image_relevance, _grid(ref["pixel_values"]))
     torch.testing.assert_close(att.image_relevance.sum((1, 2)), att.pixel_relevance.sum((1, 2)), rtol=1e-5,
                                atol=1e-6)
-    books = lxt_fx.check(m, call, target=case["target"]).zero_bias
+    report = lxt_fx.check(m, call, target=case["target"])
+    if "inputs" in case:  # a dual encoder: its token relevance is read at the embedding lookup in the graph
+        assert graph.plan.places and att.relevance.shape == case["inputs"].shape
+        assert att.relevance.abs().sum() > 0 and att.tokens[0]
+        _close(att.relevance, ref["inputs_embeds"].sum(-1))
+        # the books count text and image as the inputs of one backward: their input sum is ours
+        ours = float(att.relevance.double().sum() + att.image_relevance.double().sum())
+        assert abs(report.conservation.input_sum - ours) <= 1e-5 * max(1.0, abs(ours))
+    books = report.zero_bias
     assert books.verdict().verified, books.verdict().reason
+    # zero-bias: what reached the inputs (text and image) plus what the books absorb for a named cause
+    # (position embeddings, CLS token, the softmax rule's term; the target's own function) is the score
+    absorbed = sum(leak.absorbed for leak in books.leaks if leak.cause != "other")
+    target = books.score - books.output_sum
+    assert abs(books.input_sum + absorbed + target - books.score) <= books.verdict().bound
 
 
 def test_whisper_audio_frames_and_decoder_tokens() -> None:
@@ -126,3 +139,15 @@ def test_similarity_needs_paired_rows() -> None:
 def test_batch_mismatch_is_named() -> None:
     with pytest.raises(lxt_fx.InputError, match="batch size"):
         lxt_fx.explain(model("siglip"), TEXT_IDS[:1, 1:].contiguous(), images=images(2), target=Similarity())
+
+
+def test_dual_encoder_text_place_can_be_left_out_and_refuses_checkpoint() -> None:
+    m, case = model("clip"), CASES["clip"]
+    call = _call("clip")
+    assert set(rewritten_graph(m, for_model(m), call, {}).plan.places.values()) == {"inputs_embeds"}
+    image_only = rewritten_graph(m, for_model(m), call, {}, relevance_inputs=["pixel_values"])
+    assert not image_only.plan.places and image_only.plan.inputs == ("tensors_pixel_values",)
+    text_only = rewritten_graph(m, for_model(m), call, {}, relevance_inputs=["input_ids"])
+    assert text_only.plan.places and "tensors_pixel_values" not in text_only.plan.inputs
+    with pytest.raises(lxt_fx.InputError, match="checkpoint"):
+        lxt_fx.explain(m, case["inputs"], images=case["images"], target=case["target"], checkpoint="layer")
