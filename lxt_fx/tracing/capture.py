@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from . import disk_cache
 from .errors import CaptureError, capture_hint, failing_location
 from .offload import Placeholders, opened, placeholders
-from .quantized import check_traceable
+from .quantized import dequantizing
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -250,11 +250,12 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     hit = per_model.graphs.get(sig.key())
     if hit is not None:
         return hit
-    check_traceable(model)
-    # export and its probe need tensors that track versions; offloaded weights are loaded for the export only
-    with torch.inference_mode(False), opened(model) as offloaded:
-        # An offloaded model's capture holds meta stand-ins matched by object: it stays in this process.
-        use_disk = not offloaded and disk_cache.cache_dir() is not None
+    # export and its probe need tensors that track versions; offloaded weights are loaded for the export only,
+    # bitsandbytes layers are dequantized in the graph (lxt_fx.tracing.quantized)
+    with torch.inference_mode(False), opened(model) as offloaded, dequantizing(model) as quantized:
+        # An offloaded model's capture holds meta stand-ins matched by object, a bitsandbytes one holds the
+        # quantization scales as graph constants: both stay in this process.
+        use_disk = not offloaded and not quantized and disk_cache.cache_dir() is not None
         key = disk_cache.cache_key(model, repr(sig.key())) if use_disk else None
         if key is not None:
             stored = disk_cache.load(_Entry(model, static), key)
