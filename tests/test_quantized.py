@@ -54,7 +54,7 @@ def _bnb_float_twin(model: torch.nn.Module, bnb) -> torch.nn.Module:
     """A float copy of ``model`` with each bitsandbytes layer replaced by an ``nn.Linear`` holding the weight
     dequantized by bitsandbytes' own Python API (not by lxt-fx's graph ops)."""
     plain = copy.deepcopy(model)
-    for name, mod in list(plain.named_modules()):
+    for mod in list(plain.modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)):
                 w = child.weight

@@ -56,7 +56,7 @@ class InputSpec:
                 return f"{name} has dtype {t.dtype}, the capture expects {dtype}"
             if t.dim() != len(dims):
                 return f"{name} has {t.dim()} dimensions, the capture expects {len(dims)}"
-            for i, (want, got) in enumerate(zip(dims, t.shape)):
+            for i, (want, got) in enumerate(zip(dims, t.shape, strict=True)):
                 if isinstance(want, int):
                     if got != want:
                         return f"{name}.size({i}) is {got}, the capture fixed it at {want}"
