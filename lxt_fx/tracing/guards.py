@@ -47,6 +47,7 @@ class InputSpec:
         """None when ``tensors`` meet every constraint, else what the first broken one is: a missing input, a
         dtype, a rank, a fixed size, a size out of its symbol's range, or two sizes that must be equal."""
         bound: dict[str, int] = {}
+        where: dict[str, str] = {}
         later: list[tuple[str, int, str, int]] = []
         for name, (dtype, dims) in self.inputs.items():
             t = tensors.get(name)
@@ -62,13 +63,15 @@ class InputSpec:
                         return f"{name}.size({i}) is {got}, the capture fixed it at {want}"
                 elif want in self.ranges:  # a plain symbol: bind it, or compare with its first binding
                     if bound.setdefault(want, got) != got:
-                        return f"{name}.size({i}) is {got}, but must equal another input's size {bound[want]}"
+                        return f"{name}.size({i}) is {got}, but must equal {where[want]} ({bound[want]})"
+                    where.setdefault(want, f"{name}.size({i})")
                 else:
                     later.append((name, i, want, got))
         for sym, value in bound.items():
             low, high = self.ranges[sym]
             if value < low or (high is not None and value > high):
-                return f"a size {value} is outside the capture's range [{low}, {'∞' if high is None else high}]"
+                return (f"{where[sym]} is {value}, outside the range [{low}, {'∞' if high is None else high}] the "
+                        "capture was specialised to")
         for name, i, expr, got in later:
             try:
                 want = int(sympy.sympify(expr).subs(bound))
