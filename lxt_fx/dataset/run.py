@@ -1,7 +1,7 @@
 """``attribute``: explain every row of a JSONL file, in one process or in each rank of ``torchrun``.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE``/``RANK`` set by torch.distributed's launcher) the ranks
-join one process group (gloo on CPU, NCCL when the model is on a GPU) with torch's own env rendezvous. Every
+join one process group (gloo for a CPU model, NCCL for a model on a GPU; ``$LXT_FX_BACKEND=gloo`` forces gloo) with torch's own env rendezvous. Every
 rank reads the data file and the finished shards, so all agree on the rows still to do; rank ``r`` takes rows
 ``r, r + N, r + 2N, …`` of them, explains them ``batch_size`` at a time and writes a shard every
 ``shard_size`` rows (whole, then renamed: :mod:`.shards`). After each step the ranks sum how many rows they
@@ -45,8 +45,23 @@ class Summary:
     index: list[dict[str, Any]] | None
 
 
-def _group() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group)."""
+def backend_for(device: torch.device, nccl_available: bool, override: str = "") -> str:
+    """The process-group backend for a model on ``device``: ``"nccl"`` for a CUDA model when NCCL is built in
+    (and ``override``, ``$LXT_FX_BACKEND``, is not ``"gloo"``), else ``"gloo"`` — a CPU model gets gloo even
+    on a machine with GPUs, since its counts are CPU tensors that NCCL cannot reduce."""
+    return "nccl" if device.type == "cuda" and nccl_available and override != "gloo" else "gloo"
+
+
+def count_device(backend: str, device: torch.device) -> torch.device:
+    """Where the per-step row count lives for the ``all_reduce`` under ``backend``: the CUDA model's own device
+    under NCCL (a group the caller made with NCCL around a CPU model: the current CUDA device), else the CPU."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+
+
+def _group(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group), for a model on ``device``."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -54,8 +69,9 @@ def _group() -> tuple[int, int, bool]:
         return 0, 1, False
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("LXT_FX_BACKEND", "") != "gloo" else "gloo"
-    dist.init_process_group(backend=backend)
+    backend = backend_for(device, dist.is_nccl_available(), os.environ.get("LXT_FX_BACKEND", ""))
+    bound = device if backend == "nccl" and device.index is not None else None
+    dist.init_process_group(backend=backend, device_id=bound)
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -64,8 +80,7 @@ def _sum(value: int, world: int, device: torch.device) -> int:
         return value
     import torch.distributed as dist
 
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([value], dtype=torch.long, device=on)
+    t = torch.tensor([value], dtype=torch.long, device=count_device(dist.get_backend(), device))
     dist.all_reduce(t)
     return int(t.item())
 
@@ -104,7 +119,8 @@ def attribute(model: nn.Module, tokenizer: Any, data: str | os.PathLike[str], ou
     wins. ``max_length``: rows with more tokens are bad rows (default the model's ``max_position_embeddings``).
     A folder from an earlier run with the same data and options is resumed. Returns a :class:`Summary`.
     """
-    rank, world, created = _group()
+    param = next(model.parameters(), None)
+    rank, world, created = _group(param.device if param is not None else torch.device("cpu"))
     try:
         return _attribute(model, tokenizer, Path(data), Path(out), target, batch_size, shard_size, max_length,
                           composite, progress, on_shard, rank, world)

@@ -1,9 +1,9 @@
 """Capture: turn a model into an fx ``GraphModule`` (torch.export, non-strict), cached per signature."""
 
-from .capture import CapturedGraph, Signature, accepts_kwarg, capture, capture_count
+from .capture import CapturedGraph, InputConstraintError, Signature, accepts_kwarg, capture, capture_count
 from .disk_cache import CaptureCacheWarning
 from .errors import CaptureError, LXTError
 from .meta import module_class, module_path, source_line
 
-__all__ = ["CaptureCacheWarning", "CaptureError", "CapturedGraph", "LXTError", "Signature", "accepts_kwarg", "capture",
+__all__ = ["CaptureCacheWarning", "CaptureError", "CapturedGraph", "InputConstraintError", "LXTError", "Signature", "accepts_kwarg", "capture",
            "capture_count", "module_class", "module_path", "source_line"]

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from . import disk_cache
-from .errors import CaptureError, capture_hint, failing_location
+from .errors import CaptureError, LXTError, capture_hint, failing_location
+from .guards import InputSpec, spec_of
 from .offload import Placeholders, opened, placeholders
-from .quantized import check_traceable
+from .quantized import dequantizing
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -88,6 +89,11 @@ class _Entry(nn.Module):
         return flat
 
 
+class InputConstraintError(LXTError):
+    """The inputs break a constraint the export fixed (a dtype, a fixed size, a size range, two sizes that must be
+    equal) even in a capture made for these very inputs."""
+
+
 @dataclass
 class Signature:
     """What a capture depends on besides the weights: tensor kwargs (name, dtype, rank), static kwargs."""
@@ -119,6 +125,12 @@ class CapturedGraph:
     build: Callable[[], torch.fx.GraphModule] | None = None
     # meta stand-ins of weights an accelerate hook keeps off the device (see lxt_fx.tracing.offload)
     offloaded: Placeholders = field(default_factory=Placeholders)
+    # the input constraints export specialised the graph to (checked on every use, also from disk)
+    guards: InputSpec | None = None
+
+    def admits(self, tensors: Mapping[str, Tensor]) -> str | None:
+        """None when ``tensors`` meet the capture's input constraints, else the first broken one."""
+        return None if self.guards is None else self.guards.violation(tensors)
 
     def module(self) -> torch.fx.GraphModule:
         """A fresh, unrewritten ``GraphModule`` sharing the model's parameters."""
@@ -248,26 +260,36 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
         per_model = _ModelCaptures(tree, _keep_alive(model))
         _CAPTURES[model] = per_model
     hit = per_model.graphs.get(sig.key())
-    if hit is not None:
+    if hit is not None and hit.admits(tensors) is None:
         return hit
-    check_traceable(model)
-    # export and its probe need tensors that track versions; offloaded weights are loaded for the export only
-    with torch.inference_mode(False), opened(model) as offloaded:
-        # An offloaded model's capture holds meta stand-ins matched by object: it stays in this process.
-        use_disk = not offloaded and disk_cache.cache_dir() is not None
+    # no capture yet, or one whose input constraints these inputs break (export specialised a size): capture
+    # for these inputs, from disk when the stored graph admits them, else by a fresh export
+    # export and its probe need tensors that track versions; offloaded weights are loaded for the export only,
+    # bitsandbytes layers are dequantized in the graph (lxt_fx.tracing.quantized)
+    with torch.inference_mode(False), opened(model) as offloaded, dequantizing(model) as quantized:
+        # An offloaded model's capture holds meta stand-ins matched by object, a bitsandbytes one holds the
+        # quantization scales as graph constants: both stay in this process.
+        use_disk = not offloaded and not quantized and disk_cache.cache_dir() is not None
         key = disk_cache.cache_key(model, repr(sig.key())) if use_disk else None
         if key is not None:
             stored = disk_cache.load(_Entry(model, static), key)
             if stored is not None:
                 captured = CapturedGraph(None, sig, stored.output_class, stored.output_keys, stored.seconds,
-                                         source="disk", build=stored.build)
-                per_model.graphs[sig.key()] = captured
-                return captured
+                                         source="disk", build=stored.build, guards=stored.guards)
+                if captured.admits(tensors) is None:
+                    per_model.graphs[sig.key()] = captured
+                    return captured
         captured = _export(model, tensors, static, sig, per_model)
         if key is not None:
             disk_cache.store(_Entry(model, static), key, captured.program.module(), captured.output_class,
-                             captured.output_keys)
+                             captured.output_keys, captured.guards)
     captured.offloaded = placeholders(captured.program, offloaded, prefix="model.")  # _Entry holds it as .model
+    broken = captured.admits(tensors)
+    if broken is not None:
+        raise InputConstraintError(
+            f"{type(model).__name__}: {broken}, even in a capture made for these inputs (the export fixed it from "
+            "its example, which repeats a batch or sequence of 1 to 2). Pass inputs of the shape and dtype the "
+            "model expects, e.g. a batch of at least 2")
     return captured
 
 
@@ -293,7 +315,7 @@ def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, A
     with torch.no_grad():
         # copies: a graph may write its inputs in place (CTRL scales inputs_embeds with *=)
         keys = tuple(program.module()({k: v[:1].clone() for k, v in example.items()}).keys())
-    captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds)
+    captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds, guards=spec_of(program))
     per_model.graphs[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1
     return captured

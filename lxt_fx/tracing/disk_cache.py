@@ -13,7 +13,9 @@ parameter or buffer is a reference by name, shape and dtype, bound on load to th
 A file is trusted only when its header names the format, its payload's SHA-256 and size match the header,
 the key stored inside equals this model's key, and every referenced tensor exists in the model with the
 stored shape, dtype and kind; a graph is stored only when it decodes back to the same code and node
-metadata. Anything else — a corrupt, truncated, foreign or stale file, a graph whose parts cannot be stored —
+metadata. The input constraints of the export (:mod:`.guards`: dtypes, fixed sizes, size ranges, equal sizes)
+are stored with it and checked on every use, as ``ExportedProgram.module()`` checks them: inputs a stored
+graph does not admit are captured afresh, exactly as for an in-process capture. Anything else — a corrupt, truncated, foreign or stale file, a graph whose parts cannot be stored —
 gives a :class:`CaptureCacheWarning` and a fresh capture (which then replaces the file). Files are written
 whole under a temporary name and renamed, so concurrent processes (ranks) never read half a file.
 """
@@ -40,11 +42,12 @@ from torch import fx, nn
 
 from . import graph_codec
 from .graph_codec import CodecError
+from .guards import InputSpec
 
 ENV = "LXT_FX_CACHE"
 _OFF = frozenset({"", "0", "off", "false", "no", "none"})
 MAGIC = "lxt-fx capture"
-FORMAT = 1
+FORMAT = 2  # 2: the input constraints (guards) are stored
 SUFFIX = ".lxtcap"
 _HERE = Path(__file__).resolve().parent
 
@@ -141,6 +144,7 @@ class Stored:
     output_keys: tuple[str, ...]
     path: Path
     seconds: float
+    guards: InputSpec | None = None
 
 
 def _warn(message: str) -> None:
@@ -196,17 +200,19 @@ def load(entry: nn.Module, key: dict[str, Any]) -> Stored | None:
         graph_codec.decode(data["graph"], entry, constants)  # binds and checks every referenced tensor now
         output_class = _class_from(data["output_class"])
         output_keys = tuple(str(k) for k in data["output_keys"])
+        guards = InputSpec.from_json(data["guards"])
     except (CodecError, ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         _warn(f"capture cache file {path} ignored: {exc}; capturing afresh")
         return None
     return Stored(lambda: graph_codec.decode(data["graph"], entry, constants), output_class, output_keys, path,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, guards)
 
 
 def store(entry: nn.Module, key: dict[str, Any], gm: fx.GraphModule, output_class: type | None,
-          output_keys: Sequence[str]) -> Path | None:
-    """Write the capture ``gm`` of ``key`` (no weights: see the module docstring); returns the file, or None
-    when the cache is off or the graph cannot be stored (then with a warning saying why)."""
+          output_keys: Sequence[str], guards: InputSpec | None = None) -> Path | None:
+    """Write the capture ``gm`` of ``key`` with its input constraints ``guards`` (no weights: see the module
+    docstring); returns the file, or None when the cache is off or the graph cannot be stored (then with a
+    warning saying why)."""
     directory = cache_dir()
     if directory is None:
         return None
@@ -220,7 +226,8 @@ def store(entry: nn.Module, key: dict[str, Any], gm: fx.GraphModule, output_clas
             raise CodecError(f"the graph does not decode to itself ({differs})")
         _class_from(_class_name(output_class))
         body = {"graph": data, "constants": graph_codec.constants_bytes(constants),
-                "output_class": _class_name(output_class), "output_keys": list(output_keys)}
+                "output_class": _class_name(output_class), "output_keys": list(output_keys),
+                "guards": guards.to_json() if guards is not None else {"inputs": {}, "ranges": {}}}
         payload = zlib.compress(json.dumps(body).encode(), 1)
     except (CodecError, TypeError, ValueError) as exc:
         _warn(f"capture of {key['model_class']} not stored in the cache: {exc}")

@@ -12,7 +12,8 @@ higher-order ops under ``torch.ops.higher_order``, or plain functions of a few s
 (:data:`SAFE_MODULES`); anything else is :class:`CodecError`. ``val`` comes back as a ``meta`` tensor of
 the example shape (lxt-fx reads only its dtype and kind), a symbolic size as its example value. The input
 guards ``torch.export`` attaches to ``ExportedProgram.module()`` (a ``_guards_fn`` call: generated code
-that asserts shape relations) are not kept; a wrong input still fails in the first op that uses it.
+that asserts shape relations, and a pre-hook checking dtypes and sizes) are not kept as code: the disk cache
+stores the same constraints as data (:mod:`.guards`) and the capture checks them on every use.
 """
 
 from __future__ import annotations

@@ -190,3 +190,46 @@ def test_garbage_file_and_unwritable_folder(cache, monkeypatch) -> None:
     assert disk_cache.cache_dir() is None
     monkeypatch.delenv("LXT_FX_CACHE")
     assert disk_cache.cache_dir() == disk_cache.Path.home() / ".cache" / "lxt-fx"
+
+
+class _Threshold(torch.nn.Module):
+    """Doubles a sequence longer than 4: export (dynamic sequence) specialises the graph to sizes > 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        x = self.proj(inputs_embeds)
+        return x * 2 if inputs_embeds.shape[1] > 4 else x
+
+
+def test_a_graph_from_disk_keeps_the_export_input_constraints(cache) -> None:
+    """The stored graph of a sequence of 6 holds the export's range seq > 4: a sequence of 3 breaks it, and is
+    captured again (from disk as from memory) instead of silently doubling; the eager module is the reference."""
+    from lxt_fx.tracing.capture import capture
+
+    torch.manual_seed(0)
+    fresh = _Threshold().eval()
+    long, short = torch.randn(2, 6, 4), torch.randn(2, 3, 4)
+    first = capture(fresh, {"inputs_embeds": long})
+    assert first.source == "export" and first.admits({"inputs_embeds": short}) is not None
+    assert len(_files(cache)) == 1
+
+    loaded = _Threshold().eval()
+    loaded.load_state_dict(fresh.state_dict())
+    from_disk = capture(loaded, {"inputs_embeds": long})
+    assert from_disk.source == "disk"
+    assert from_disk.guards == first.guards  # the constraints came back from the file
+    why = from_disk.admits({"inputs_embeds": short})
+    assert why is not None and "inputs_embeds.size(1) is 3, outside the range [5" in why
+    assert from_disk.admits({"inputs_embeds": long.double()}) is not None  # dtype
+    assert from_disk.admits({"inputs_embeds": torch.randn(2, 6, 5)}) is not None  # a fixed size
+    with torch.no_grad():
+        torch.testing.assert_close(from_disk.module()({"inputs_embeds": long})["output"], loaded(long))
+        # same behaviour for the disk-loaded and the in-memory capture: captured again for these inputs (the
+        # second from the file the first one wrote), never the doubling graph
+        for model, source in ((loaded, "export"), (fresh, "disk")):
+            again = capture(model, {"inputs_embeds": short})
+            assert again.source == source and again.admits({"inputs_embeds": short}) is None
+            torch.testing.assert_close(again.module()({"inputs_embeds": short})["output"], model(short))
