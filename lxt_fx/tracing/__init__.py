@@ -4,6 +4,7 @@ from .capture import CapturedGraph, Signature, accepts_kwarg, capture, capture_c
 from .disk_cache import CaptureCacheWarning
 from .errors import CaptureError, LXTError
 from .meta import module_class, module_path, source_line
+from .spliced import SplicedInputError
 
 __all__ = ["CaptureCacheWarning", "CaptureError", "CapturedGraph", "LXTError", "Signature", "accepts_kwarg", "capture",
-           "capture_count", "module_class", "module_path", "source_line"]
+           "capture_count", "module_class", "module_path", "source_line", "SplicedInputError"]

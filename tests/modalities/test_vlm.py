@@ -124,3 +124,16 @@ def test_vlm_capture_is_keyed_by_image_count_and_text_must_fit() -> None:
         lxt_fx.explain(m, vlm_ids("llava", 1)[:, :10], images=images(1))
     with pytest.raises(lxt_fx.InputError, match="batch size"):
         lxt_fx.explain(m, vlm_ids("llava", 1), images=images(2))
+
+
+def test_vlm_inputs_that_do_not_fit_are_named() -> None:
+    """Checked before any capture: a row holding another row's image tokens, a Qwen2-VL image without its grid."""
+    llava = model("llava")
+    ids = vlm_ids("llava", 2)
+    ids[0, 18:20], ids[1, 2:4] = IMAGE_TOKEN, 9  # 18 and 14 image tokens: 32 in all, but not 16 per row
+    with pytest.raises(SplicedInputError, match="each row needs 16"):
+        lxt_fx.explain(llava, ids, images=images(2))
+    qwen = model("qwen2_vl")
+    flat, _ = modalities.flatten_patches(images(1), PATCH, 2, 2)
+    with pytest.raises(lxt_fx.InputError, match="image_grid_thw"):
+        lxt_fx.explain(qwen, vlm_ids("qwen2_vl"), images={"pixel_values": flat})
