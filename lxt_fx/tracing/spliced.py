@@ -29,9 +29,6 @@ from torch import Tensor, nn
 
 from .errors import LXTError
 
-# Integer tensors whose values (not only shapes) fix a spliced model's graph: passed as NumPy constants.
-GRID_INPUTS = ("image_grid_thw",)
-
 
 class SplicedInputError(LXTError, ValueError):
     """Inputs of a vision-language model that do not fit together (image tokens vs. images, a missing grid)."""
@@ -64,11 +61,6 @@ def _rope_owner(model: nn.Module) -> Any:
         if owner is not None and callable(getattr(type(owner), "get_rope_index", None)):
             return owner
     return None
-
-
-def is_mrope(model: nn.Module) -> bool:
-    """Whether ``model`` computes M-RoPE position ids from its token ids (Qwen2-VL's ``get_rope_index``)."""
-    return _rope_owner(model) is not None
 
 
 def graph_inputs(model: nn.Module, ids: Tensor, tensors: Mapping[str, Any], static: Mapping[str, Any]
