@@ -17,6 +17,7 @@ from .session import InputError, check_model, input_embeddings, mask_like, rewri
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
 from .tracing.offload import execution_device, is_dispatched
+from .tracing.spliced import graph_inputs, splices_images
 
 
 class NoParametersError(LXTError, ValueError):
@@ -288,7 +289,12 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     config = getattr(model, "config", None)
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     tensors: dict[str, Tensor] = {}
-    if images is not None:
+    spliced = images is not None and splices_images(model)  # LLaVA, Qwen2-VL: image features in the text
+    grid = None
+    if spliced:
+        pixel_values, grid = modalities.spliced_pixels(model, images, processor)
+        tensors["pixel_values"] = pixel_values.to(device, next(model.parameters()).dtype)
+    elif images is not None:
         tensors["pixel_values"] = modalities.pixels(images, processor).to(device, next(model.parameters()).dtype)
     audio_key = None
     if audio is not None:
@@ -310,13 +316,21 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
             tensors["input_ids"] = ids.to(device)  # a dual encoder's text tower reads the ids themselves
     if mask_key is not None:
         tensors[mask_key] = mask.to(device)
-    modalities.check_batches(tensors, ids)
+    if spliced and text_key is None:
+        raise InputError(f"{type(model).__name__} splices image features into its text: pass the text (with its "
+                         "image tokens) as inputs, e.g. the processor's input_ids")
+    modalities.check_batches({k: v for k, v in tensors.items() if grid is None or k != "pixel_values"}
+                             | ({} if grid is None else {"image_grid_thw": grid}), ids)
     with torch.enable_grad():
         leaves = {k: v.detach().requires_grad_(True) for k, v in tensors.items() if k in ("pixel_values", audio_key)}
         if text_key is not None:
             leaves[text_key] = embedding(ids.to(device)).detach().requires_grad_(True)
-        call = {**tensors, **leaves}
-        graph = rewritten_graph(model, composite, call, {}, strict)
+        call: dict[str, Any] = {**tensors, **leaves}
+        static: dict[str, Any] = {}
+        if spliced:  # M-RoPE positions from the ids, the image grid as a constant (see tracing.spliced)
+            call, static = graph_inputs(model, ids.to(device), call | ({} if grid is None else {"image_grid_thw": grid}),
+                                        static)
+        graph = rewritten_graph(model, composite, call, static, strict)
         places = graph.plan.places
         if places and checkpoint is not None:
             raise InputError(f"{type(model).__name__} reads its token ids itself, so its token relevance is read "
@@ -349,7 +363,12 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     if text_key is None and not place_values and ids is not None:  # no relevance was read at the text: say so
         att.attention_mask = torch.zeros_like(att.attention_mask)
         att.tokens = [[] for _ in range(batch)]
-    if "pixel_values" in leaves:
+    if "pixel_values" in leaves and grid is not None:  # Qwen2-VL's flattened patches, back on each image
+        patch, merge, temporal, channels = modalities.merged_patches(model)
+        rel = modalities.input_relevance(leaves["pixel_values"], grads["pixel_values"])
+        pixel_map, cells = modalities.unflatten_patches(rel, grid, patch, merge, temporal, channels)
+        att.pixel_relevance, att.image_relevance = pixel_map.cpu(), cells.cpu()
+    elif "pixel_values" in leaves:
         pixels = modalities.input_relevance(leaves["pixel_values"], grads["pixel_values"]).sum(1)
         att.pixel_relevance = pixels.cpu()
         att.image_relevance = modalities.patch_grid(pixels, modalities.patch_size(model)).cpu()

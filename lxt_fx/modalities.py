@@ -18,6 +18,7 @@ Summing preserves conservation: the maps add up to the relevance that reached ea
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -109,3 +110,80 @@ def check_batches(tensors: dict[str, Tensor], ids: Tensor | None) -> None:
     if len(set(sizes.values())) > 1:
         raise InputError(f"the inputs disagree on the batch size: {sizes}; give one text per image / audio clip "
                          "(repeat a text for several images)")
+
+
+def merged_patches(model: nn.Module) -> tuple[int, int, int, int] | None:
+    """``(patch, merge, temporal, channels)`` of a Qwen2-VL-like vision tower that takes flattened patches
+    (``vision_config.spatial_merge_size`` and ``temporal_patch_size``), else None."""
+    vision = getattr(getattr(model, "config", None), "vision_config", None)
+    merge = getattr(vision, "spatial_merge_size", None)
+    temporal = getattr(vision, "temporal_patch_size", None)
+    if not isinstance(merge, int) or not isinstance(temporal, int):
+        return None
+    return int(vision.patch_size), merge, temporal, int(getattr(vision, "in_channels", 3))
+
+
+def flatten_patches(pixels: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tensor, Tensor]:
+    """Images ``[batch, C, H, W]`` as Qwen2-VL's flattened patches and their grids, the order its image
+    processor makes: each image repeated ``temporal`` times in time, cut into ``p × p`` patches, rows ordered by
+    ``merge × merge`` block (block row, block column, row in block, column in block), each row ``[C, T, p, p]``
+    flattened. Returns ``(pixel_values [batch·h·w, C·T·p·p], image_grid_thw [batch, 3] = (1, h, w))``."""
+    batch, channels, height, width = pixels.shape
+    unit = patch * merge
+    if height % unit or width % unit:
+        raise InputError(f"an image of {height}×{width} pixels does not split into {merge}×{merge} blocks of "
+                         f"{patch}×{patch} patches: resize it to multiples of {unit} (or use the model's processor)")
+    h, w = height // patch, width // patch
+    x = pixels.unsqueeze(1).expand(batch, temporal, channels, height, width)
+    x = x.reshape(batch, temporal, channels, h // merge, merge, patch, w // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # b, block row, block col, row in block, col in block, C, T, p, p
+    flat = x.reshape(batch * h * w, channels * temporal * patch * patch)
+    grid = torch.tensor([[1, h, w]] * batch, dtype=torch.long)
+    return flat, grid
+
+
+def unflatten_patches(values: Tensor, grid: Tensor, patch: int, merge: int, temporal: int, channels: int
+                      ) -> tuple[Tensor, Tensor]:
+    """Relevance of flattened patches ``[Σ t·h·w, C·T·p·p]`` back on each image: ``(pixel map [images, h·p,
+    w·p], patch grid [images, h, w])``, summed over channels, time and (for the grid) the pixels of a patch;
+    the inverse of :func:`flatten_patches`'s order. Every image must have the same grid."""
+    grid = torch.as_tensor(grid).to(torch.long).cpu()
+    if grid.numel() == 0 or (grid != grid[0]).any():
+        raise InputError(f"the images have different patch grids {grid.tolist()}: explain them one size at a time "
+                         "(resize them to one size)")
+    t, h, w = (int(v) for v in grid[0])
+    images = grid.shape[0]
+    x = values.reshape(images, t, h // merge, w // merge, merge, merge, channels, temporal, patch, patch)
+    x = x.sum((6, 7))  # over channels and time: images, t, block row, block col, row in, col in, p, p
+    pixel = x.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(images, t, h * patch, w * patch).sum(1)
+    cells = x.sum((6, 7)).permute(0, 1, 2, 4, 3, 5).reshape(images, t, h, w).sum(1)
+    return pixel, cells
+
+
+def spliced_pixels(model: nn.Module, images: Any, processor: Any) -> tuple[Tensor, Tensor | None]:
+    """``(pixel_values, image_grid_thw or None)`` for a vision-language model: a float tensor ``[batch, C, H, W]``
+    (one image per text row; flattened into patches for a Qwen2-VL-like tower, :func:`flatten_patches`), a
+    processor's output (a mapping with ``pixel_values`` and, for Qwen2-VL, ``image_grid_thw``), or images for
+    ``processor``'s image processor."""
+    merged = merged_patches(model)
+    if not isinstance(images, (Tensor, Mapping)):
+        source = getattr(processor, "image_processor", processor)
+        if source is None:
+            raise InputError("images that are not pixel_values need processor=... (the model's image processor)")
+        images = source(images=images, return_tensors="pt")
+    if isinstance(images, Mapping):
+        if "pixel_values" not in images:
+            raise InputError(f"the image inputs hold no pixel_values (keys {sorted(images)}): pass the image "
+                             "processor's output or a float tensor [batch, C, H, W]")
+        grid = images.get("image_grid_thw")
+        if merged is not None and grid is None:
+            raise InputError(f"{type(model).__name__} takes flattened patches with image_grid_thw; the image inputs "
+                             "hold no image_grid_thw: pass the image processor's whole output")
+        return images["pixel_values"], grid
+    if merged is None:
+        return pixels(images, None), None
+    if not images.is_floating_point() or images.dim() != 4:
+        raise InputError(f"images must be a float tensor [batch, channels, H, W] or the image processor's output; "
+                         f"got {images.dtype} of shape {tuple(images.shape)}")
+    patch, merge, temporal, _ = merged
+    return flatten_patches(images, patch, merge, temporal)

@@ -43,6 +43,7 @@ from .tracing import CapturedGraph, accepts_kwarg, capture
 from .tracing.capture import unflatten_outputs
 from .tracing.errors import LXTError
 from .tracing.offload import loaded
+from .tracing.spliced import graph_inputs, splices_images
 
 if TYPE_CHECKING:
     from .composites.composite import Composite
@@ -215,6 +216,8 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any], *, checked: bool =
                 and tensors[mask].dim() == 2 and tensors[what].dim() >= 2 \
                 and tuple(tensors[mask].shape) != tuple(tensors[what].shape[:2]):
             mask_like(tensors[what][..., 0] if what.endswith("embeds") else tensors[what], tensors[mask], what)
+    if "input_ids" in tensors and "pixel_values" in tensors and splices_images(model):  # LLaVA, Qwen2-VL
+        tensors, static = graph_inputs(model, tensors["input_ids"], tensors, static)
     for ids, embeds in _EMBEDDED.items():
         if ids in tensors and embeds not in tensors:
             if _dual_encoder(model):  # CLIP, SigLIP: the text tower reads the ids themselves (pooling, eos)

@@ -35,6 +35,7 @@ from .errors import CaptureError, LXTError, capture_hint, failing_location
 from .guards import InputSpec, spec_of
 from .offload import Placeholders, opened, placeholders
 from .quantized import dequantizing
+from .spliced import shape_keyed
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -204,8 +205,11 @@ def accepts_kwarg(model: nn.Module, name: str) -> bool:
 def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any]) -> Signature:
     config = getattr(model, "config", None)
     param = next(model.parameters(), None)
+    # a vision-language model's graph is fixed by its image count and size: key its capture by every shape
+    fixed = shape_keyed(model, tensors)
     return Signature(
-        tensors=tuple(sorted((k, v.dtype, v.dim()) for k, v in tensors.items())),
+        tensors=tuple(sorted((k, v.dtype, v.dim(), *((tuple(v.shape),) if fixed else ()))
+                             for k, v in tensors.items())),
         static=tuple(sorted((k, repr(v)) for k, v in static.items())),
         training=model.training,
         attn_implementation=getattr(config, "_attn_implementation", None),
@@ -269,7 +273,9 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     with torch.inference_mode(False), opened(model) as offloaded, dequantizing(model) as quantized:
         # An offloaded model's capture holds meta stand-ins matched by object, a bitsandbytes one holds the
         # quantization scales as graph constants: both stay in this process.
-        use_disk = not offloaded and not quantized and disk_cache.cache_dir() is not None
+        # A vision-language capture holds NumPy constants the graph codec does not store: it stays too.
+        use_disk = (not offloaded and not quantized and disk_cache.cache_dir() is not None
+                    and not shape_keyed(model, tensors))
         key = disk_cache.cache_key(model, repr(sig.key())) if use_disk else None
         if key is not None:
             stored = disk_cache.load(_Entry(model, static), key)
@@ -293,20 +299,30 @@ def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str
     return captured
 
 
+def _export_dynamic(entry: _Entry, example: dict[str, Tensor]) -> torch.export.ExportedProgram:
+    """Export with dynamic batch and sequence dims (named), else with ``Dim.AUTO`` where export specialises."""
+    try:
+        return torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, False),),
+                                   strict=False)
+    except torch._dynamo.exc.UserError as exc:
+        if "Constraints violated" not in str(exc) and "specialized" not in str(exc):
+            raise
+        return torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, True),),
+                                   strict=False)
+
+
 def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, Any], sig: Signature,
             per_model: _ModelCaptures) -> CapturedGraph:
     entry = _Entry(model, static)
-    example = _example({k: tensors[k].clone() if tensors[k].is_inference() else tensors[k] for k in sorted(tensors)})
+    fixed = shape_keyed(model, tensors)  # exported for these exact shapes (see .spliced)
+    example = {k: tensors[k].clone() if tensors[k].is_inference() else tensors[k] for k in sorted(tensors)}
+    example = {k: v.detach() for k, v in example.items()} if fixed else _example(example)
     start = time.perf_counter()
     try:
-        try:
-            program = torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, False),),
-                                          strict=False)
-        except torch._dynamo.exc.UserError as exc:
-            if "Constraints violated" not in str(exc) and "specialized" not in str(exc):
-                raise
-            program = torch.export.export(entry, (example,), dynamic_shapes=(_dynamic_shapes(example, True),),
-                                          strict=False)
+        if fixed:
+            program = torch.export.export(entry, (example,), strict=False)
+        else:
+            program = _export_dynamic(entry, example)
     except CaptureError:
         raise
     except Exception as exc:  # noqa: BLE001 - every export failure becomes one named error
@@ -314,7 +330,7 @@ def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, A
     seconds = time.perf_counter() - start
     with torch.no_grad():
         # copies: a graph may write its inputs in place (CTRL scales inputs_embeds with *=)
-        keys = tuple(program.module()({k: v[:1].clone() for k, v in example.items()}).keys())
+        keys = tuple(program.module()({k: (v if fixed else v[:1]).clone() for k, v in example.items()}).keys())
     captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds, guards=spec_of(program))
     per_model.graphs[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1

@@ -8,6 +8,7 @@ import torch
 
 PATCH = 4
 IMAGE = 16
+IMAGE_TOKEN = 95  # the VLMs' image placeholder token
 
 
 def _vision(**extra: object) -> dict:
@@ -27,7 +28,7 @@ def _eval(model: torch.nn.Module) -> torch.nn.Module:
 
 @functools.cache
 def model(kind: str) -> torch.nn.Module:
-    """A tiny random ``kind`` model: clip, siglip, dinov2, whisper."""
+    """A tiny random ``kind`` model: clip, siglip, dinov2, whisper, llava, qwen2_vl."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -45,6 +46,21 @@ def model(kind: str) -> torch.nn.Module:
                                max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
                                eos_token_id=2, bos_token_id=1)
         return _eval(tf.WhisperForConditionalGeneration(cfg))
+    if kind == "llava":  # CLIP vision tower + LLaMA text, 16 image tokens (4×4 patches, CLS dropped)
+        vision = dict(model_type="clip_vision_model", projection_dim=16, **_vision())
+        text = {**_text(), "model_type": "llama", "num_key_value_heads": 2, "max_position_embeddings": 64}
+        cfg = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                             vision_feature_layer=-1, vision_feature_select_strategy="default")
+        return _eval(tf.LlavaForConditionalGeneration(cfg))
+    if kind == "qwen2_vl":  # 4×4 patches of 4 px merged 2×2: 4 image tokens; M-RoPE sections (2, 1, 1)
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=PATCH,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+        text = dict({**_text(), "max_position_embeddings": 64}, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                    rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})
+        cfg = tf.Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, video_token_id=94,
+                               vision_start_token_id=93, vision_end_token_id=92, bos_token_id=1, eos_token_id=2,
+                               pad_token_id=0)
+        return _eval(tf.Qwen2VLForConditionalGeneration(cfg))
     raise KeyError(kind)
 
 
@@ -59,3 +75,13 @@ def features(batch: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 TEXT_IDS = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]])  # CLIP: the pooled token is the eos (2)
+
+
+def vlm_ids(kind: str, batch: int = 1) -> torch.Tensor:
+    """Text rows with the image tokens of one 16×16 image each (LLaVA: 16, Qwen2-VL: 4 between its vision
+    start/end tokens), text before and after."""
+    if kind == "llava":
+        rows = [[1, 5 + b] + [IMAGE_TOKEN] * 16 + [6, 7, 8 + b] for b in range(batch)]
+    else:
+        rows = [[1, 5 + b, 93] + [IMAGE_TOKEN] * 4 + [92, 6, 7, 8 + b] for b in range(batch)]
+    return torch.tensor(rows)

@@ -1,0 +1,139 @@
+"""Vision-language models (tiny random LLaVA-like and Qwen2-VL-like): text and image patches from one backward.
+
+For each: ``explain`` with ``strict=True`` (no op on the relevance path without a rule); the forward inside
+the context equals the model called with ``input_ids`` (so Qwen2-VL's M-RoPE positions, computed outside
+the graph, are the model's own); token and patch relevance equal the float64 explicit-form reference
+(:func:`lxt_fx.reference.explicit_relevance`), summed per token and per patch by explicit loops; the books
+close in zero-bias mode. Qwen2-VL's flattened patch order is checked against its own image processor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lxt_fx
+from lxt_fx import modalities
+from lxt_fx.composites import for_model
+from lxt_fx.reference import explicit_relevance
+from lxt_fx.session import rewritten_graph, split_inputs
+from lxt_fx.tracing import capture_count
+from lxt_fx.tracing.spliced import SplicedInputError
+
+from .tiny import IMAGE, IMAGE_TOKEN, PATCH, images, model, vlm_ids
+
+
+def _model_call(kind: str, ids: torch.Tensor, pixels: torch.Tensor) -> dict:
+    """The untouched model's own call: ids, the processor-style image inputs, the mask."""
+    call = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if kind == "qwen2_vl":
+        flat, grid = modalities.flatten_patches(pixels, PATCH, 2, 2)
+        call.update(pixel_values=flat, image_grid_thw=grid, mm_token_type_ids=(ids == IMAGE_TOKEN).int())
+    else:
+        call["pixel_values"] = pixels
+    return call
+
+
+def _patch_sums_llava(pixel: torch.Tensor) -> torch.Tensor:
+    """[b, c, H, W] → [b, H/p, W/p] by explicit loops."""
+    b, _, h, w = pixel.shape
+    out = torch.zeros(b, h // PATCH, w // PATCH, dtype=pixel.dtype)
+    for i in range(h // PATCH):
+        for j in range(w // PATCH):
+            out[:, i, j] = pixel[:, :, i * PATCH:(i + 1) * PATCH, j * PATCH:(j + 1) * PATCH].sum((1, 2, 3))
+    return out
+
+
+def _patch_sums_qwen(flat: torch.Tensor, batch: int) -> torch.Tensor:
+    """[b·16, 96] flattened rows → [b, 4, 4] by explicit loops over Qwen2-VL's block order (2×2 merge)."""
+    side = IMAGE // PATCH
+    out = torch.zeros(batch, side, side, dtype=flat.dtype)
+    for b in range(batch):
+        for i in range(side):
+            for j in range(side):
+                row = ((i // 2) * (side // 2) + j // 2) * 4 + (i % 2) * 2 + (j % 2)
+                out[b, i, j] = flat[b * side * side + row].sum()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+def test_vlm_tokens_and_patches_match_reference_and_close_books(kind: str) -> None:
+    m = model(kind)
+    ids, pixels = vlm_ids(kind, 2), images(2, 3)
+    att = lxt_fx.explain(m, ids, images=pixels, strict=True)
+    assert att.relevance.shape == ids.shape and att.image_relevance.shape == (2, 4, 4)
+    assert att.pixel_relevance.shape == (2, IMAGE, IMAGE)
+    assert (att.relevance[ids == IMAGE_TOKEN] == 0).all()  # placeholders are overwritten by image features
+
+    call = _model_call(kind, ids, pixels)
+    with torch.no_grad():
+        want = m(**call).logits
+        with lxt_fx.attnlrp.context(m):
+            got = m(**call).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # M-RoPE positions and grid are the model's own
+
+    tensors, static = split_inputs(m, call)
+    graph = rewritten_graph(m, for_model(m), tensors, static)
+    assert not graph.report.unhandled
+    logits = graph(tensors)["logits"].double()
+    target = att.target_ids
+    assert (target == logits[:, -1].argmax(-1)).all()
+    seeds = torch.zeros_like(logits)
+    seeds[torch.arange(2), -1, target] = logits[torch.arange(2), -1, target]
+    ref = explicit_relevance(graph, tensors, {"logits": seeds})
+    torch.testing.assert_close(att.relevance.double(), ref["inputs_embeds"].sum(-1), rtol=0,
+                               atol=2e-4 * float(ref["inputs_embeds"].sum(-1).abs().max()))
+    patches = (_patch_sums_llava(ref["pixel_values"]) if kind == "llava" else _patch_sums_qwen(ref["pixel_values"], 2))
+    torch.testing.assert_close(att.image_relevance.double(), patches, rtol=0, atol=2e-4 * float(patches.abs().max()))
+    torch.testing.assert_close(att.pixel_relevance.sum((1, 2)), att.image_relevance.sum((1, 2)), rtol=1e-5, atol=1e-6)
+
+    books = lxt_fx.check(m, call, target=int(target[0])).zero_bias
+    assert books.verdict().verified, books.verdict().reason
+
+
+def test_qwen2_vl_patch_order_is_the_image_processors() -> None:
+    """flatten_patches equals Qwen2-VL's own image processor; a single hot patch comes back where it was."""
+    tf = pytest.importorskip("transformers")
+    processor = tf.Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=2, temporal_patch_size=2, do_resize=False,
+                                            do_rescale=False, do_normalize=False)
+    image = torch.rand(1, 3, 16, 8)  # not square: a transposed grid cannot pass
+    out = processor(images=[image[0]], return_tensors="pt")
+    flat, grid = modalities.flatten_patches(image, PATCH, 2, 2)
+    assert grid.tolist() == out["image_grid_thw"].tolist() == [[1, 4, 2]]
+    torch.testing.assert_close(flat, out["pixel_values"].to(flat.dtype), rtol=0, atol=0)
+
+    hot = torch.zeros(1, 3, 16, 8)
+    hot[..., 8:12, 4:8] = 1.0  # the patch at grid row 2, column 1
+    pixel, cells = modalities.unflatten_patches(*modalities.flatten_patches(hot, PATCH, 2, 2), PATCH, 2, 2, 3)
+    want = torch.zeros(1, 4, 2)
+    want[0, 2, 1] = 3 * 2 * PATCH * PATCH  # channels × time copies × pixels
+    torch.testing.assert_close(cells, want)
+    torch.testing.assert_close(pixel, hot.sum(1) * 2)
+
+
+def test_vlm_capture_is_keyed_by_image_count_and_text_must_fit() -> None:
+    m = model("llava")
+    before = capture_count(m)
+    one = lxt_fx.explain(m, vlm_ids("llava", 1), images=images(1, 3))
+    lxt_fx.explain(m, vlm_ids("llava", 1), images=images(1, 4))
+    assert capture_count(m) - before <= 1  # same shapes: the same capture
+    two = lxt_fx.explain(m, vlm_ids("llava", 2), images=images(2, 3))  # another image count: captured again
+    torch.testing.assert_close(two.relevance[:1], one.relevance, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(two.image_relevance[:1], one.image_relevance, rtol=1e-4, atol=1e-6)
+    with pytest.raises(SplicedInputError, match="image token"):
+        lxt_fx.explain(m, vlm_ids("llava", 1)[:, :10], images=images(1))
+    with pytest.raises(lxt_fx.InputError, match="batch size"):
+        lxt_fx.explain(m, vlm_ids("llava", 1), images=images(2))
+
+
+def test_vlm_inputs_that_do_not_fit_are_named() -> None:
+    """Checked before any capture: a row holding another row's image tokens, a Qwen2-VL image without its grid."""
+    llava = model("llava")
+    ids = vlm_ids("llava", 2)
+    ids[0, 18:20], ids[1, 2:4] = IMAGE_TOKEN, 9  # 18 and 14 image tokens: 32 in all, but not 16 per row
+    with pytest.raises(SplicedInputError, match="each row needs 16"):
+        lxt_fx.explain(llava, ids, images=images(2))
+    qwen = model("qwen2_vl")
+    flat, _ = modalities.flatten_patches(images(1), PATCH, 2, 2)
+    with pytest.raises(lxt_fx.InputError, match="image_grid_thw"):
+        lxt_fx.explain(qwen, vlm_ids("qwen2_vl"), images={"pixel_values": flat})
