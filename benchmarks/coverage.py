@@ -62,6 +62,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lxt_fx.check.conservation import ATOL, RTOL  # noqa: E402 - after the offline environment
 
+
+def _sibling(name: str) -> Any:
+    """A module next to this script (run as a script or loaded from its path by the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_coverage_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mm = _sibling("coverage_mm")  # vision / audio / multimodal families: config fixes and mixed inputs
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "coverage.md"
 # (mapping, task), in the order a family's head is chosen.
@@ -391,6 +404,8 @@ _OVERRIDES: dict[str, tuple] = {
     # checkpoints set them): keep two linear-attention layers, as the generic shrink did
     "qwen4_exp_text": (_override(layer_types=["linear_attention", "linear_attention"]),),
 }
+for _type, _fixes in mm.OVERRIDES.items():
+    _OVERRIDES[_type] = _OVERRIDES.get(_type, ()) + _fixes
 
 
 @dataclass
@@ -446,8 +461,11 @@ def _short(exc: BaseException) -> str:
 
 def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     """Candidate plain-call keyword arguments for the tiny model, tried in order (audio layouts differ)."""
+    own = mm.variants(model, task)
     if task not in CHECKED_TASKS:
-        return [_inputs(model, task)]
+        return own or [_inputs(model, task)]
+    if own:
+        return own + mm.fallbacks(model, task)
     import inspect
 
     config = model.config
@@ -466,8 +484,7 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     if "input_values" in params:
         variants.append({"input_values": torch.randn(BATCH, AUDIO_SAMPLES, generator=gen)})
     if "input_features" in params:
-        mel = next((getattr(config, k) for k in ("num_mel_bins", "feature_size", "input_feat_per_channel")
-                    if isinstance(getattr(config, k, None), int)), 80)
+        mel = mm.mel(config)
         frames = 2 * config.max_source_positions if isinstance(getattr(config, "max_source_positions", None), int) \
             else getattr(config, "max_length", None) if task == "audio-classification" else None
         frames = frames if isinstance(frames, int) and frames <= 4096 else AUDIO_FRAMES
@@ -477,7 +494,7 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else 0
         call["decoder_input_ids"] = torch.tensor([[start, 5, 6]] * BATCH)
-    return [{**v, **call} for v in variants] or [_inputs(model, task)]
+    return [{**v, **call} for v in variants] + mm.fallbacks(model, task) or [_inputs(model, task)]
 
 
 def _inputs(model: Any, task: str) -> dict[str, Any]:
@@ -522,6 +539,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
     import transformers
     from transformers import AutoConfig
 
+    if model_type in mm.UNAVAILABLE:
+        raise RuntimeError(f"not buildable here: {mm.UNAVAILABLE[model_type]}")
     errors = []
     for name, task in candidates:
         cls = getattr(transformers, name, None)
@@ -632,7 +651,7 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
         row.built = True
         composite = for_model(model)
         row.composite = composite.name
-        if row.task in CHECKED_TASKS:
+        if row.task in CHECKED_TASKS or mm.is_mixed(call):  # inputs beside text ids: check the whole call
             return _check_family(row, model, call, plain, composite), None
         decoder = call.get("decoder_input_ids")
         inputs = call.get("pixel_values", call.get("input_ids"))
