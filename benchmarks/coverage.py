@@ -557,7 +557,7 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             for i, call in enumerate(variants):
                 try:
                     with torch.no_grad():
-                        plain = _main_output(model(**call, **extra))
+                        plain = _main_output(model(**{**extra, **call}))  # a call's own use_cache wins
                     return model, name, task, call, plain
                 except Exception:
                     if i == len(variants) - 1:

@@ -55,6 +55,8 @@ def _qformer(c: Any) -> None:
     c.qformer_config.encoder_hidden_size = c.vision_config.hidden_size
     c.num_query_tokens = QUERY
     c.image_token_id = c.image_token_index = IMAGE_TOKEN
+    if hasattr(c, "video_token_index"):  # InstructBLIP-Video: the placeholder is a video token
+        c.video_token_id = c.video_token_index = IMAGE_TOKEN
 
 
 def _text(c: Any) -> Any:
@@ -102,6 +104,12 @@ OVERRIDES: dict[str, tuple] = {
     # Audio Spectrogram Transformer: a 1024 × 128 spectrogram in 16 × 16 patches at stride 10 is ~1200 tokens;
     # 64 frames × 32 bins at the tiny patch 4 give 3 × 7 = 21
     "audio-spectrogram-transformer": (lambda c: _set(c, max_length=64, num_mel_bins=32),),
+    # Kyutai-STT's Mimi codec upsamples with a depthwise transposed conv, ``upsample_groups`` = its width (512 in
+    # the default): the width after the shrink
+    "kyutai_speech_to_text": (lambda c: _set(c.codec_config, upsample_groups=c.codec_config.hidden_size),),
+    # PP-FormulaNet's vision neck projects to ``decoder_hidden_size`` (512 = the text d_model in the default),
+    # which the decoder's cross-attention reads as its width: the text width after the shrink
+    "pp_formulanet": (lambda c: _set(c.vision_config, decoder_hidden_size=c.text_config.d_model),),
     # Kosmos-2 puts ``latent_query_num`` (64) image embeddings at the masked text positions: 4 of the 8
     "kosmos-2": (lambda c: _set(c, latent_query_num=4),),
 }
@@ -135,7 +143,7 @@ def _text_call(model: Any) -> dict[str, Any]:
 def _with_queries(model: Any, frames: int = 1) -> dict[str, Any]:
     """Text ids whose first ``num_query_tokens`` (per frame) positions are the image placeholder."""
     call = _text_call(model)
-    call["input_ids"][:, :model.config.num_query_tokens * frames] = model.config.image_token_id
+    call["input_ids"][:, :model.config.num_query_tokens * frames] = IMAGE_TOKEN
     return call
 
 
@@ -200,13 +208,15 @@ def _videoprism(model: Any) -> dict[str, Any]:
 
 
 def _encoder_decoder_pixels(model: Any) -> dict[str, Any]:
-    start = model.config.decoder_start_token_id
+    start = getattr(model.config, "decoder_start_token_id", None)
     start = start if isinstance(start, int) else 0
     return {"pixel_values": _pixels(model.config), "decoder_input_ids": torch.tensor([[start, 5, 6]] * BATCH)}
 
 
 def _pi0(model: Any) -> dict[str, Any]:
-    return {**_text_call(model), "state": torch.randn(BATCH, model.config.max_state_dim, generator=_gen())}
+    # PI0's action expert reads the VLM prefix's length from the KV cache its own forward fills: use_cache on
+    return {**_text_call(model), "state": torch.randn(BATCH, model.config.max_state_dim, generator=_gen()),
+            "use_cache": True}
 
 
 def _spectrogram(model: Any) -> dict[str, Any]:
@@ -226,10 +236,18 @@ def mel(config: Any) -> int:
 
 
 def _features_and_ids(model: Any) -> dict[str, Any]:
-    return {**_text_call(model), "input_features": torch.randn(BATCH, mel(model.config), 32, generator=_gen())}
+    # Voxtral-Realtime adds one audio embedding to each text position: 8 × the text length in mel frames
+    return {**_text_call(model), "input_features": torch.randn(BATCH, mel(model.config), 8 * SEQ, generator=_gen())}
+
+
+def _kyutai(model: Any) -> dict[str, Any]:
+    # Kyutai-STT's ids are one text stream and ``num_codebooks`` audio-code streams per step: [batch, seq, 1 + 32]
+    ids = torch.randint(5, 64, (BATCH, SEQ, 1 + model.config.num_codebooks), generator=_gen())
+    return {"input_ids": ids, "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long)}
 
 
 INPUTS: dict[str, Any] = {
+    "kyutai_speech_to_text": _kyutai,
     "blip-2": _blip,
     "instructblip": _instructblip,
     "instructblipvideo": lambda m: _instructblip(m, FRAMES),
