@@ -214,9 +214,15 @@ def _encoder_decoder_pixels(model: Any) -> dict[str, Any]:
 
 
 def _pi0(model: Any) -> dict[str, Any]:
-    # PI0's action expert reads the VLM prefix's length from the KV cache its own forward fills: use_cache on
-    return {**_text_call(model), "state": torch.randn(BATCH, model.config.max_state_dim, generator=_gen()),
-            "use_cache": True}
+    # PI0 (robot policy): its VLM prefix is one camera image, whose patch features fill the text positions holding
+    # the VLM's image token (one per patch), and text; the action expert reads the robot ``state``
+    vlm = model.config.vlm_config
+    vision = vlm.vision_config
+    patches = (_size(vision) // vision.patch_size) ** 2
+    ids = torch.cat([torch.full((BATCH, patches), vlm.image_token_id), _ids(vlm.text_config.vocab_size)], 1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": _pixels(vlm, 1),
+            "pixel_attention_mask": torch.ones(BATCH, 1, dtype=torch.bool),
+            "state": torch.randn(BATCH, model.config.max_state_dim, generator=_gen())}
 
 
 def _spectrogram(model: Any) -> dict[str, Any]:
