@@ -33,6 +33,14 @@ vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too) by :func:
 family's geometry by rule (MLA head parts, Mamba-2 heads, staged vision widths and windows, one layer of each
 kind, per-layer overrides, multimodal RoPE sections) and a few per-family overrides, each with its reason;
 families that still do not build show up as "not built" with the error.
+
+Vision, audio and multimodal families (``benchmarks/coverage_mm.py``, see ``docs/coverage-sweep-multimodal.md``)
+get their config fixes and the inputs their forward needs beside text ids (pixels, Q-Former ids, flattened
+patches, video, spectrograms, robot state); such a *mixed* call runs ``lxt_fx.check`` on its keyword arguments.
+Not buildable here, and named so in their rows: DiNAT (natten's compiled kernels) and the TimmWrapper families
+(timm_wrapper, fast_vlm, gemma3n, perception_lm). To sweep those, install into the environment a CPU build of
+torchvision matching torch 2.13.0 (0.28.0; the registry's wheel is a CUDA build that fails to load on the CPU
+torch) and then ``timm==1.0.31``, and delete their entries from ``coverage_mm.UNAVAILABLE``.
 """
 
 from __future__ import annotations
