@@ -712,6 +712,10 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     import lxt_fx
 
     target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
+    if target is None and row.task not in CHECKED_TASKS and "decoder_input_ids" in call:
+        # a mixed encoder-decoder call (Pix2Struct, PP-FormulaNet): the mask is the encoder's, so the default
+        # target's last position would index the decoder logits by the encoder's length: the last decoder step
+        target = lxt_fx.targets.Function(_last_step_top_logit)
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
         target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
     start = time.perf_counter()
@@ -745,6 +749,11 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         row.forward_equal = False
         row.error = f"context forward: {_short(exc)}"
     return row
+
+
+def _last_step_top_logit(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The top logit of the last (decoder) position, per row."""
+    return outputs["logits"][:, -1].max(-1).values
 
 
 class _ImageSide(torch.nn.Module):
