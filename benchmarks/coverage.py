@@ -721,8 +721,9 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     start = time.perf_counter()
     checked, checked_call = model, call
     if row.task == "zero-shot-image-classification":  # text ids fixed, the pixels carry the relevance
-        checked = _ImageSide(model, {k: v for k, v in call.items() if k != "pixel_values"})
-        checked_call = {"pixel_values": call["pixel_values"]}
+        key = "pixel_values" if "pixel_values" in call else "pixel_values_videos"  # VideoPrism: video frames
+        checked = _ImageSide(model, {k: v for k, v in call.items() if k != key}, key)
+        checked_call = {"pixel_values": call[key]}
     try:
         report = lxt_fx.check(checked, checked_call, composite=composite, target=target, zero_bias=True)
     except lxt_fx.CaptureError as exc:
@@ -759,17 +760,17 @@ def _last_step_top_logit(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 class _ImageSide(torch.nn.Module):
     """A two-tower model (CLIP-like) seen from its image side: ``forward(pixel_values)`` calls the model with
     fixed text ids (a model's ``input_ids`` always become embeddings in ``lxt_fx``, and these models take no
-    text embeddings)."""
+    text embeddings); ``key``: the model's name for its pixels (``pixel_values_videos`` for VideoPrism)."""
 
-    def __init__(self, model: Any, text: dict[str, torch.Tensor]) -> None:
+    def __init__(self, model: Any, text: dict[str, torch.Tensor], key: str = "pixel_values") -> None:
         super().__init__()
-        self.model, self.config = model, model.config
+        self.model, self.config, self._key = model, model.config, key
         for name, value in text.items():
             self.register_buffer(f"_{name}", value, persistent=False)
         self._names = list(text)
 
     def forward(self, pixel_values: torch.Tensor) -> Any:
-        return self.model(pixel_values=pixel_values, **{n: getattr(self, f"_{n}") for n in self._names})
+        return self.model(**{self._key: pixel_values}, **{n: getattr(self, f"_{n}") for n in self._names})
 
 
 NOT_RUN = "not run"

@@ -194,7 +194,7 @@ def _siglip2(model: Any) -> dict[str, Any]:
     patches, _ = _patches(model.config, 0)
     call = {"pixel_values": patches, "pixel_attention_mask": torch.ones(BATCH, 16, dtype=torch.long),
             "spatial_shapes": torch.tensor([[4, 4]] * BATCH)}
-    if hasattr(model.config, "text_config"):
+    if "input_ids" in _params(model):  # the dual encoder (Siglip2Model), not the image classifier
         call = {**_text_call(model), **call}
     return call
 
