@@ -717,7 +717,7 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         # target's last position would index the decoder logits by the encoder's length: the last decoder step
         target = lxt_fx.targets.Function(_last_step_top_logit)
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
-        target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
+        target = lxt_fx.targets.Function(_per_image_scores)
     start = time.perf_counter()
     checked, checked_call = model, call
     if row.task == "zero-shot-image-classification":  # text ids fixed, the pixels carry the relevance
@@ -750,6 +750,11 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         row.forward_equal = False
         row.error = f"context forward: {_short(exc)}"
     return row
+
+
+def _per_image_scores(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each image's (VideoPrism: each video's) similarities to the texts, summed."""
+    return outputs["logits_per_image" if "logits_per_image" in outputs else "logits_per_video"].sum(-1)
 
 
 def _last_step_top_logit(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
