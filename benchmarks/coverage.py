@@ -34,6 +34,14 @@ vocab 256, experts 4 top-2, image 32, patch 4; nested sub-configs too) by :func:
 family's geometry by rule (MLA head parts, Mamba-2 heads, staged vision widths and windows, one layer of each
 kind, per-layer overrides, multimodal RoPE sections) and a few per-family overrides, each with its reason;
 families that still do not build show up as "not built" with the error.
+
+Vision, audio and multimodal families (``benchmarks/coverage_mm.py``, see ``docs/coverage-sweep-multimodal.md``)
+get their config fixes and the inputs their forward needs beside text ids (pixels, Q-Former ids, flattened
+patches, video, spectrograms, robot state); such a *mixed* call runs ``lxt_fx.check`` on its keyword arguments.
+Not buildable here, and named so in their rows: DiNAT (natten's compiled kernels) and the TimmWrapper families
+(timm_wrapper, fast_vlm, gemma3n, perception_lm). To sweep those, install into the environment a CPU build of
+torchvision matching torch 2.13.0 (0.28.0; the registry's wheel is a CUDA build that fails to load on the CPU
+torch) and then ``timm==1.0.31``, and delete their entries from ``coverage_mm.UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -62,6 +70,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lxt_fx.check.conservation import ATOL, RTOL  # noqa: E402 - after the offline environment
+
+
+def _sibling(name: str) -> Any:
+    """A module next to this script (run as a script or loaded from its path by the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_coverage_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mm = _sibling("coverage_mm")  # vision / audio / multimodal families: config fixes and mixed inputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "coverage.md"
@@ -392,6 +413,8 @@ _OVERRIDES: dict[str, tuple] = {
     # checkpoints set them): keep two linear-attention layers, as the generic shrink did
     "qwen4_exp_text": (_override(layer_types=["linear_attention", "linear_attention"]),),
 }
+for _type, _fixes in mm.OVERRIDES.items():
+    _OVERRIDES[_type] = _OVERRIDES.get(_type, ()) + _fixes
 
 
 @dataclass
@@ -447,8 +470,11 @@ def _short(exc: BaseException) -> str:
 
 def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     """Candidate plain-call keyword arguments for the tiny model, tried in order (audio layouts differ)."""
+    own = mm.variants(model, task)
     if task not in CHECKED_TASKS:
-        return [_inputs(model, task)]
+        return own or [_inputs(model, task)]
+    if own:
+        return own + mm.fallbacks(model, task)
     import inspect
 
     config = model.config
@@ -467,8 +493,7 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     if "input_values" in params:
         variants.append({"input_values": torch.randn(BATCH, AUDIO_SAMPLES, generator=gen)})
     if "input_features" in params:
-        mel = next((getattr(config, k) for k in ("num_mel_bins", "feature_size", "input_feat_per_channel")
-                    if isinstance(getattr(config, k, None), int)), 80)
+        mel = mm.mel(config)
         frames = 2 * config.max_source_positions if isinstance(getattr(config, "max_source_positions", None), int) \
             else getattr(config, "max_length", None) if task == "audio-classification" else None
         frames = frames if isinstance(frames, int) and frames <= 4096 else AUDIO_FRAMES
@@ -478,7 +503,7 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else 0
         call["decoder_input_ids"] = torch.tensor([[start, 5, 6]] * BATCH)
-    return [{**v, **call} for v in variants] or [_inputs(model, task)]
+    return [{**v, **call} for v in variants] + mm.fallbacks(model, task) or [_inputs(model, task)]
 
 
 def _inputs(model: Any, task: str) -> dict[str, Any]:
@@ -523,6 +548,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
     import transformers
     from transformers import AutoConfig
 
+    if model_type in mm.UNAVAILABLE:
+        raise RuntimeError(f"not buildable here: {mm.UNAVAILABLE[model_type]}")
     errors = []
     for name, task in candidates:
         cls = getattr(transformers, name, None)
@@ -539,7 +566,7 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             for i, call in enumerate(variants):
                 try:
                     with torch.no_grad():
-                        plain = _main_output(model(**call, **extra))
+                        plain = _main_output(model(**{**extra, **call}))  # a call's own use_cache wins
                     return model, name, task, call, plain
                 except Exception:
                     if i == len(variants) - 1:
@@ -633,7 +660,7 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
         row.built = True
         composite = for_model(model)
         row.composite = composite.name
-        if row.task in CHECKED_TASKS:
+        if row.task in CHECKED_TASKS or mm.is_mixed(call):  # inputs beside text ids: check the whole call
             return _check_family(row, model, call, plain, composite), None
         decoder = call.get("decoder_input_ids")
         inputs = call.get("pixel_values", call.get("input_ids"))
@@ -686,8 +713,12 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     import lxt_fx
 
     target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
+    if target is None and row.task not in CHECKED_TASKS and "decoder_input_ids" in call:
+        # a mixed encoder-decoder call (Pix2Struct, PP-FormulaNet): the mask is the encoder's, so the default
+        # target's last position would index the decoder logits by the encoder's length: the last decoder step
+        target = lxt_fx.targets.Function(_last_step_top_logit)
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
-        target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
+        target = lxt_fx.targets.Function(_per_image_scores)
     start = time.perf_counter()
     # the model itself (a two-tower model's token relevance is read at its embedding lookup in the graph),
     # so ``for_model`` sees its own model type
@@ -718,6 +749,16 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         row.forward_equal = False
         row.error = f"context forward: {_short(exc)}"
     return row
+
+
+def _per_image_scores(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each image's (VideoPrism: each video's) similarities to the texts, summed."""
+    return outputs["logits_per_image" if "logits_per_image" in outputs else "logits_per_video"].sum(-1)
+
+
+def _last_step_top_logit(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The top logit of the last (decoder) position, per row."""
+    return outputs["logits"][:, -1].max(-1).values
 
 
 NOT_RUN = "not run"
