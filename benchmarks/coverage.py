@@ -191,6 +191,10 @@ def shrink(config: Any, depth: int = 0) -> Any:
         if key == "num_labels":
             continue  # a property that rebuilds id2label; 2 is the default anyway
         _set(config, key, value)
+    for key in before:  # cross-attention sizes (Dia: cross_hidden_size, cross_head_dim) shrink
+        # like their self-attention namesakes: the encoder they read is shrunk the same way
+        if key.startswith("cross_") and key[6:] in SHRINK and not staged:
+            _set(config, key, SHRINK[key[6:]])
     if staged:
         _shrink_stages(config)
     kept = list(range(LAYERS))
@@ -212,6 +216,7 @@ def shrink(config: Any, depth: int = 0) -> Any:
                 and _get(config, "sliding_window") is None:  # a sliding layer kept needs a window
             _set(config, "sliding_window", SEQ // 2)
     _mla(config, before)
+    _layer_rope(config)
     _mrope(config)
     _ssm(config, before)
     _aliases(config, before)
@@ -289,13 +294,28 @@ def _mla(config: Any, before: dict[str, int]) -> None:
     if "qk_head_dim" in before:
         _set(config, "qk_head_dim", qk)
     head = before.get("head_dim")
-    if head is not None:
+    factor = _partial_rotary(config)
+    if head is not None and factor is not None and round(head * factor) == rope:
+        # the rotary part is a fraction of ``head_dim`` (Dots3-Note: 0.25 · 256 = 64): keep the fraction
+        _set(config, "head_dim", round(MLA_ROPE / factor))
+    elif head is not None:
         _set(config, "head_dim", MLA_ROPE if head == rope else qk if head == before.get("qk_head_dim", -1)
              else HIDDEN // HEADS)
     if "index_head_dim" in before:  # a sparse-attention indexer (DSA): its heads have a rotary part too
         _set(config, "index_head_dim", qk)
     if "index_n_heads" in before:
         _set(config, "index_n_heads", HEADS)
+
+
+def _partial_rotary(config: Any) -> float | None:
+    """``partial_rotary_factor`` below 1 (at the top of ``rope_parameters``, in its per-layer-type entries, or
+    on the config), else None."""
+    rope = vars(config).get("rope_parameters")
+    found = [getattr(config, "partial_rotary_factor", None)]
+    if isinstance(rope, dict):
+        found += [rope.get("partial_rotary_factor")] + [v.get("partial_rotary_factor") for v in rope.values()
+                                                         if isinstance(v, dict)]
+    return next((f for f in found if isinstance(f, float) and 0 < f < 1), None)
 
 
 def _reads(config: Any, name: str) -> bool:
@@ -308,6 +328,19 @@ def _reads(config: Any, name: str) -> bool:
         return name in inspect.getsource(importlib.import_module(module))
     except Exception:  # noqa: BLE001 - no modeling module: it reads nothing
         return False
+
+
+def _layer_rope(config: Any) -> None:
+    """Per-layer-type RoPE (``rope_parameters`` keyed by layer type): a default config may leave it empty
+    (the checkpoints fill it, Cohere Compass); a model that reads ``rope_parameters[layer_type]`` then fails.
+    Each layer type kept gets LLaMA's default rotary parameters."""
+    rope, types = vars(config).get("rope_parameters"), vars(config).get("layer_types")
+    if not isinstance(rope, dict) or not isinstance(types, (list, tuple)) or "rope_type" in rope or not _reads(
+            config, "rope_parameters[layer_type]"):
+        return
+    for kind in dict.fromkeys(types):
+        if isinstance(kind, str) and kind not in rope:
+            rope[kind] = {"rope_type": "default", "rope_theta": 10000.0}
 
 
 def _mrope(config: Any) -> None:
@@ -361,6 +394,17 @@ def _aliases(config: Any, before: dict[str, int]) -> None:
     for key, value in before.items():
         if value == old and key not in SHRINK and key.endswith(("_dim", "_size", "_width")):
             _set(config, key, new)
+    for key, value in list(vars(config).items()):  # parts concatenated to the hidden width keep their shares
+        if isinstance(value, (list, tuple)) and len(value) > 1 and all(isinstance(v, int) and v > 0 for v in value) \
+                and sum(value) == old and key not in SHRINK:  # Reformer's axial position embedding dims
+            parts = [max(1, v * new // old) for v in value]
+            parts[-1] += new - sum(parts)
+            setattr(config, key, type(value)(parts))
+    if before.get("coordinate_size") is not None and 4 * before["coordinate_size"] + 2 * before.get(
+            "shape_size", 0) == old:  # LayoutLMv3: 4 coordinate and 2 shape embeddings concatenate to the width
+        coordinate = new // 6
+        _set(config, "coordinate_size", coordinate)
+        _set(config, "shape_size", (new - 4 * coordinate) // 2)
 
 
 def _override(**values: Any) -> Any:
@@ -368,6 +412,20 @@ def _override(**values: Any) -> Any:
         for key, value in values.items():
             _set(config, key, value)
     return fix
+
+
+def _blt(config: Any) -> None:
+    """BLT: the local encoder/decoder project to and from the global transformer's width
+    (``hidden_size_global``), and the global transformer takes the encoder's ``cross_attn_k`` patch
+    embeddings through a projection whose input width the config derives once, at construction
+    (``encoder_cross_output_size``): both must follow the shrunk widths. Its 6 hash n-gram tables of 500 002
+    rows each would make the tiny model 190 M parameters: 1 000 rows keep it tiny."""
+    width = config.global_config.hidden_size
+    for sub in (config.encoder_config, config.decoder_config):
+        _set(sub, "hidden_size_global", width)
+    cross = config.encoder_config.hidden_size * config.cross_attn_k
+    _set(config.global_config, "encoder_cross_output_size", cross if cross != width else None)
+    _set(config, "encoder_hash_byte_group_vocab", 1000)
 
 
 # Per-family geometry no rule covers; each says why.
@@ -390,6 +448,17 @@ _OVERRIDES: dict[str, tuple] = {
     # Qwen4-Exp's indexed-attention layers read ``indexer_*`` sizes its default config leaves None (the
     # checkpoints set them): keep two linear-attention layers, as the generic shrink did
     "qwen4_exp_text": (_override(layer_types=["linear_attention", "linear_attention"]),),
+    # X-MOD routes every token through a per-language adapter and refuses a call without a language: default
+    # to the first language the config lists (as ``set_default_language`` would)
+    "xmod": (lambda c: _set(c, "default_language", (vars(c).get("languages") or [None])[0]),),
+    # Reformer's causal-LM head (the first head swept) asserts a decoder config
+    "reformer": (_override(is_decoder=True),),
+    # LiLT embeds a box as 6 coordinate embeddings of hidden // 6 each, concatenated back to the hidden
+    # width (then shrunk by channel_shrink_ratio 4 and split over 4 heads): the width must divide by 6 and 16
+    "lilt": (_override(hidden_size=48),),
+    "blt": (_blt,),
+    # BROS adds a box term per head to the attention scores: the box projection is one head wide
+    "bros": (lambda c: _set(c, "dim_bbox_projection", c.hidden_size // c.num_attention_heads),),
 }
 
 
@@ -447,7 +516,11 @@ def _short(exc: BaseException) -> str:
 def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     """Candidate plain-call keyword arguments for the tiny model, tried in order (audio layouts differ)."""
     if task not in CHECKED_TASKS:
-        return [_inputs(model, task)]
+        call = _inputs(model, task)
+        top = getattr(model.config, "max_2d_position_embeddings", None)
+        if "bbox" in call and isinstance(top, int):  # boxes embedded by integer page coordinate first
+            return [{**call, "bbox": (call["bbox"] * min(1000, top - 1)).long()}, call]
+        return [call]
     import inspect
 
     config = model.config
@@ -473,6 +546,10 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
         frames = frames if isinstance(frames, int) and frames <= 4096 else AUDIO_FRAMES
         variants += [{"input_features": torch.randn(BATCH, mel, frames, generator=gen)},
                      {"input_features": torch.randn(BATCH, frames, mel, generator=gen)}]
+        width = next((getattr(config, k) for k in ("d_model", "hidden_size") if isinstance(getattr(config, k, None),
+                                                                                            int)), None)
+        if width is not None and width != mel:  # Pop2Piano: its features are the encoder's inputs_embeds
+            variants.append({"input_features": torch.randn(BATCH, frames, width, generator=gen)})
     if task == "speech-seq2seq":
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else 0
@@ -481,21 +558,76 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
 
 
 def _inputs(model: Any, task: str) -> dict[str, Any]:
-    """Plain-call keyword arguments for the tiny model (and what ``explain`` needs)."""
+    """Plain-call keyword arguments for the tiny model (and what ``explain`` needs), plus the extra inputs
+    some families cannot run without (:func:`_extra_inputs`)."""
+    import inspect
+
     config = model.config
-    if task == "image-classification":
+    params = inspect.signature(type(model).forward).parameters
+    if task == "image-classification" and "pixel_values" in params:  # ImageGPT classifies colour-cluster ids
         size = getattr(config, "image_size", IMAGE)
         size = size if isinstance(size, int) else size[0]
         channels = getattr(config, "num_channels", 3) or 3
         return {"pixel_values": torch.randn(BATCH, channels, size, size, generator=torch.Generator().manual_seed(0))}
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.randint(3, max(4, min(vocab, VOCAB)), (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    call: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    vocab = _vocab(model)
+    # MusicGen's decoder reads one row per codebook: input_ids [batch · codebooks, seq]
+    rows = BATCH * (config.num_codebooks if isinstance(getattr(config, "num_codebooks", None), int) else 1)
+    ids = torch.randint(3, max(4, min(vocab, VOCAB)), (rows, SEQ), generator=torch.Generator().manual_seed(0))
+    call: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **_extra_inputs(model, ids)}
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else (getattr(config, "pad_token_id", None) or 0)
         call["decoder_input_ids"] = torch.tensor([[start, 5, 6]] * BATCH)
+        # Dia's decoder reads one code per audio channel and position: decoder_input_ids [batch, seq, channels]
+        channels = getattr(vars(config).get("decoder_config"), "num_channels", None)
+        if isinstance(channels, int):
+            call["decoder_input_ids"] = call["decoder_input_ids"][..., None].repeat(1, 1, channels)
     return call
+
+
+def _vocab(model: Any) -> int:
+    """The token-id range: the input embedding's rows, else the config's vocab size (an embedding that is not
+    an ``nn.Embedding``: I-BERT's quantized one, MusicGen's one per codebook, CANINE's hashed characters)."""
+    with contextlib.suppress(Exception):
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        if isinstance(rows, int):
+            return rows
+    config = model.config
+    for sub in (config, *(vars(config).get(k) for k in getattr(config, "sub_configs", {}) or {})):
+        vocab = getattr(sub, "vocab_size", None)
+        if isinstance(vocab, int):
+            return vocab
+    return VOCAB
+
+
+# Inputs a family's forward cannot run without, besides token ids (they reach ``lxt_fx.check`` as extra
+# keyword arguments, :func:`_extra_inputs`).
+EXTRA_KEYS = ("bbox", "visual_feats", "visual_pos")
+
+
+def _extra_inputs(model: Any, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs the forward requires beside the text, from the config's geometry:
+
+    * ``bbox`` (LayoutLM-style document models): one box ``x0 ≤ x1, y0 ≤ y1`` per token, normalised to
+      [0, 1] (BROS, UDOP; :func:`_input_variants` tries integer page coordinates first, for LayoutLMv3, LiLT);
+    * ``visual_feats`` ``[batch, boxes, visual_feat_dim]`` and ``visual_pos`` ``[batch, boxes, visual_pos_dim]``
+      (LXMERT's region features; 4 regions).
+    """
+    import inspect
+
+    config = model.config
+    params = inspect.signature(type(model).forward).parameters
+    gen = torch.Generator().manual_seed(1)
+    batch, seq = ids.shape
+    extra: dict[str, torch.Tensor] = {}
+    if "bbox" in params:
+        corner = torch.rand(batch, seq, 2, generator=gen) * 0.5
+        box = torch.cat([corner, corner + 0.1 + torch.rand(batch, seq, 2, generator=gen) * 0.4], -1)
+        extra["bbox"] = box
+    if "visual_feats" in params and isinstance(getattr(config, "visual_feat_dim", None), int):
+        extra["visual_feats"] = torch.randn(batch, 4, config.visual_feat_dim, generator=gen)
+        extra["visual_pos"] = torch.rand(batch, 4, getattr(config, "visual_pos_dim", 4) or 4, generator=gen)
+    return extra
 
 
 def _main_output(out: Any) -> torch.Tensor:
@@ -516,12 +648,27 @@ def _has_logits(model: Any, call: dict[str, Any]) -> bool:
     return getattr(out, "logits", None) is not None if not isinstance(out, dict) else "logits" in out
 
 
+# Families that cannot run alone, by design: the row says why instead of a constructor's error.
+NOT_STANDALONE = {
+    "gemma4_assistant": "a drafting assistant: its forward takes the target Gemma-4 model's hidden states "
+                        "(inputs_embeds of backbone_hidden_size) and its shared KV states (every layer reuses "
+                        "them), so it has no forward of its own to explain",
+    "gemma4_unified_assistant": "a drafting assistant: its forward takes the target Gemma-4-Unified model's "
+                                "hidden states and shared KV states (every layer reuses them), so it has no "
+                                "forward of its own to explain",
+    "layoutlmv2": "LayoutLMv2's visual backbone is detectron2's ResNet, and detectron2 is not on PyPI (built "
+                  "from source against a CUDA torch): not installable here",
+}
+
+
 def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str, str, dict, torch.Tensor]:
     """The first candidate head whose tiny model builds and runs a forward:
     (model, class name, task, call kwargs, plain output)."""
     import transformers
     from transformers import AutoConfig
 
+    if model_type in NOT_STANDALONE:
+        raise RuntimeError(f"not standalone: {NOT_STANDALONE[model_type]}")
     errors = []
     for name, task in candidates:
         cls = getattr(transformers, name, None)
