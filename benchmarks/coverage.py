@@ -680,6 +680,11 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             config._attn_implementation = "eager"
             torch.manual_seed(0)
             model = cls(config).eval()
+            if getattr(model.config, "_experts_implementation", None) == "eager" and hasattr(
+                    model, "set_experts_implementation"):  # OpenAI-Privacy-Filter defaults to the eager experts
+                # loop (data-dependent, not traceable): the grouped one gives the same outputs and captures
+                with contextlib.suppress(Exception):
+                    model.set_experts_implementation("grouped_mm")
             extra = {"use_cache": False} if _takes(model, "use_cache") else {}
             variants = _input_variants(model, task)
             for i, call in enumerate(variants):
@@ -718,7 +723,7 @@ def _takes(model: Any, name: str) -> bool:
 def run_family(model_type: str, candidates: list[tuple[str, str]], conn: Any = None) -> Row:
     """Build, capture, rewrite, explain one family, then check conservation (in this process). ``conn``: a
     pipe end that gets the row once explained (so a check past the timeout keeps it)."""
-    row, context = explain_family(model_type, candidates)
+    row, context = explain_family(model_type, candidates, conn)
     if context is None:
         return row
     if conn is not None:
@@ -761,9 +766,10 @@ def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: A
     return row
 
 
-def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Row, tuple | None]:
+def explain_family(model_type: str, candidates: list[tuple[str, str]], conn: Any = None) -> tuple[Row, tuple | None]:
     """Build, capture, rewrite, explain one family: the row, and (model, call, composite, target) when it was
-    explained (for :func:`verify`)."""
+    explained (for :func:`verify`). ``conn``: a pipe end that gets ``{"stage": "built", "row": row}`` once the
+    model built."""
     import lxt_fx
     from lxt_fx.composites import for_model
 
@@ -777,10 +783,16 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
             row.error = f"build: {exc}"
             return row, None
         row.built = True
+        if conn is not None:  # a capture or check past the timeout still leaves the row built
+            conn.send({"stage": "built", "row": asdict(row)})
         composite = for_model(model)
         row.composite = composite.name
         if row.task in CHECKED_TASKS:
             return _check_family(row, model, call, plain, composite), None
+        if any(k in call for k in EXTRA_KEYS):  # inputs explain does not take (boxes, region features): check
+            # on the embeddings with them as further keyword arguments
+            extra = {k: v for k, v in call.items() if k in EXTRA_KEYS}
+            return _check_family(row, model, call, plain, composite, {**check_inputs(model, call), **extra}), None
         decoder = call.get("decoder_input_ids")
         inputs = call.get("pixel_values", call.get("input_ids"))
         # A head without logits (a backbone-style output): explain the sum of its main output per row.
@@ -825,17 +837,19 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
         row.seconds = time.perf_counter() - start
 
 
-def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tensor, composite: Any) -> Row:
-    """A :data:`CHECKED_TASKS` family: ``lxt_fx.check`` on the call's keyword arguments (every float input
-    carries relevance; the target is the summed main output when there are no logits), then the forward in
-    the context against the untouched model."""
+def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tensor, composite: Any,
+                  checked_call: dict[str, Any] | None = None) -> Row:
+    """A :data:`CHECKED_TASKS` family, or one with :data:`EXTRA_KEYS` inputs: ``lxt_fx.check`` on the call's
+    keyword arguments (``checked_call``: these instead; every float input carries relevance; the target is
+    the summed main output when there are no logits), then the forward in the context against the untouched
+    model."""
     import lxt_fx
 
     target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
     if row.task == "zero-shot-image-classification":  # image–text similarity: each image's row of scores
         target = lxt_fx.targets.Function(lambda out: out["logits_per_image"].sum(-1))
     start = time.perf_counter()
-    checked, checked_call = model, call
+    checked, checked_call = model, checked_call if checked_call is not None else call
     if row.task == "zero-shot-image-classification":  # text ids fixed, the pixels carry the relevance
         checked = _ImageSide(model, {k: v for k, v in call.items() if k != "pixel_values"})
         checked_call = {"pixel_values": call["pixel_values"]}
@@ -929,15 +943,16 @@ def _child(model_type: str, candidates: list[tuple[str, str]], conn: Any) -> Non
 
 def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: float) -> Row:
     """:func:`run_family` in a forked child; a timeout or a crash becomes the row's error. The child sends
-    the row once explained and again once checked: a check past the timeout (or crashing) keeps the first
-    with the verdict ``check timeout`` / ``check crashed``."""
+    the row once built, once explained and again once checked: a check past the timeout (or crashing) keeps
+    the explained row with the verdict ``check timeout`` / ``check crashed``, a capture or explain past it the
+    built row."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.perf_counter()
     child = ctx.Process(target=_child, args=(model_type, candidates, send), daemon=True)
     child.start()
     send.close()
-    result = None
+    result = built = None
     final = False
     while not final:
         left = timeout - (time.perf_counter() - start)
@@ -947,6 +962,9 @@ def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: fl
             message = receive.recv()
         except EOFError:
             break
+        if message.get("stage") == "built":  # built; capture, explain and check still to come
+            built = message["row"]
+            continue
         result = message
         final = message.get("verified") is not None or not message.get("explained")
     child.join(5 if final else 0)
@@ -955,6 +973,10 @@ def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: fl
         child.join()
     seconds = time.perf_counter() - start
     why = f"timeout after {timeout:.0f} s" if seconds >= timeout else f"crashed (exit code {child.exitcode})"
+    if result is None and built is not None:  # built, then the capture/explain ran out of time or crashed
+        row = Row(**built)
+        row.error, row.seconds = f"built; capture/explain: {why}", seconds
+        return row
     if result is not None:
         row = Row(**result)
         if not final:
