@@ -802,7 +802,7 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]], conn: Any
                                  target=target)
         except lxt_fx.CaptureError as exc:
             row.captured = False
-            row.error = f"capture: {_short(exc.cause)}"
+            row.error = f"capture: {_short(exc.cause)}; what to try: {exc.hint}"
             return row, None
         except Exception as exc:  # noqa: BLE001
             row.error = f"explain: {_short(exc)}"
@@ -857,7 +857,7 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
         report = lxt_fx.check(checked, checked_call, composite=composite, target=target, zero_bias=True)
     except lxt_fx.CaptureError as exc:
         row.captured = False
-        row.error = f"capture: {_short(exc.cause)}"
+        row.error = f"capture: {_short(exc.cause)}; what to try: {exc.hint}"
         return row
     except Exception as exc:  # noqa: BLE001
         row.error = f"check: {_short(exc)}"

@@ -21,7 +21,7 @@ class CaptureError(LXTError):
     """The model could not be captured into a graph (``torch.export``, non-strict)."""
 
     def __init__(self, model_class: str, location: str, cause: BaseException, hint: str) -> None:
-        self.model_class, self.location, self.cause = model_class, location, cause
+        self.model_class, self.location, self.cause, self.hint = model_class, location, cause, hint
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(
             f"could not capture {model_class}: {type(cause).__name__}: {first}\n"
