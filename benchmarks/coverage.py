@@ -125,7 +125,7 @@ STAGED_IMAGE = 64  # 32× down-sampling still leaves 2 × 2 at the last stage
 # MLA (DeepSeek-V2/V3 and kin): q/k heads are a "nope" part plus a rotary part; rotary tables are sized by
 # ``head_dim``, which the config sets to the rotary part (or the whole q/k head).
 MLA_ROPE, MLA_NOPE = 8, 8
-SSM_HEAD, SSM_STATE = 16, 16
+SSM_HEAD, SSM_STATE, SSM_CHUNK = 16, 16, 16
 
 
 def _ints(config: Any) -> dict[str, int]:
@@ -379,6 +379,17 @@ def _ssm(config: Any, before: dict[str, int]) -> None:
                 _set(config, heads_key, heads)
                 _set(config, head_key, inner // heads)
             _set(config, state_key, SSM_STATE)
+    d_ssm = before.get("mamba_d_ssm")  # Falcon-H1: its own SSM width = heads × head size; keep that product
+    if d_ssm and before.get("mamba_n_heads", 0) * before.get("mamba_d_head", 0) == d_ssm:
+        inner = before.get("mamba_expand", 2) * hidden
+        _set(config, "mamba_d_ssm", inner)
+        _set(config, "mamba_n_heads", inner // SSM_HEAD)
+        _set(config, "mamba_d_head", SSM_HEAD)
+        _set(config, "mamba_d_state", SSM_STATE)
+    for key in ("mamba_chunk_size", "chunk_size"):  # the reference scan pads the sequence to a whole chunk
+        # (256 by default): a tiny model with an 8-token input then scans 256 positions per layer
+        if before.get(key, 0) > SSM_CHUNK and any(k in before for k in ("mamba_d_state", "state_size")):
+            _set(config, key, SSM_CHUNK)
     if "attention_hidden_size" in before and "hidden_size" in before:  # Zamba2: attention on [x, x0]
         ratio = before["attention_hidden_size"] // max(1, before["hidden_size"])
         _set(config, "attention_hidden_size", ratio * hidden)

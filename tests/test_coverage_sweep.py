@@ -222,6 +222,9 @@ def test_shrink_keeps_widths_that_concatenate_or_split(coverage) -> None:
     assert blt.global_config.encoder_cross_output_size == blt.encoder_config.hidden_size * blt.cross_attn_k
     cc = coverage.shrink(AutoConfig.for_model("cohere_compass_text"))
     assert set(cc.layer_types) <= set(cc.rope_parameters)
+    f = coverage.shrink(AutoConfig.for_model("falcon_h1"))  # its own SSM width: heads × head = d_ssm, small
+    assert f.mamba_n_heads * f.mamba_d_head == f.mamba_d_ssm == f.mamba_expand * f.hidden_size
+    assert f.mamba_chunk_size == coverage.SSM_CHUNK and f.mamba_d_state == coverage.SSM_STATE
 
 
 @pytest.mark.parametrize("model_type", ["layoutlmv3", "udop", "lxmert", "musicgen", "xmod", "imagegpt", "ibert"])
