@@ -147,7 +147,7 @@ STAGED_IMAGE = 64  # 32× down-sampling still leaves 2 × 2 at the last stage
 # MLA (DeepSeek-V2/V3 and kin): q/k heads are a "nope" part plus a rotary part; rotary tables are sized by
 # ``head_dim``, which the config sets to the rotary part (or the whole q/k head).
 MLA_ROPE, MLA_NOPE = 8, 8
-SSM_HEAD, SSM_STATE = 16, 16
+SSM_HEAD, SSM_STATE, SSM_CHUNK = 16, 16, 16
 
 
 def _ints(config: Any) -> dict[str, int]:
@@ -213,6 +213,10 @@ def shrink(config: Any, depth: int = 0) -> Any:
         if key == "num_labels":
             continue  # a property that rebuilds id2label; 2 is the default anyway
         _set(config, key, value)
+    for key in before:  # cross-attention sizes (Dia: cross_hidden_size, cross_head_dim) shrink
+        # like their self-attention namesakes: the encoder they read is shrunk the same way
+        if key.startswith("cross_") and key[6:] in SHRINK and not staged:
+            _set(config, key, SHRINK[key[6:]])
     if staged:
         _shrink_stages(config)
     kept = list(range(LAYERS))
@@ -234,6 +238,7 @@ def shrink(config: Any, depth: int = 0) -> Any:
                 and _get(config, "sliding_window") is None:  # a sliding layer kept needs a window
             _set(config, "sliding_window", SEQ // 2)
     _mla(config, before)
+    _layer_rope(config)
     _mrope(config)
     _ssm(config, before)
     _aliases(config, before)
@@ -311,13 +316,28 @@ def _mla(config: Any, before: dict[str, int]) -> None:
     if "qk_head_dim" in before:
         _set(config, "qk_head_dim", qk)
     head = before.get("head_dim")
-    if head is not None:
+    factor = _partial_rotary(config)
+    if head is not None and factor is not None and round(head * factor) == rope:
+        # the rotary part is a fraction of ``head_dim`` (Dots3-Note: 0.25 · 256 = 64): keep the fraction
+        _set(config, "head_dim", round(MLA_ROPE / factor))
+    elif head is not None:
         _set(config, "head_dim", MLA_ROPE if head == rope else qk if head == before.get("qk_head_dim", -1)
              else HIDDEN // HEADS)
     if "index_head_dim" in before:  # a sparse-attention indexer (DSA): its heads have a rotary part too
         _set(config, "index_head_dim", qk)
     if "index_n_heads" in before:
         _set(config, "index_n_heads", HEADS)
+
+
+def _partial_rotary(config: Any) -> float | None:
+    """``partial_rotary_factor`` below 1 (at the top of ``rope_parameters``, in its per-layer-type entries, or
+    on the config), else None."""
+    rope = vars(config).get("rope_parameters")
+    found = [getattr(config, "partial_rotary_factor", None)]
+    if isinstance(rope, dict):
+        found += [rope.get("partial_rotary_factor")] + [v.get("partial_rotary_factor") for v in rope.values()
+                                                         if isinstance(v, dict)]
+    return next((f for f in found if isinstance(f, float) and 0 < f < 1), None)
 
 
 def _reads(config: Any, name: str) -> bool:
@@ -330,6 +350,19 @@ def _reads(config: Any, name: str) -> bool:
         return name in inspect.getsource(importlib.import_module(module))
     except Exception:  # noqa: BLE001 - no modeling module: it reads nothing
         return False
+
+
+def _layer_rope(config: Any) -> None:
+    """Per-layer-type RoPE (``rope_parameters`` keyed by layer type): a default config may leave it empty
+    (the checkpoints fill it, Cohere Compass); a model that reads ``rope_parameters[layer_type]`` then fails.
+    Each layer type kept gets LLaMA's default rotary parameters."""
+    rope, types = vars(config).get("rope_parameters"), vars(config).get("layer_types")
+    if not isinstance(rope, dict) or not isinstance(types, (list, tuple)) or "rope_type" in rope or not _reads(
+            config, "rope_parameters[layer_type]"):
+        return
+    for kind in dict.fromkeys(types):
+        if isinstance(kind, str) and kind not in rope:
+            rope[kind] = {"rope_type": "default", "rope_theta": 10000.0}
 
 
 def _mrope(config: Any) -> None:
@@ -368,6 +401,17 @@ def _ssm(config: Any, before: dict[str, int]) -> None:
                 _set(config, heads_key, heads)
                 _set(config, head_key, inner // heads)
             _set(config, state_key, SSM_STATE)
+    d_ssm = before.get("mamba_d_ssm")  # Falcon-H1: its own SSM width = heads × head size; keep that product
+    if d_ssm and before.get("mamba_n_heads", 0) * before.get("mamba_d_head", 0) == d_ssm:
+        inner = before.get("mamba_expand", 2) * hidden
+        _set(config, "mamba_d_ssm", inner)
+        _set(config, "mamba_n_heads", inner // SSM_HEAD)
+        _set(config, "mamba_d_head", SSM_HEAD)
+        _set(config, "mamba_d_state", SSM_STATE)
+    for key in ("mamba_chunk_size", "chunk_size"):  # the reference scan pads the sequence to a whole chunk
+        # (256 by default): a tiny model with an 8-token input then scans 256 positions per layer
+        if before.get(key, 0) > SSM_CHUNK and any(k in before for k in ("mamba_d_state", "state_size")):
+            _set(config, key, SSM_CHUNK)
     if "attention_hidden_size" in before and "hidden_size" in before:  # Zamba2: attention on [x, x0]
         ratio = before["attention_hidden_size"] // max(1, before["hidden_size"])
         _set(config, "attention_hidden_size", ratio * hidden)
@@ -383,6 +427,17 @@ def _aliases(config: Any, before: dict[str, int]) -> None:
     for key, value in before.items():
         if value == old and key not in SHRINK and key.endswith(("_dim", "_size", "_width")):
             _set(config, key, new)
+    for key, value in list(vars(config).items()):  # parts concatenated to the hidden width keep their shares
+        if isinstance(value, (list, tuple)) and len(value) > 1 and all(isinstance(v, int) and v > 0 for v in value) \
+                and sum(value) == old and key not in SHRINK:  # Reformer's axial position embedding dims
+            parts = [max(1, v * new // old) for v in value]
+            parts[-1] += new - sum(parts)
+            setattr(config, key, type(value)(parts))
+    if before.get("coordinate_size") is not None and 4 * before["coordinate_size"] + 2 * before.get(
+            "shape_size", 0) == old:  # LayoutLMv3: 4 coordinate and 2 shape embeddings concatenate to the width
+        coordinate = new // 6
+        _set(config, "coordinate_size", coordinate)
+        _set(config, "shape_size", (new - 4 * coordinate) // 2)
 
 
 def _override(**values: Any) -> Any:
@@ -390,6 +445,20 @@ def _override(**values: Any) -> Any:
         for key, value in values.items():
             _set(config, key, value)
     return fix
+
+
+def _blt(config: Any) -> None:
+    """BLT: the local encoder/decoder project to and from the global transformer's width
+    (``hidden_size_global``), and the global transformer takes the encoder's ``cross_attn_k`` patch
+    embeddings through a projection whose input width the config derives once, at construction
+    (``encoder_cross_output_size``): both must follow the shrunk widths. Its 6 hash n-gram tables of 500 002
+    rows each would make the tiny model 190 M parameters: 1 000 rows keep it tiny."""
+    width = config.global_config.hidden_size
+    for sub in (config.encoder_config, config.decoder_config):
+        _set(sub, "hidden_size_global", width)
+    cross = config.encoder_config.hidden_size * config.cross_attn_k
+    _set(config.global_config, "encoder_cross_output_size", cross if cross != width else None)
+    _set(config, "encoder_hash_byte_group_vocab", 1000)
 
 
 # Per-family geometry no rule covers; each says why.
@@ -412,6 +481,17 @@ _OVERRIDES: dict[str, tuple] = {
     # Qwen4-Exp's indexed-attention layers read ``indexer_*`` sizes its default config leaves None (the
     # checkpoints set them): keep two linear-attention layers, as the generic shrink did
     "qwen4_exp_text": (_override(layer_types=["linear_attention", "linear_attention"]),),
+    # X-MOD routes every token through a per-language adapter and refuses a call without a language: default
+    # to the first language the config lists (as ``set_default_language`` would)
+    "xmod": (lambda c: _set(c, "default_language", (vars(c).get("languages") or [None])[0]),),
+    # Reformer's causal-LM head (the first head swept) asserts a decoder config
+    "reformer": (_override(is_decoder=True),),
+    # LiLT embeds a box as 6 coordinate embeddings of hidden // 6 each, concatenated back to the hidden
+    # width (then shrunk by channel_shrink_ratio 4 and split over 4 heads): the width must divide by 6 and 16
+    "lilt": (_override(hidden_size=48),),
+    "blt": (_blt,),
+    # BROS adds a box term per head to the attention scores: the box projection is one head wide
+    "bros": (lambda c: _set(c, "dim_bbox_projection", c.hidden_size // c.num_attention_heads),),
 }
 for _type, _fixes in mm.OVERRIDES.items():
     _OVERRIDES[_type] = _OVERRIDES.get(_type, ()) + _fixes
@@ -472,7 +552,13 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
     """Candidate plain-call keyword arguments for the tiny model, tried in order (audio layouts differ)."""
     own = mm.variants(model, task)
     if task not in CHECKED_TASKS:
-        return own or [_inputs(model, task)]
+        if own:
+            return own
+        call = _inputs(model, task)
+        top = getattr(model.config, "max_2d_position_embeddings", None)
+        if "bbox" in call and isinstance(top, int):  # boxes embedded by integer page coordinate first
+            return [{**call, "bbox": (call["bbox"] * min(1000, top - 1)).long()}, call]
+        return [call]
     if own:
         return own + mm.fallbacks(model, task)
     import inspect
@@ -499,6 +585,10 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
         frames = frames if isinstance(frames, int) and frames <= 4096 else AUDIO_FRAMES
         variants += [{"input_features": torch.randn(BATCH, mel, frames, generator=gen)},
                      {"input_features": torch.randn(BATCH, frames, mel, generator=gen)}]
+        width = next((getattr(config, k) for k in ("d_model", "hidden_size") if isinstance(getattr(config, k, None),
+                                                                                            int)), None)
+        if width is not None and width != mel:  # Pop2Piano: its features are the encoder's inputs_embeds
+            variants.append({"input_features": torch.randn(BATCH, frames, width, generator=gen)})
     if task == "speech-seq2seq":
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else 0
@@ -507,21 +597,76 @@ def _input_variants(model: Any, task: str) -> list[dict[str, Any]]:
 
 
 def _inputs(model: Any, task: str) -> dict[str, Any]:
-    """Plain-call keyword arguments for the tiny model (and what ``explain`` needs)."""
+    """Plain-call keyword arguments for the tiny model (and what ``explain`` needs), plus the extra inputs
+    some families cannot run without (:func:`_extra_inputs`)."""
+    import inspect
+
     config = model.config
-    if task == "image-classification":
+    params = inspect.signature(type(model).forward).parameters
+    if task == "image-classification" and "pixel_values" in params:  # ImageGPT classifies colour-cluster ids
         size = getattr(config, "image_size", IMAGE)
         size = size if isinstance(size, int) else size[0]
         channels = getattr(config, "num_channels", 3) or 3
         return {"pixel_values": torch.randn(BATCH, channels, size, size, generator=torch.Generator().manual_seed(0))}
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.randint(3, max(4, min(vocab, VOCAB)), (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    call: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    vocab = _vocab(model)
+    # MusicGen's decoder reads one row per codebook: input_ids [batch · codebooks, seq]
+    rows = BATCH * (config.num_codebooks if isinstance(getattr(config, "num_codebooks", None), int) else 1)
+    ids = torch.randint(3, max(4, min(vocab, VOCAB)), (rows, SEQ), generator=torch.Generator().manual_seed(0))
+    call: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **_extra_inputs(model, ids)}
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None)
         start = start if isinstance(start, int) else (getattr(config, "pad_token_id", None) or 0)
         call["decoder_input_ids"] = torch.tensor([[start, 5, 6]] * BATCH)
+        # Dia's decoder reads one code per audio channel and position: decoder_input_ids [batch, seq, channels]
+        channels = getattr(vars(config).get("decoder_config"), "num_channels", None)
+        if isinstance(channels, int):
+            call["decoder_input_ids"] = call["decoder_input_ids"][..., None].repeat(1, 1, channels)
     return call
+
+
+def _vocab(model: Any) -> int:
+    """The token-id range: the input embedding's rows, else the config's vocab size (an embedding that is not
+    an ``nn.Embedding``: I-BERT's quantized one, MusicGen's one per codebook, CANINE's hashed characters)."""
+    with contextlib.suppress(Exception):
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        if isinstance(rows, int):
+            return rows
+    config = model.config
+    for sub in (config, *(vars(config).get(k) for k in getattr(config, "sub_configs", {}) or {})):
+        vocab = getattr(sub, "vocab_size", None)
+        if isinstance(vocab, int):
+            return vocab
+    return VOCAB
+
+
+# Inputs a family's forward cannot run without, besides token ids (they reach ``lxt_fx.check`` as extra
+# keyword arguments, :func:`_extra_inputs`).
+EXTRA_KEYS = ("bbox", "visual_feats", "visual_pos")
+
+
+def _extra_inputs(model: Any, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs the forward requires beside the text, from the config's geometry:
+
+    * ``bbox`` (LayoutLM-style document models): one box ``x0 ≤ x1, y0 ≤ y1`` per token, normalised to
+      [0, 1] (BROS, UDOP; :func:`_input_variants` tries integer page coordinates first, for LayoutLMv3, LiLT);
+    * ``visual_feats`` ``[batch, boxes, visual_feat_dim]`` and ``visual_pos`` ``[batch, boxes, visual_pos_dim]``
+      (LXMERT's region features; 4 regions).
+    """
+    import inspect
+
+    config = model.config
+    params = inspect.signature(type(model).forward).parameters
+    gen = torch.Generator().manual_seed(1)
+    batch, seq = ids.shape
+    extra: dict[str, torch.Tensor] = {}
+    if "bbox" in params:
+        corner = torch.rand(batch, seq, 2, generator=gen) * 0.5
+        box = torch.cat([corner, corner + 0.1 + torch.rand(batch, seq, 2, generator=gen) * 0.4], -1)
+        extra["bbox"] = box
+    if "visual_feats" in params and isinstance(getattr(config, "visual_feat_dim", None), int):
+        extra["visual_feats"] = torch.randn(batch, 4, config.visual_feat_dim, generator=gen)
+        extra["visual_pos"] = torch.rand(batch, 4, getattr(config, "visual_pos_dim", 4) or 4, generator=gen)
+    return extra
 
 
 def _main_output(out: Any) -> torch.Tensor:
@@ -542,6 +687,19 @@ def _has_logits(model: Any, call: dict[str, Any]) -> bool:
     return getattr(out, "logits", None) is not None if not isinstance(out, dict) else "logits" in out
 
 
+# Families that cannot run alone, by design: the row says why instead of a constructor's error.
+NOT_STANDALONE = {
+    "gemma4_assistant": "a drafting assistant: its forward takes the target Gemma-4 model's hidden states "
+                        "(inputs_embeds of backbone_hidden_size) and its shared KV states (every layer reuses "
+                        "them), so it has no forward of its own to explain",
+    "gemma4_unified_assistant": "a drafting assistant: its forward takes the target Gemma-4-Unified model's "
+                                "hidden states and shared KV states (every layer reuses them), so it has no "
+                                "forward of its own to explain",
+    "layoutlmv2": "LayoutLMv2's visual backbone is detectron2's ResNet, and detectron2 is not on PyPI (built "
+                  "from source against a CUDA torch): not installable here",
+}
+
+
 def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str, str, dict, torch.Tensor]:
     """The first candidate head whose tiny model builds and runs a forward:
     (model, class name, task, call kwargs, plain output)."""
@@ -550,6 +708,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
 
     if model_type in mm.UNAVAILABLE:
         raise RuntimeError(f"not buildable here: {mm.UNAVAILABLE[model_type]}")
+    if model_type in NOT_STANDALONE:
+        raise RuntimeError(f"not standalone: {NOT_STANDALONE[model_type]}")
     errors = []
     for name, task in candidates:
         cls = getattr(transformers, name, None)
@@ -561,6 +721,11 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             config._attn_implementation = "eager"
             torch.manual_seed(0)
             model = cls(config).eval()
+            if getattr(model.config, "_experts_implementation", None) == "eager" and hasattr(
+                    model, "set_experts_implementation"):  # OpenAI-Privacy-Filter defaults to the eager experts
+                # loop (data-dependent, not traceable): the grouped one gives the same outputs and captures
+                with contextlib.suppress(Exception):
+                    model.set_experts_implementation("grouped_mm")
             extra = {"use_cache": False} if _takes(model, "use_cache") else {}
             variants = _input_variants(model, task)
             for i, call in enumerate(variants):
@@ -599,7 +764,7 @@ def _takes(model: Any, name: str) -> bool:
 def run_family(model_type: str, candidates: list[tuple[str, str]], conn: Any = None) -> Row:
     """Build, capture, rewrite, explain one family, then check conservation (in this process). ``conn``: a
     pipe end that gets the row once explained (so a check past the timeout keeps it)."""
-    row, context = explain_family(model_type, candidates)
+    row, context = explain_family(model_type, candidates, conn)
     if context is None:
         return row
     if conn is not None:
@@ -642,9 +807,10 @@ def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: A
     return row
 
 
-def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Row, tuple | None]:
+def explain_family(model_type: str, candidates: list[tuple[str, str]], conn: Any = None) -> tuple[Row, tuple | None]:
     """Build, capture, rewrite, explain one family: the row, and (model, call, composite, target) when it was
-    explained (for :func:`verify`)."""
+    explained (for :func:`verify`). ``conn``: a pipe end that gets ``{"stage": "built", "row": row}`` once the
+    model built."""
     import lxt_fx
     from lxt_fx.composites import for_model
 
@@ -658,10 +824,16 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
             row.error = f"build: {exc}"
             return row, None
         row.built = True
+        if conn is not None:  # a capture or check past the timeout still leaves the row built
+            conn.send({"stage": "built", "row": asdict(row)})
         composite = for_model(model)
         row.composite = composite.name
         if row.task in CHECKED_TASKS or mm.is_mixed(call):  # inputs beside text ids: check the whole call
             return _check_family(row, model, call, plain, composite), None
+        if any(k in call for k in EXTRA_KEYS):  # inputs explain does not take (boxes, region features): check
+            # on the embeddings with them as further keyword arguments
+            extra = {k: v for k, v in call.items() if k in EXTRA_KEYS}
+            return _check_family(row, model, call, plain, composite, {**check_inputs(model, call), **extra}), None
         decoder = call.get("decoder_input_ids")
         inputs = call.get("pixel_values", call.get("input_ids"))
         # A head without logits (a backbone-style output): explain the sum of its main output per row.
@@ -671,7 +843,7 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
                                  target=target)
         except lxt_fx.CaptureError as exc:
             row.captured = False
-            row.error = f"capture: {_short(exc.cause)}"
+            row.error = f"capture: {_short(exc.cause)}; what to try: {exc.hint}"
             return row, None
         except Exception as exc:  # noqa: BLE001
             row.error = f"explain: {_short(exc)}"
@@ -706,10 +878,12 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]]) -> tuple[
         row.seconds = time.perf_counter() - start
 
 
-def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tensor, composite: Any) -> Row:
-    """A :data:`CHECKED_TASKS` family: ``lxt_fx.check`` on the call's keyword arguments (every float input
-    carries relevance; the target is the summed main output when there are no logits), then the forward in
-    the context against the untouched model."""
+def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tensor, composite: Any,
+                  checked_call: dict[str, Any] | None = None) -> Row:
+    """A :data:`CHECKED_TASKS` family, or one with :data:`EXTRA_KEYS` inputs: ``lxt_fx.check`` on the call's
+    keyword arguments (``checked_call``: these instead; every float input carries relevance; the target is
+    the summed main output when there are no logits), then the forward in the context against the untouched
+    model."""
     import lxt_fx
 
     target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
@@ -722,12 +896,12 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     start = time.perf_counter()
     # the model itself (a two-tower model's token relevance is read at its embedding lookup in the graph),
     # so ``for_model`` sees its own model type
-    checked, checked_call = model, call
+    checked, checked_call = model, checked_call if checked_call is not None else call
     try:
         report = lxt_fx.check(checked, checked_call, composite=composite, target=target, zero_bias=True)
     except lxt_fx.CaptureError as exc:
         row.captured = False
-        row.error = f"capture: {_short(exc.cause)}"
+        row.error = f"capture: {_short(exc.cause)}; what to try: {exc.hint}"
         return row
     except Exception as exc:  # noqa: BLE001
         row.error = f"check: {_short(exc)}"
@@ -807,15 +981,16 @@ def _child(model_type: str, candidates: list[tuple[str, str]], conn: Any) -> Non
 
 def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: float) -> Row:
     """:func:`run_family` in a forked child; a timeout or a crash becomes the row's error. The child sends
-    the row once explained and again once checked: a check past the timeout (or crashing) keeps the first
-    with the verdict ``check timeout`` / ``check crashed``."""
+    the row once built, once explained and again once checked: a check past the timeout (or crashing) keeps
+    the explained row with the verdict ``check timeout`` / ``check crashed``, a capture or explain past it the
+    built row."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.perf_counter()
     child = ctx.Process(target=_child, args=(model_type, candidates, send), daemon=True)
     child.start()
     send.close()
-    result = None
+    result = built = None
     final = False
     while not final:
         left = timeout - (time.perf_counter() - start)
@@ -825,6 +1000,9 @@ def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: fl
             message = receive.recv()
         except EOFError:
             break
+        if message.get("stage") == "built":  # built; capture, explain and check still to come
+            built = message["row"]
+            continue
         result = message
         final = message.get("verified") is not None or not message.get("explained")
     child.join(5 if final else 0)
@@ -833,6 +1011,10 @@ def run_isolated(model_type: str, candidates: list[tuple[str, str]], timeout: fl
         child.join()
     seconds = time.perf_counter() - start
     why = f"timeout after {timeout:.0f} s" if seconds >= timeout else f"crashed (exit code {child.exitcode})"
+    if result is None and built is not None:  # built, then the capture/explain ran out of time or crashed
+        row = Row(**built)
+        row.error, row.seconds = f"built; capture/explain: {why}", seconds
+        return row
     if result is not None:
         row = Row(**result)
         if not final:

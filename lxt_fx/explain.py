@@ -13,7 +13,7 @@ from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
 from .rewrite import recording_places
-from .session import InputError, check_model, input_embeddings, mask_like, rewritten_graph
+from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
 from .tracing.offload import execution_device, is_dispatched
@@ -143,7 +143,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
 
     with torch.enable_grad():
-        embeds = embedding(ids).detach().requires_grad_(True)
+        embeds = embed(embedding, ids, model).detach().requires_grad_(True)
         tensors = {"inputs_embeds": embeds, "attention_mask": mask}
         explained_mask = mask
         dec_ids = dec_embeds = None

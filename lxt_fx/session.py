@@ -125,7 +125,24 @@ def input_embeddings(model: nn.Module) -> nn.Module:
             f"{type(model).__name__} has no input embeddings (get_input_embeddings() gave {emb!r}); relevance "
             "is read at the embedding output: pass a transformers model, or call the model with "
             "inputs_embeds inside composite.context(model)")
+    if isinstance(emb, (nn.ModuleList, nn.ModuleDict)):  # MusicGen: one embedding per codebook, summed inside
+        raise NoInputEmbeddingsError(
+            f"{type(model).__name__}'s get_input_embeddings() is a {type(emb).__name__} (one embedding per "
+            "codebook or stream, combined inside the forward), not one module that maps ids to the "
+            "embeddings the forward takes: explain it through inputs_embeds inside composite.context(model)")
     return emb
+
+
+def embed(embedding: nn.Module, ids: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``embedding(ids)``, or :class:`NoInputEmbeddingsError` where it is not a tensor (I-BERT's quantized
+    embedding returns the values with their scaling factor)."""
+    out = embedding(ids)
+    if not isinstance(out, torch.Tensor):
+        raise NoInputEmbeddingsError(
+            f"{type(model).__name__}'s input embedding ({type(embedding).__name__}) returns a "
+            f"{type(out).__name__}, not the embeddings tensor the forward takes as inputs_embeds: relevance "
+            "cannot be read there; explain it through inputs_embeds inside composite.context(model)")
+    return out
 
 
 _TODO_EXPLAIN = ("to explain, call the model without it inside the context (a full forward from input_ids or "
@@ -222,7 +239,7 @@ def split_inputs(model: nn.Module, kwargs: Mapping[str, Any], *, checked: bool =
         if ids in tensors and embeds not in tensors:
             if _dual_encoder(model):  # CLIP, SigLIP: the text tower reads the ids themselves (pooling, eos)
                 continue
-            tensors[embeds] = input_embeddings(model)(tensors.pop(ids))
+            tensors[embeds] = embed(input_embeddings(model), tensors.pop(ids), model)
     return tensors, static
 
 

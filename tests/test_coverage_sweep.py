@@ -198,3 +198,49 @@ def test_build_only_census_rows_are_marked_not_run(coverage, tmp_path: Path) -> 
     table = out.read_text()
     assert _rows(table)["gpt2"][2] == "not run" and _rows(table)["timm_wrapper"][2] == "not built"
     assert "| causal-lm | 1 | 1 | 1 | 0 | 0 | 0 | – |" in table and "| image-classification | 1 | 0 | 0 |" in table
+
+
+def test_shrink_keeps_widths_that_concatenate_or_split(coverage) -> None:
+    """Widths derived from the hidden size keep their relation: Reformer's axial position dims sum to it,
+    LayoutLMv3's 4 coordinate + 2 shape embeddings concatenate to it, Dots3-Note's rotary part is
+    ``partial_rotary_factor`` of ``head_dim``, Dia's cross-attention reads the encoder's width, BLT's local
+    models project to the global width, Cohere Compass gets RoPE parameters for each kept layer type."""
+    from transformers import AutoConfig
+
+    r = coverage.shrink(AutoConfig.for_model("reformer"))
+    assert sum(r.axial_pos_embds_dim) == r.hidden_size == 64 and len(r.axial_pos_embds_dim) == 2
+    lv3 = coverage.shrink(AutoConfig.for_model("layoutlmv3"))
+    assert 4 * lv3.coordinate_size + 2 * lv3.shape_size == lv3.hidden_size
+    d = coverage.shrink(AutoConfig.for_model("dots3_note_text"))
+    factor = d.rope_parameters["indexed_attention"]["partial_rotary_factor"]
+    assert d.head_dim * factor == d.qk_rope_head_dim == coverage.MLA_ROPE
+    dia = coverage.shrink(AutoConfig.for_model("dia"))
+    assert dia.decoder_config.cross_hidden_size == dia.encoder_config.hidden_size == 64
+    blt = coverage.shrink(AutoConfig.for_model("blt"))
+    assert blt.encoder_config.hidden_size_global == blt.decoder_config.hidden_size_global == \
+        blt.global_config.hidden_size
+    assert blt.global_config.encoder_cross_output_size == blt.encoder_config.hidden_size * blt.cross_attn_k
+    cc = coverage.shrink(AutoConfig.for_model("cohere_compass_text"))
+    assert set(cc.layer_types) <= set(cc.rope_parameters)
+    f = coverage.shrink(AutoConfig.for_model("falcon_h1"))  # its own SSM width: heads × head = d_ssm, small
+    assert f.mamba_n_heads * f.mamba_d_head == f.mamba_d_ssm == f.mamba_expand * f.hidden_size
+    assert f.mamba_chunk_size == coverage.SSM_CHUNK and f.mamba_d_state == coverage.SSM_STATE
+
+
+@pytest.mark.parametrize("model_type", ["layoutlmv3", "udop", "lxmert", "musicgen", "xmod", "imagegpt", "ibert"])
+def test_families_with_their_own_inputs_build(coverage, model_type: str) -> None:
+    """Boxes (integer page coordinates, or normalised for UDOP), region features, one row per codebook, a
+    default language, colour-cluster ids for an image classifier, a quantized embedding's vocab."""
+    model, name, task, call, plain = coverage.build(model_type, coverage.families()[model_type])
+    assert torch.isfinite(plain).all()
+    if "bbox" in call:
+        box = call["bbox"]
+        assert (box[..., 0] <= box[..., 2]).all() and (box[..., 1] <= box[..., 3]).all()
+        assert box.is_floating_point() == (model_type == "udop")  # UDOP refuses integer boxes
+    if model_type == "musicgen":
+        assert call["input_ids"].shape[0] == 2 * model.config.num_codebooks
+
+
+def test_a_family_that_cannot_run_alone_says_why(coverage) -> None:
+    row, _ = coverage.explain_family("gemma4_assistant", coverage.families()["gemma4_assistant"])
+    assert not row.built and "not standalone" in row.error and "KV states" in row.error

@@ -176,3 +176,33 @@ def test_calls_the_graph_cannot_represent_are_named_errors(model) -> None:
                                relevance_inputs=["attention_mask"])
     _, report = lxt_fx.attnlrp.rewrite(model, {"input_ids": ids}, relevance_inputs=["input_ids"])
     assert report.path_nodes > 0  # input_ids stand for the embeddings looked up from them
+
+
+class _TupleEmbedding(torch.nn.Embedding):
+    """Like I-BERT's quantized embedding: the values come back with a scaling factor."""
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return super().forward(ids), None
+
+
+class _PerCodebook(torch.nn.Module):
+    """Like MusicGen: one embedding per codebook, or a tuple-returning embedding."""
+
+    def __init__(self, embedding: torch.nn.Module) -> None:
+        super().__init__()
+        self.emb, self.out = embedding, torch.nn.Linear(4, 10)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.emb
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+        return {"logits": self.out(inputs_embeds)}
+
+
+def test_embeddings_that_are_not_one_module_to_a_tensor_are_named() -> None:
+    ids = torch.tensor([[1, 2]])
+    with pytest.raises(lxt_fx.NoInputEmbeddingsError, match="one embedding per codebook"):
+        lxt_fx.explain(_PerCodebook(torch.nn.ModuleList([torch.nn.Embedding(10, 4)] * 2)), ids)
+    with pytest.raises(lxt_fx.NoInputEmbeddingsError, match="returns a tuple"):
+        lxt_fx.explain(_PerCodebook(_TupleEmbedding(10, 4)), ids)
+    assert lxt_fx.explain(_PerCodebook(torch.nn.Embedding(10, 4)), ids).relevance.shape == (1, 2)

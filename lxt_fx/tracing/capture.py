@@ -326,7 +326,8 @@ def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, A
     except CaptureError:
         raise
     except Exception as exc:  # noqa: BLE001 - every export failure becomes one named error
-        raise CaptureError(type(model).__name__, failing_location(exc), exc, capture_hint(exc)) from exc
+        location = failing_location(exc)
+        raise CaptureError(type(model).__name__, location, exc, capture_hint(exc, model, location)) from exc
     seconds = time.perf_counter() - start
     with torch.no_grad():
         # copies: a graph may write its inputs in place (CTRL scales inputs_embeds with *=)
