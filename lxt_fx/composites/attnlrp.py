@@ -39,6 +39,23 @@ def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
 # The normalizing scale of a norm, wherever the exporter decomposed it (RMSNorm, T5LayerNorm, gated norms
 # of linear-attention layers, L2-normalized queries and keys): identity through the norm (Prop. 3.4).
 NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
+
+
+def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
+    """``pow(x, e)`` with a constant exponent ``e < 1``, ``e ≠ 0``: a root (``pow(·, 0.5)`` is a ``sqrt``)
+    or a reciprocal power (``pow(·, -0.5)`` is an ``rsqrt``, ``pow(·, -1)`` a ``reciprocal``) — what a
+    magnitude or norm written with ``torch.pow`` / ``**`` takes of a mean or sum of squares (Gemma-3n and
+    Gemma-4 norms: ``x * torch.pow(mean(x²) + eps, -0.5)``; Gemma-3n's magnitude matching:
+    ``x * mean(h²) ** 0.5 / sqrt(mean(x²))``). Squares (``e = 2``) and other polynomial powers do not match."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        return False
+    return float(exponent) < 1 and float(exponent) != 0
+
+
+# A norm's or magnitude's scale written as a root or reciprocal power that multiplies (or divides) another
+# relevance-carrying tensor: the same identity through the norm as NORM_SCALE (Prop. 3.4).
+POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
 # Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
@@ -51,6 +68,7 @@ ACTIVATION_MODULE = "Activation"
 attnlrp = Composite([
     (aten.scaled_dot_product_attention, Attention()),        # ¼ q, ¼ k, ½ v; kernel stays fused
     (NORM_SCALE, Stop()),                                     # identity through the norm (Prop. 3.4)
+    (POWER_NORM_SCALE, Stop()),                               # the same, as pow(·, e < 1, e ≠ 0)
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient
     (ACTIVATION_MODULE, IdentityRegion()),                    # decomposed activations: one region
