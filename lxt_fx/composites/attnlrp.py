@@ -6,7 +6,17 @@ from torch import fx
 from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION, SOFTMAX, packet
-from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Renormalize, SoftmaxDT, Stop, Uniform
+from ..rules import (
+    Attention,
+    GatedUnit,
+    Identity,
+    IdentityRegion,
+    NormIdentity,
+    Renormalize,
+    SoftmaxDT,
+    Stop,
+    Uniform,
+)
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
 
@@ -75,5 +85,6 @@ attnlrp = Composite([
     (ROUTER_RENORM, Renormalize()),                           # MoE routing renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
+    (aten.glu, GatedUnit()),                                  # a ⊙ σ(b): uniform ½ each, identity through σ
     (AnyOf(*PRODUCTS), Uniform()),                            # two carrying factors: ½ each (Prop. 3.2/3.3)
 ], name="attnlrp")

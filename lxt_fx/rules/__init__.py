@@ -4,6 +4,7 @@ from .attention import Attention
 from .base import Rule, safe_divide, scale_gradient, stabilize, stabilize_gradient
 from .epsilon import Epsilon
 from .gamma import Gamma
+from .glu import GatedUnit
 from .gradient import Gradient
 from .identity import Identity
 from .norm import NormIdentity
@@ -13,5 +14,5 @@ from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gamma", "GatedUnit", "Gradient", "Identity", "IdentityRegion", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]
