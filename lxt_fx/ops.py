@@ -155,6 +155,13 @@ def returns_view(op: Any) -> bool:
     return alias is not None and not alias.is_write
 
 
+# Ops that return their input itself (an alias, not a copy) when there is nothing to do: ``type_as`` / ``to``
+# to the same dtype, ``contiguous`` of a contiguous tensor. Their schemas declare no alias, so an in-place
+# write into their output (Gemma-3n: ``c = c.contiguous().type_as(x)``, later ``c[1:] += …``) may write
+# their input.
+MAY_RETURN_INPUT = frozenset({aten.type_as, aten.to, aten.contiguous})
+
+
 def written_in_place(nodes: Any) -> set[str]:
     """Names of the fx nodes whose storage a later in-place op writes (``mul_`` on the node or on a view of
     it): a value read from them before that write must be copied to be kept. ``nodes``: a graph's nodes;

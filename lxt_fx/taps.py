@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, fx, nn
 
-from .ops import writes_first_argument, written_in_place
+from .ops import MAY_RETURN_INPUT, packet, writes_first_argument, written_in_place
 from .rewrite import Plan, RewriteReport, apply
 from .tracing.errors import LXTError
 from .tracing.meta import module_path
@@ -291,7 +291,9 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
         node = nodes[spec.node]
         name = f"lxt_tap_{i}"
         consumer = None if spec.consumer in (None, OUTPUT) else nodes[spec.consumer]
-        fresh = consumer is not None and spec.slot == 0 and _writes(consumer, node)
+        # … or hands its input on as its own output (``type_as`` to the same dtype) that a later op writes
+        fresh = consumer is not None and spec.slot == 0 and (_writes(consumer, node) or (
+            packet(original_call(consumer)[0]) in MAY_RETURN_INPUT and consumer.name in written))
         gm.add_submodule(name, Tap(spec, recorder, copy=spec.node in written, fresh=fresh))
         if spec.value_only:
             with graph.inserting_after(node):
