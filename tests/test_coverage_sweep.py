@@ -198,3 +198,13 @@ def test_build_only_census_rows_are_marked_not_run(coverage, tmp_path: Path) -> 
     table = out.read_text()
     assert _rows(table)["gpt2"][2] == "not run" and _rows(table)["timm_wrapper"][2] == "not built"
     assert "| causal-lm | 1 | 1 | 1 | 0 | 0 | 0 | – |" in table and "| image-classification | 1 | 0 | 0 |" in table
+
+
+def test_shrink_clamps_multimodal_token_ids_to_the_text_vocab(coverage) -> None:
+    from transformers import AutoConfig
+
+    gemma4 = coverage.shrink(AutoConfig.for_model("gemma4"))  # image/audio/video ids sit at the top level
+    vocab = gemma4.text_config.vocab_size
+    assert vocab == 256
+    ids = {k: v for k, v in vars(gemma4).items() if k.endswith("_token_id") and isinstance(v, int)}
+    assert ids and all(v < vocab for v in ids.values()), ids  # embedded by the model: must be in the vocab
