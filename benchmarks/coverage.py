@@ -257,9 +257,25 @@ def shrink(config: Any, depth: int = 0) -> Any:
         sub = vars(config).get(key)
         if sub is not None and depth < 3 and hasattr(sub, "to_dict"):
             shrink(sub, depth + 1)
+    _clamp_token_ids_to_text_vocab(config)
     for fix in _OVERRIDES.get(getattr(config, "model_type", ""), ()):
         fix(config)
     return config
+
+
+def _clamp_token_ids_to_text_vocab(config: Any) -> None:
+    """A multimodal config without a vocab of its own (Gemma-4) keeps its ``image_token_id`` & co. at the
+    top; its text sub-config's vocab was shrunk: ids past it become 2 (the model embeds them: Gemma-4 looks
+    up ``embed(image_token_id)`` to find placeholders in ``inputs_embeds`` — IndexError past the vocab)."""
+    if _has(config, "vocab_size") and isinstance(_get(config, "vocab_size"), int):
+        return
+    text = vars(config).get("text_config")
+    vocab = getattr(text, "vocab_size", None)
+    if not isinstance(vocab, int):
+        return
+    for key, value in list(vars(config).items()):
+        if key.endswith("_token_id") and isinstance(value, int) and not isinstance(value, bool) and value >= vocab:
+            setattr(config, key, 2)
 
 
 # None means "not set" here, and the model reads it as a number: fill it (head sizes, KV heads, vocab, experts)

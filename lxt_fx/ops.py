@@ -80,6 +80,12 @@ LINEAR = frozenset({
     # ops that take their tensors in a list and only copy or rearrange them
     aten.hstack, aten.vstack, aten.dstack, aten.column_stack, aten.row_stack, aten.block_diag,
     aten.broadcast_tensors, aten.meshgrid, aten.cartesian_prod, aten.linalg_multi_dot, aten.chain_matmul,
+    # Fourier transforms and the views between real and complex: linear over the reals (FNet's mixing is
+    # ``fft_fftn(x).real``); relevance at a complex tensor is ``Re(x ⊙ conj(grad))`` (lxt_fx.taps)
+    aten.fft_fft, aten.fft_ifft, aten.fft_fft2, aten.fft_ifft2, aten.fft_fftn, aten.fft_ifftn, aten.fft_rfft,
+    aten.fft_irfft, aten.fft_rfft2, aten.fft_irfft2, aten.fft_rfftn, aten.fft_irfftn, aten.fft_hfft,
+    aten.fft_ihfft, aten._fft_r2c, aten._fft_c2c, aten._fft_c2r, aten.real, aten.imag, aten.view_as_real,
+    aten.view_as_complex, aten.conj, aten._conj, aten.resolve_conj, aten.conj_physical, aten.complex,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
@@ -149,6 +155,13 @@ def returns_view(op: Any) -> bool:
         return False
     alias = schema.returns[0].alias_info
     return alias is not None and not alias.is_write
+
+
+# Ops that return their input itself (an alias, not a copy) when there is nothing to do: ``type_as`` / ``to``
+# to the same dtype, ``contiguous`` of a contiguous tensor. Their schemas declare no alias, so an in-place
+# write into their output (Gemma-3n: ``c = c.contiguous().type_as(x)``, later ``c[1:] += …``) may write
+# their input.
+MAY_RETURN_INPUT = frozenset({aten.type_as, aten.to, aten.contiguous})
 
 
 def written_in_place(nodes: Any) -> set[str]:

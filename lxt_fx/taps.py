@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, fx, nn
 
-from .ops import writes_first_argument, written_in_place
+from .ops import MAY_RETURN_INPUT, packet, writes_first_argument, written_in_place
 from .rewrite import Plan, RewriteReport, apply
 from .tracing.errors import LXTError
 from .tracing.meta import module_path
@@ -83,7 +83,10 @@ class Record:
 
 
 def nonfinite_kind(t: Tensor, allow_neg_inf: bool = False) -> str:
-    """``""`` when every entry is finite, else which kinds occur (``"nan"``, ``"+inf"``, ``"-inf"``)."""
+    """``""`` when every entry is finite, else which kinds occur (``"nan"``, ``"+inf"``, ``"-inf"``; of the
+    real and imaginary parts of a complex tensor)."""
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj())
     if not t.is_floating_point() or bool(torch.isfinite(t).all()):
         return ""
     kinds = []
@@ -97,7 +100,14 @@ def nonfinite_kind(t: Tensor, allow_neg_inf: bool = False) -> str:
 
 
 def relevance_of(x: Tensor, grad: Tensor) -> Tensor:
-    """``x ⊙ grad`` in at least float32; entries with zero gradient are 0 (``0 · ±inf`` = 0)."""
+    """``x ⊙ grad`` in at least float32; entries with zero gradient are 0 (``0 · ±inf`` = 0). For a complex
+    ``x`` (the inside of a Fourier mixing): ``Re(x ⊙ conj(grad))`` — torch's gradient of a real score ``L``
+    is ``grad = ∂L/∂Re x + i ∂L/∂Im x``, so this is ``Re x ∂L/∂Re x + Im x ∂L/∂Im x``, Gradient×Input over
+    the real and imaginary parts, and it telescopes through real-linear maps as ``x ⊙ grad`` does."""
+    if x.is_complex() or grad.is_complex():
+        xc, gc = x.to(torch.complex128 if x.dtype == torch.complex128 else torch.complex64), grad
+        r = (xc * gc.to(xc.dtype).conj()).real
+        return torch.where(gc == 0, torch.zeros((), dtype=r.dtype, device=r.device), r)
     dtype = torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.float32)
     r = x.to(dtype) * grad.to(dtype)
     return torch.where(grad == 0, torch.zeros((), dtype=dtype, device=r.device), r)
@@ -171,7 +181,7 @@ class Tap(nn.Module):
         self.fresh = fresh
 
     def forward(self, x: Any) -> Any:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
+        if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
             return x
         spec, recorder = self.spec, self.recorder
         if spec.value_only:
@@ -281,7 +291,9 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
         node = nodes[spec.node]
         name = f"lxt_tap_{i}"
         consumer = None if spec.consumer in (None, OUTPUT) else nodes[spec.consumer]
-        fresh = consumer is not None and spec.slot == 0 and _writes(consumer, node)
+        # … or hands its input on as its own output (``type_as`` to the same dtype) that a later op writes
+        fresh = consumer is not None and spec.slot == 0 and (_writes(consumer, node) or (
+            packet(original_call(consumer)[0]) in MAY_RETURN_INPUT and consumer.name in written))
         gm.add_submodule(name, Tap(spec, recorder, copy=spec.node in written, fresh=fresh))
         if spec.value_only:
             with graph.inserting_after(node):

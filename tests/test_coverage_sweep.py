@@ -244,3 +244,13 @@ def test_families_with_their_own_inputs_build(coverage, model_type: str) -> None
 def test_a_family_that_cannot_run_alone_says_why(coverage) -> None:
     row, _ = coverage.explain_family("gemma4_assistant", coverage.families()["gemma4_assistant"])
     assert not row.built and "not standalone" in row.error and "KV states" in row.error
+
+
+def test_shrink_clamps_multimodal_token_ids_to_the_text_vocab(coverage) -> None:
+    from transformers import AutoConfig
+
+    gemma4 = coverage.shrink(AutoConfig.for_model("gemma4"))  # image/audio/video ids sit at the top level
+    vocab = gemma4.text_config.vocab_size
+    assert vocab == 256
+    ids = {k: v for k, v in vars(gemma4).items() if k.endswith("_token_id") and isinstance(v, int)}
+    assert ids and all(v < vocab for v in ids.values()), ids  # embedded by the model: must be in the vocab

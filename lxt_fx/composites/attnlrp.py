@@ -8,6 +8,7 @@ from torch._ops import ops as _ops
 from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION, SOFTMAX, packet
 from ..rules import (
     Attention,
+    GatedUnit,
     Identity,
     IdentityRegion,
     L2Normalize,
@@ -54,11 +55,53 @@ NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
 # (``rsqrt`` / ``** -0.5`` / ``reciprocal``) holds its scale constant the same way.
 L2_NORMALIZATION = l2_normalization
 INVERSE_L2_NORM = inverse_l2_norm
+
+
+def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
+    """``pow(x, e)`` with a constant exponent ``e < 1``, ``e ≠ 0``: a root (``pow(·, 0.5)`` is a ``sqrt``)
+    or a reciprocal power (``pow(·, -0.5)`` is an ``rsqrt``, ``pow(·, -1)`` a ``reciprocal``) — what a
+    magnitude or norm written with ``torch.pow`` / ``**`` takes of a mean or sum of squares (Gemma-3n and
+    Gemma-4 norms: ``x * torch.pow(mean(x²) + eps, -0.5)``; Gemma-3n's magnitude matching:
+    ``x * mean(h²) ** 0.5 / sqrt(mean(x²))``). Squares (``e = 2``) and other polynomial powers do not match."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        return False
+    return float(exponent) < 1 and float(exponent) != 0
+
+
+# A norm's or magnitude's scale written as a root or reciprocal power that multiplies (or divides) another
+# relevance-carrying tensor: the same identity through the norm as NORM_SCALE (Prop. 3.4).
+POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
 # Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
 # constant (see lxt_fx.rules.renormalize for why not the plain gradient, which loses the weights' share).
-ROUTER_RENORM = (AnyOf(aten.div, aten.div_), "Router")
+_SUM_STEPS = frozenset({aten.add, aten.clamp, aten.clamp_min, aten.unsqueeze, aten.expand, aten.view,
+                        aten.reshape, aten.to, aten._to_copy, aten.type_as, aten.contiguous})
+
+
+def divides_by_own_sum(node: fx.Node, info: NodeInfo, depth: int = 6) -> bool:
+    """``x / s`` where the divisor ``s`` is a sum of ``x`` itself, through at most ``depth`` steps that keep it
+    a sum (``+ eps``, a clamp, ``unsqueeze``, a cast): ``w /= w.sum(-1, keepdim=True)`` — the top-k routing
+    weights renormalized in a router whatever its class is called (HunYuan-MoE's ``…Gate``)."""
+    if len(node.args) < 2 or not isinstance(node.args[0], fx.Node) or not isinstance(node.args[1], fx.Node):
+        return False
+    numerator, current, summed = node.args[0], node.args[1], False
+    for _ in range(depth):
+        if current.op != "call_function" or not current.args or not isinstance(current.args[0], fx.Node):
+            return False
+        p = packet(current.target)
+        if p is aten.sum:
+            summed = True
+        elif p not in _SUM_STEPS:
+            return False
+        current = current.args[0]
+        if current is numerator:
+            return summed
+    return False
+
+
+ROUTER_RENORM = (AnyOf(aten.div, aten.div_), AnyOf("Router", divides_by_own_sum))
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
 ACTIVATION_MODULE = "Activation"
@@ -68,11 +111,13 @@ attnlrp = Composite([
     (L2_NORMALIZATION, L2Normalize()),                        # x / ‖x‖₂: the norm a constant (Prop. 3.4)
     (INVERSE_L2_NORM, Stop()),                                # x · (1/‖x‖₂): the same
     (NORM_SCALE, Stop()),                                     # identity through the norm (Prop. 3.4)
+    (POWER_NORM_SCALE, Stop()),                               # the same, as pow(·, e < 1, e ≠ 0)
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient
     (ACTIVATION_MODULE, IdentityRegion()),                    # decomposed activations: one region
     (ROUTER_RENORM, Renormalize()),                           # MoE routing renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
+    (aten.glu, GatedUnit()),                                  # a ⊙ σ(b): uniform ½ each, identity through σ
     (AnyOf(*PRODUCTS), Uniform()),                            # two carrying factors: ½ each (Prop. 3.2/3.3)
 ], name="attnlrp")

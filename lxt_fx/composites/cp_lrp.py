@@ -8,7 +8,7 @@ from torch import fx
 from torch._ops import ops as _ops
 
 from ..ops import ACTIVATIONS, PRODUCTS, SOFTMAX, packet
-from ..rules import Attention, Identity, IdentityRegion, L2Normalize, NormIdentity, Stop, Uniform
+from ..rules import Attention, GatedUnit, Identity, IdentityRegion, L2Normalize, NormIdentity, Stop, Uniform
 from .attnlrp import ACTIVATION_MODULE, DECAY, INVERSE_L2_NORM, L2_NORMALIZATION, NORM_SCALE
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
@@ -32,6 +32,7 @@ cp_lrp = Composite([
     (aten.scaled_dot_product_attention, Attention(through_weights=False)),
     (AnyOf(*SOFTMAX), Stop()),           # attention (and router) weights are constants
     (gate_activation, Stop()),           # the gate branch of a gated MLP is a constant
+    (aten.glu, GatedUnit(gate="stop")),  # so is GLU's gate σ(b)
     (ACTIVATION_MODULE, IdentityRegion()),
     (L2_NORMALIZATION, L2Normalize()),
     (INVERSE_L2_NORM, Stop()),

@@ -4,6 +4,7 @@ from .attention import Attention
 from .base import Rule, safe_divide, scale_gradient, stabilize, stabilize_gradient
 from .epsilon import Epsilon
 from .gamma import Gamma
+from .glu import GatedUnit
 from .gradient import Gradient
 from .identity import Identity
 from .l2norm import L2Normalize
@@ -14,5 +15,6 @@ from .softmax import SoftmaxDT
 from .stop import Stop
 from .uniform import Uniform
 
-__all__ = ["Attention", "Epsilon", "Gamma", "Gradient", "Identity", "IdentityRegion", "L2Normalize", "NormIdentity", "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
+__all__ = ["Attention", "Epsilon", "Gamma", "GatedUnit", "Gradient", "Identity", "IdentityRegion", "L2Normalize", "NormIdentity",
+           "Renormalize", "Rule", "SoftmaxDT", "Stop", "Uniform",
            "safe_divide", "scale_gradient", "stabilize", "stabilize_gradient"]

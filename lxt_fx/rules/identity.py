@@ -5,7 +5,9 @@ GxI form: ``g_x = g_y ⊙ f(x)/x``. The ratio is analytic where it exists, so no
 near zero (no NaN in bf16): SiLU → σ(x); GELU → Φ(x); tanh-GELU → ½(1 + tanh(√(2/π)(x + 0.044715x³)));
 ReLU → step(x); leaky ReLU → 1 or the slope; tanh → tanh(x)/x with its Taylor limit 1 − x²/3 near 0.
 Other functions (σ, softplus, exp, …, whose f(0) ≠ 0) use ``f(x) / (x + ε·sign(x))``: the identity rule
-itself is singular at x = 0 for them, and the stabilizer bounds it.
+itself is singular at x = 0 for them, and the stabilizer bounds it. Where ``f(x) = 0`` the ratio is 0 (ReLU6 /
+hardtanh at an exact zero input): that is ``0 / (0 + ε)`` for every ε > 0, so it stays 0 — not ``0/0`` = NaN —
+when a zero-bias check sets ε = 0 (the explicit form agrees: ``R_x = R_y = 0`` sends nothing further).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def activation_ratio(op: Any, x: Tensor, *args: Any, epsilon: float = 1e-6, **kw
     closed = RATIOS.get(getattr(op, "overloadpacket", op))
     if closed is not None:
         return closed(xf, *args, **kwargs)
-    return safe_divide(op(xf, *args, **kwargs), xf, epsilon)
+    y = op(xf, *args, **kwargs)
+    return torch.where(y == 0, torch.zeros((), dtype=y.dtype, device=y.device), safe_divide(y, xf, epsilon))
 
 
 class _IdentityRatio(torch.autograd.Function):

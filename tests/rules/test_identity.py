@@ -157,3 +157,20 @@ def test_gelu_ratio_accurate_in_the_negative_tail() -> None:
     got = activation_ratio(aten.gelu.default, x, approximate="tanh").to(F64)
     # (σ(2z) drops below float32's smallest normal number, 1.2e-38, for x < −8: that much absolute slack.)
     assert_close(got, torch.sigmoid(2 * z), rtol=1e-5, atol=torch.finfo(torch.float32).tiny)
+
+
+def test_zero_epsilon_exact_zero_is_finite_and_matches_the_epsilon_limit() -> None:
+    """ReLU6 / hardtanh (no closed-form ratio, f(0) = 0) at an exact zero input with ε = 0 — what a
+    zero-bias check runs: the ratio is the ε → 0 limit of ``0 / (0 + ε)`` = 0, not 0/0 = NaN (MobileNet's
+    stems pad with zeros, so exact zeros reach every ReLU6)."""
+    x = torch.tensor([0.0, -0.0, 3.0, 7.0, -2.0, 0.5], dtype=F64)
+    closed = torch.tensor([0.0, 0.0, 1.0, 6.0 / 7.0, 0.0, 1.0], dtype=F64)  # clamp(x, 0, 6) / x, 0 where f = 0
+    for op, args in [(aten.hardtanh.default, (0.0, 6.0)), (aten.relu6.default, ())]:
+        leaf = x.clone().requires_grad_(True)
+        y = Identity(epsilon=0.0).gxi(op, (0,))[0](op, leaf, *args, epsilon=0.0)
+        (gx,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+        assert torch.isfinite(gx).all(), (op, gx)
+        assert_close(gx, closed, rtol=1e-15, atol=0)
+        # and the same as the ε > 0 form at ε → 0
+        eps_form = activation_ratio(op, x, *args, epsilon=1e-30)
+        assert_close(gx, eps_form, rtol=1e-15, atol=0)
