@@ -9,6 +9,7 @@ from ..ops import ACTIVATIONS, DECAYS, LINEAR, NORM_SCALES, PRODUCTS, SELECTION,
 from ..rules import Attention, Identity, IdentityRegion, NormIdentity, Renormalize, SoftmaxDT, Stop, Uniform
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo
+from .routing import renormalizes_topk
 
 aten = _ops.aten
 
@@ -41,9 +42,10 @@ def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
 NORM_SCALE = (AnyOf(*NORM_SCALES), scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
-# Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
-# constant (see lxt_fx.rules.renormalize for why not the plain gradient, which loses the weights' share).
-ROUTER_RENORM = (AnyOf(aten.div, aten.div_), "Router")
+# Renormalization of an MoE router's top-k routing weights (``w / Σw``, matched by graph structure, not by
+# module name: lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for
+# why not the plain gradient, which loses the weights' share).
+ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes_topk)
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
 ACTIVATION_MODULE = "Activation"
