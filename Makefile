@@ -45,9 +45,10 @@ test: venv
 	$(PY) -m pytest -q -x -n 2 --dist loadfile tests
 	$(MAKE) test-docs
 
-# Every ```python block of README.md and docs/*.md, as written (pytest-markdown-docs; SmolLM2 loads once).
+# Every ```python block of README.md and docs/*.md, as written (pytest-markdown-docs; SmolLM2 loads once per
+# worker; a page's blocks stay on one worker, the capture is shared through $(LXT_FX_CACHE)).
 test-docs: venv
-	$(PY) -m pytest -q -x -p tests.docs_plugin --markdown-docs README.md docs/
+	$(PY) -m pytest -q -x -n 2 --dist loadfile -p tests.docs_plugin --markdown-docs README.md docs/
 
 # The real Gemma-3-270M (loading it takes minutes on 2 cores, so it is not part of `make test`).
 test-gemma: $(VENV)/.gemma

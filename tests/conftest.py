@@ -84,6 +84,36 @@ def smollm2():
 os.environ["LXT_FX_CACHE"] = "off"
 
 
+def shared_capture_folder(config: pytest.Config) -> str:
+    """One capture-cache folder for this whole test run, shared by the xdist workers (the parent of their
+    base temp folders) and by the processes the tests start (the notebook's kernel)."""
+    from pathlib import Path
+
+    base = Path(config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lxt-fx-shared-captures"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Tests on the real SmolLM2 (the ``smollm2`` fixture) turn the capture cache on, in the run's shared
+    folder: the worker or kernel that exports a SmolLM2 call signature first stores it and every other
+    process of the run reads it (~20 s an export on 2 cores). Every other test keeps it off. That a cached
+    graph equals a fresh export is proven in tests/tracing/test_disk_cache.py."""
+    if "smollm2" not in getattr(item, "fixturenames", ()):
+        return (yield)
+    before = os.environ.get("LXT_FX_CACHE")
+    os.environ["LXT_FX_CACHE"] = shared_capture_folder(item.config)
+    try:
+        return (yield)
+    finally:
+        if before is None:
+            os.environ.pop("LXT_FX_CACHE", None)
+        else:
+            os.environ["LXT_FX_CACHE"] = before
+
+
 def save_tiny_causal_lm(folder, words):
     """A local causal-LM directory in ``folder``: a 2-block random Llama and a word-level tokenizer."""
     from helpers import word_tokenizer

@@ -20,6 +20,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test-docs` runs two workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
 # The capture cache on disk goes into the checkout (as with make), never into ~/.cache.
 os.environ.setdefault("LXT_FX_CACHE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                    ".cache", "lxt-fx"))

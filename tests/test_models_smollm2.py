@@ -99,6 +99,7 @@ def test_relevance_finite_float32_shape(smollm2, paris: Attribution) -> None:
 @needs_smollm2
 def test_padded_batch_gives_each_row_its_own_relevance(smollm2, paris: Attribution) -> None:
     model, tokenizer = smollm2
+    captures = lxt_fx.tracing.capture_count(model)  # 1, or 0 when the graph came from the run's shared cache
     batch = lxt_fx.explain(model, [PROMPT, "Hello"], tokenizer=tokenizer)
     hello = lxt_fx.explain(model, "Hello", tokenizer=tokenizer)
     n = paris.relevance.shape[1]
@@ -110,7 +111,7 @@ def test_padded_batch_gives_each_row_its_own_relevance(smollm2, paris: Attributi
     torch.testing.assert_close(batch.relevance[1, :m], hello.relevance[0], rtol=0,
                                atol=1e-5 * float(hello.relevance.abs().max()))
     assert (batch.relevance[1, m:] == 0).all()
-    assert lxt_fx.tracing.capture_count(model) == 1  # one capture serves every batch size and length
+    assert lxt_fx.tracing.capture_count(model) == captures <= 1  # one capture serves every batch size and length
 
 
 @pytest.mark.slow

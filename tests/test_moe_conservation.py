@@ -39,6 +39,8 @@ MODELS = {
     "qwen3-moe-plain": lambda: tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(**_text(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=False,
         decoder_sparse_step=1))),
+    # its router is HunYuanMoEV1Gate, not a "...Router": the renormalization is found by graph structure
+    "hunyuan-moe": lambda: tf.HunYuanMoEV1ForCausalLM(tf.HunYuanMoEV1Config(**_text(num_experts=4, moe_topk=2))),
 }
 
 
@@ -57,6 +59,10 @@ def test_zero_bias_books_close_on_moe_models(name: str) -> None:
     # before: Mixtral 1.6e-2 (5e-2 with other seeds), Qwen3-MoE with norm_topk_prob 4.1e-4
     assert zero.relative(zero.unexplained) < 1e-5, (name, zero.relative(zero.unexplained), zero.by_cause())
     assert zero.by_cause()["softmax"] != 0.0  # the router's and attention's softmax term: booked, not lost
+    renorm = [row for row in report.rewrite.rewritten if row.rule == "renormalize"]
+    assert len(renorm) == (0 if name == "qwen3-moe-plain" else 1), renorm  # one layer: one renormalization
+    if name == "hunyuan-moe":  # before the structural match: two unhandled div_ and a gain of 1.3e-2
+        assert renorm[0].module_class == "HunYuanMoEV1Gate" and not report.rewrite.unhandled
 
 
 class ToyTopKRouter(nn.Module):
@@ -130,3 +136,40 @@ def test_renormalize_rule_forms() -> None:
         ex = rule.explicit(op, [w.clone(), w.sum(-1, keepdim=True)], {}, y.detach(), r_y, (0, 1))
         assert_close(ex[0], r_y, rtol=1e-9, atol=1e-14)
         assert ex[1] is None
+
+
+class _Renorm(nn.Module):
+    """``how`` picks one division of top-k routing weights (or of something else) to match or not."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(x, dim=-1)
+        top, index = torch.topk(p, 2, dim=-1)
+        if self.how == "values":                   # Mixtral, HunYuan: w /= Σw
+            top /= top.sum(dim=-1, keepdim=True)
+            return top
+        if self.how == "gather-eps":               # DeepSeek-V3: gather by the indices, Σw + 1e-20
+            w = p.gather(-1, index)
+            return w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        if self.how == "softmax-clamp":            # Doge / ERNIE: softmax over the chosen, clamped Σ
+            w = torch.softmax(top, dim=-1)
+            return w / torch.clamp(w.sum(dim=-1, keepdim=True), min=1e-12)
+        if self.how == "no-topk":                  # a plain normalization, no routing: not matched
+            return x.exp() / x.exp().sum(dim=-1, keepdim=True)
+        if self.how == "other-sum":                # divided by another tensor's sum: not matched
+            return top / p.sum(dim=-1, keepdim=True)
+        raise KeyError(self.how)
+
+
+@pytest.mark.parametrize(("how", "matched"), [("values", True), ("gather-eps", True), ("softmax-clamp", True),
+                                              ("no-topk", False), ("other-sum", False)])
+def test_renormalization_is_matched_by_graph_structure(how: str, matched: bool) -> None:
+    from lxt_fx.composites.routing import renormalizes_topk
+
+    graph = torch.export.export(_Renorm(how), (torch.randn(3, 5),), strict=False).graph
+    divisions = [n for n in graph.nodes if n.op == "call_function" and "div" in str(n.target)]
+    assert len(divisions) == 1, divisions
+    assert renormalizes_topk(divisions[0]) is matched

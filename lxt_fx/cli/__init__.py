@@ -201,6 +201,33 @@ def _load(name: str, status: Console) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def load_model(name: str, status: Console, threads: int | None = None) -> tuple[Any, Any]:
+    """The ``--model`` argument checked (a one-line error before the model stack is imported), torch's CPU
+    threads set to ``threads`` (when given) and the model loaded with its tokenizer: the steps every
+    sub-command that loads a model takes."""
+    _check_model_argument(name)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return _load(name, status)
+
+
+def target_argument(text: str | None) -> int | str | None:
+    """A ``--target`` value: None, a token id when it is all digits, else the token text as given."""
+    if text is not None and text.strip().isdigit():
+        return int(text)
+    return text
+
+
+def standalone_main(run: Callable[[list[str]], int], argv: Sequence[str] | None, debug: bool) -> int:
+    """Entry of a sub-command that parses its own arguments (``check``, ``evaluate``, ``index-features``,
+    ``neuron``): ``--debug`` taken out of ``argv`` (default ``sys.argv[1:]``), then ``run(rest)`` with every
+    failure as one line (:func:`run_guarded`)."""
+    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: run(args), debug or flag)
+
+
 def _composite(name: str | None) -> Any:
     if name is None:
         return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import CLIError, _check_model_argument, _composite, _load
+from . import CLIError, _check_model_argument, _composite, load_model, target_argument
 
 _EPILOG = """examples:
   lxt-fx attribute-dataset --model smollm2 --data prompts.jsonl --out runs/a --batch-size 8
@@ -49,17 +49,12 @@ def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Consol
     from ..dataset import DatasetError, attribute
     from ..tracing.errors import LXTError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rank = int(os.environ.get("RANK", "0"))
-    quiet = Console(quiet=True)
-    model, tokenizer = _load(args.model, status if rank == 0 else quiet)
+    model, tokenizer = load_model(args.model, status if rank == 0 else Console(quiet=True), args.threads)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and os.environ.get("LXT_FX_BACKEND", "") != "gloo":
         model = model.to(f"cuda:{local}")
-    target: int | str | None = args.target
-    if target is not None and target.strip().isdigit():
-        target = int(target)
+    target = target_argument(args.target)
     try:
         summary = attribute(model, tokenizer, args.data, args.out, target=target, batch_size=args.batch_size,
                             shard_size=args.shard_size, max_length=args.max_length,

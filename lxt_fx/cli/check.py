@@ -9,7 +9,6 @@ the model or input cannot be used. Every failure is one line on stderr (``--debu
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,10 +38,9 @@ def check_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx check`` with ``argv`` (without the program and sub-command names); returns the exit
     status. Every failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` (or
     ``debug=True``) prints the traceback first."""
-    from . import pop_debug, run_guarded
+    from . import standalone_main
 
-    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: _check(args), debug or flag)
+    return standalone_main(_check, argv, debug)
 
 
 def _check(argv: list[str]) -> int:
@@ -52,7 +50,7 @@ def _check(argv: list[str]) -> int:
     from .. import composites
     from ..check import check
     from ..render.rewrite_report import rewrite_rich
-    from . import CLIError, _check_model_argument, _load
+    from . import CLIError, load_model, target_argument
 
     console = Console(width=args.width)
     composite = None
@@ -63,11 +61,8 @@ def _check(argv: list[str]) -> int:
     if args.html and not Path(args.html).absolute().parent.is_dir():  # fail before the minutes of work
         raise CLIError(f"cannot write HTML {args.html!r}: folder {str(Path(args.html).absolute().parent)!r} "
                        "does not exist", "create the folder first, or give --html a path in an existing one")
-    _check_model_argument(args.model)
-    model, tokenizer = _load(args.model, Console(stderr=True, width=args.width))
-    target = args.target
-    if target is not None and target.strip().isdigit():
-        target = int(target)
+    model, tokenizer = load_model(args.model, Console(stderr=True, width=args.width))
+    target = target_argument(args.target)
     with console.status("checking …"):
         report = check(model, args.prompt, composite=composite, target=target, tokenizer=tokenizer,
                        zero_bias=not args.no_zero_bias)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,10 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status. Every
     failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` prints the traceback first."""
-    from . import pop_debug, run_guarded
+    from . import standalone_main
 
-    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: _evaluate(args), debug or flag)
+    return standalone_main(_evaluate, argv, debug)
 
 
 def _evaluate(argv: list[str]) -> int:

@@ -13,13 +13,13 @@ from rich.console import Console
 
 from . import (
     CLIError,
-    _check_model_argument,
     _common,
     _composite,
     _explain_error,
     _json_dump,
-    _load,
     _write_all,
+    load_model,
+    target_argument,
 )
 
 _EXPLAIN_EPILOG = """examples:
@@ -53,8 +53,8 @@ def _target(text: str | None, tokenizer: Any) -> int | str | None:
     """``None``, an id, or a string checked to be exactly one token (before any graph work)."""
     if text is None:
         return None
-    if text.strip().isdigit():
-        value = int(text)
+    value = target_argument(text)
+    if isinstance(value, int):
         size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
         if size is not None and value >= size:
             raise CLIError(f"--target id {value} is outside the vocabulary of {size}", "give an id below the "
@@ -101,16 +101,11 @@ def _with_rows(att: Any, tokenizer: Any, extra: dict[str, Any] | None = None) ->
 
 def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
     prompts = _prompts(args)
-    _check_model_argument(args.model)
-    import torch
-
+    model, tokenizer = load_model(args.model, status, args.threads)
     from ..explain import explain
     from ..render import trace_capture
     from ..tracing.errors import LXTError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tokenizer = _load(args.model, status)
     target = _target(args.target, tokenizer)
     capture = None
     if args.trace:

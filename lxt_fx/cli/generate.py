@@ -11,13 +11,12 @@ from rich.console import Console
 
 from . import (
     CLIError,
-    _check_model_argument,
     _common,
     _composite,
     _explain_error,
     _json_dump,
-    _load,
     _write_all,
+    load_model,
 )
 
 _GENERATE_EPILOG = """The model generates greedily as it is; then ONE backward pass explains the sum of the generated
@@ -49,17 +48,13 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
         raise CLIError(f"--max-new-tokens {args.max_new_tokens}", "generate at least one token")
     if not args.prompt.strip():
         raise CLIError("the prompt is empty", "give at least one token of text")
-    _check_model_argument(args.model)
-    import torch
+    model, tokenizer = load_model(args.model, status, args.threads)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..generate import generate_and_explain
     from ..generation import explain_generation
     from ..tracing.errors import LXTError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tokenizer = _load(args.model, status)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=status, transient=True)
     start = time.perf_counter()

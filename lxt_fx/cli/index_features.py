@@ -8,7 +8,6 @@ on disk. Failures are one line on stderr (see :mod:`lxt_fx.cli`).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,10 +34,9 @@ def parser():  # noqa: ANN201 - an argparse parser
 
 def index_features_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx index-features`` with ``argv``; returns the exit status."""
-    from . import pop_debug, run_guarded
+    from . import standalone_main
 
-    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: _run(args), debug or flag)
+    return standalone_main(_run, argv, debug)
 
 
 def _run(argv: list[str]) -> int:
@@ -47,20 +45,14 @@ def _run(argv: list[str]) -> int:
 
     from ..evaluate.data import load_passages
     from ..features import build_index
-    from . import CLIError, _check_model_argument, _load
+    from . import CLIError, load_model
 
     texts = [p.text for p in load_passages(args.data)]
     if args.limit is not None:
         texts = texts[: args.limit]
     if not texts:
         raise CLIError("no passages to index", "give --data FILE.jsonl with {\"text\": ...} rows, or drop --limit 0")
-    _check_model_argument(args.model)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    status = Console(stderr=True)
-    model, tokenizer = _load(args.model, status)
+    model, tokenizer = load_model(args.model, Console(stderr=True), args.threads)
     start = time.perf_counter()
     index = build_index(model, tokenizer, args.place, args.out, texts, length=args.length,
                         chunk_size=args.chunk_size, top=args.top, model_name=args.model)

@@ -8,7 +8,6 @@ through this neuron (the model is the one the index was built with, or ``--model
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 
@@ -27,10 +26,9 @@ def parser():  # noqa: ANN201 - an argparse parser
 
 def neuron_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx neuron`` with ``argv``; returns the exit status."""
-    from . import pop_debug, run_guarded
+    from . import standalone_main
 
-    args, flag = pop_debug(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: _run(args), debug or flag)
+    return standalone_main(_run, argv, debug)
 
 
 def _run(argv: list[str]) -> int:
@@ -38,7 +36,7 @@ def _run(argv: list[str]) -> int:
     from rich.console import Console
 
     from ..features import FeatureIndex, PlaceError, conditional
-    from . import CLIError, _check_model_argument, _load
+    from . import CLIError, load_model
 
     try:
         index = FeatureIndex.load(args.index)
@@ -49,8 +47,7 @@ def _run(argv: list[str]) -> int:
     heat = None
     if args.prompt is not None:
         name = args.model or str(index.meta.get("model", ""))
-        _check_model_argument(name)
-        model, tokenizer = _load(name, Console(stderr=True))
+        model, tokenizer = load_model(name, Console(stderr=True))
         try:
             heat = conditional(model, args.prompt, tokenizer=tokenizer, place=index.place, neurons=[args.neuron])
         except PlaceError as exc:

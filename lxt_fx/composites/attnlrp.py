@@ -20,6 +20,7 @@ from ..rules import (
 )
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo, inverse_l2_norm, l2_normalization
+from .routing import renormalizes_topk
 
 aten = _ops.aten
 
@@ -74,34 +75,10 @@ def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
 POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), scales_another)
-# Renormalization of top-k routing weights inside an MoE router (``w / Σw``): identity, the divisor a
-# constant (see lxt_fx.rules.renormalize for why not the plain gradient, which loses the weights' share).
-_SUM_STEPS = frozenset({aten.add, aten.clamp, aten.clamp_min, aten.unsqueeze, aten.expand, aten.view,
-                        aten.reshape, aten.to, aten._to_copy, aten.type_as, aten.contiguous})
-
-
-def divides_by_own_sum(node: fx.Node, info: NodeInfo, depth: int = 6) -> bool:
-    """``x / s`` where the divisor ``s`` is a sum of ``x`` itself, through at most ``depth`` steps that keep it
-    a sum (``+ eps``, a clamp, ``unsqueeze``, a cast): ``w /= w.sum(-1, keepdim=True)`` — the top-k routing
-    weights renormalized in a router whatever its class is called (HunYuan-MoE's ``…Gate``)."""
-    if len(node.args) < 2 or not isinstance(node.args[0], fx.Node) or not isinstance(node.args[1], fx.Node):
-        return False
-    numerator, current, summed = node.args[0], node.args[1], False
-    for _ in range(depth):
-        if current.op != "call_function" or not current.args or not isinstance(current.args[0], fx.Node):
-            return False
-        p = packet(current.target)
-        if p is aten.sum:
-            summed = True
-        elif p not in _SUM_STEPS:
-            return False
-        current = current.args[0]
-        if current is numerator:
-            return summed
-    return False
-
-
-ROUTER_RENORM = (AnyOf(aten.div, aten.div_), AnyOf("Router", divides_by_own_sum))
+# Renormalization of an MoE router's top-k routing weights (``w / Σw``, matched by graph structure, not by
+# module name: lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for
+# why not the plain gradient, which loses the weights' share).
+ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes_topk)
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
 ACTIVATION_MODULE = "Activation"

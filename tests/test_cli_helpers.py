@@ -1,0 +1,54 @@
+"""The steps the sub-commands share (lxt_fx.cli): --target parsing, the entry of a self-parsing
+sub-command, and loading a model with its argument checked and the CPU threads set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_tiny_causal_lm
+from rich.console import Console
+
+from lxt_fx.cli import CLIError, load_model, standalone_main, target_argument
+
+
+@pytest.mark.parametrize(("text", "expected"), [(None, None), ("12", 12), (" 7 ", 7), (" Paris", " Paris"),
+                                                ("-1", "-1"), ("3a", "3a")])
+def test_target_argument(text: str | None, expected: int | str | None) -> None:
+    assert target_argument(text) == expected
+
+
+def test_standalone_main_takes_out_debug_and_makes_failures_one_line(capsys) -> None:
+    seen: list[list[str]] = []
+
+    def run(argv: list[str]) -> int:
+        seen.append(argv)
+        if "--fail" in argv:
+            raise ValueError("boom")
+        return 3
+
+    assert standalone_main(run, ["a", "--debug", "b"], False) == 3 and seen[-1] == ["a", "b"]
+    assert standalone_main(run, ["--fail"], False) == 1          # unexpected: exit status 1, one line
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "ValueError: boom" in err and "Traceback" not in err
+    assert standalone_main(run, ["--fail", "--debug"], False) == 1
+    assert "Traceback" in capsys.readouterr().err                # --debug anywhere: the traceback first
+    assert standalone_main(run, ["--fail"], True) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_load_model_checks_the_argument_and_sets_threads(tmp_path: Path) -> None:
+    quiet = Console(quiet=True)
+    with pytest.raises(CLIError, match="unknown model"):
+        load_model("no-such-model-name", quiet)
+    with pytest.raises(CLIError, match="no such directory"):
+        load_model(str(tmp_path / "missing" / "model"), quiet)
+    folder = save_tiny_causal_lm(tmp_path / "tiny", ["the", "cat", "sat"])
+    before = torch.get_num_threads()
+    try:
+        model, tokenizer = load_model(str(folder), quiet, threads=before + 1)
+        assert torch.get_num_threads() == before + 1
+        assert type(model).__name__ == "LlamaForCausalLM" and tokenizer is not None
+    finally:
+        torch.set_num_threads(before)
