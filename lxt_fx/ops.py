@@ -80,6 +80,8 @@ LINEAR = frozenset({
     # ops that take their tensors in a list and only copy or rearrange them
     aten.hstack, aten.vstack, aten.dstack, aten.column_stack, aten.row_stack, aten.block_diag,
     aten.broadcast_tensors, aten.meshgrid, aten.cartesian_prod, aten.linalg_multi_dot, aten.chain_matmul,
+    # in-place writes of a value into (part of) a buffer: ``buf[..., :d].copy_(k)`` (MLA's key assembly)
+    aten.copy_, aten.index_put_, aten.index_add_,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
@@ -105,6 +107,7 @@ SHAPE_ONLY: dict[Any, frozenset[int]] = {
     **dict.fromkeys([aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
                      aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty],
                     frozenset({0})),
+    aten.copy_: frozenset({0}),  # the destination is overwritten: only its shape survives
 }
 
 # Custom ops (by schema name) that are linear in their first argument when the others are constants.

@@ -199,7 +199,7 @@ def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inpu
             torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
     score = float(scores.detach().double().sum())
     conservation = account(gm, path, recorder.totals(), specs, score, [f"tensors_{n}" for n in names], cause,
-                           zero_bias, zeroed, recorder.magnitudes)
+                           zero_bias, zeroed, recorder.magnitudes, plan.writes)
     return _Pass(conservation, locate(gm, recorder), target_ids.detach().cpu())
 
 
