@@ -82,6 +82,8 @@ LINEAR = frozenset({
     aten.broadcast_tensors, aten.meshgrid, aten.cartesian_prod, aten.linalg_multi_dot, aten.chain_matmul,
     # in-place writes of a value into (part of) a buffer: ``buf[..., :d].copy_(k)`` (MLA's key assembly)
     aten.copy_, aten.index_put_, aten.index_add_,
+    # reinterpret real pairs as complex numbers and back (complex rotary embeddings)
+    aten.view_as_complex, aten.view_as_real,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,

@@ -50,6 +50,8 @@ class _Recorder(fx.Interpreter):
             return self.dtype
         if isinstance(value, Tensor) and value.is_floating_point():
             return value.to(self.dtype)
+        if isinstance(value, Tensor) and value.is_complex():
+            return value.to(torch.promote_types(value.dtype, self.dtype))  # float64 → complex128
         return value
 
     def fetch_attr(self, target: str) -> Any:
@@ -98,6 +100,11 @@ def _written_share(relevance: dict[fx.Node, Any], writer: fx.Node, base: fx.Node
     share = region.clone()
     region.zero_()
     return share
+
+
+def _real(value: Any) -> Any:
+    """A complex tensor as its real coordinates (``view_as_real``, a contiguous copy); anything else as is."""
+    return torch.view_as_real(value).clone() if isinstance(value, Tensor) and value.is_complex() else value
 
 
 def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None = None) -> None:
@@ -177,14 +184,21 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
         leaves, spec = pytree.tree_flatten((list(node.args), dict(node.kwargs)))
         carrying_leaves = [i for i, leaf in enumerate(leaves) if isinstance(leaf, fx.Node)
                            and (leaf.name in carrying_of or leaf.name in inputs or leaf.name in buffers)
-                           and isinstance(env[leaf], Tensor) and env[leaf].is_floating_point()]
+                           and isinstance(env[leaf], Tensor)
+                           and (env[leaf].is_floating_point() or env[leaf].is_complex())]
         values = [recorder.value(node, leaf) if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+        # complex values in their real coordinates (``view_as_real``: [..., 2]), where the ε-rule is defined;
+        # a complex node's relevance is kept in that form too
+        complex_at = {i for i in carrying_leaves if values[i].is_complex()}
+        values = [_real(v) if i in complex_at else v for i, v in enumerate(values)]
 
-        def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target) -> Any:
+        def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target, _complex: Any = complex_at) -> Any:
+            flat = [torch.view_as_complex(f) if i in _complex else f for i, f in enumerate(flat)]
             a, k = pytree.tree_unflatten(list(flat), _spec)
-            return _target(*a, **k)
+            return pytree.tree_map(_real, _target(*a, **k))
 
-        rels = epsilon_explicit(flat_op, values, {}, recorder.produced(node), r_out, carrying_leaves, _EPSILON)
+        produced = pytree.tree_map(_real, recorder.produced(node))
+        rels = epsilon_explicit(flat_op, values, {}, produced, r_out, carrying_leaves, _EPSILON)
         for i in carrying_leaves:
             _add(relevance, leaves[i], rels[i])
 

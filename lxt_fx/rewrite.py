@@ -183,7 +183,8 @@ def describe_positions(carrying: Iterable[Position]) -> str:
 def _has_float_value(node: fx.Node) -> bool:
     val = node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else [val]
-    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in vals)
+    # complex values too: a rotary embedding computed as a complex product (DeepSeek-V2, Llama 4) carries
+    return any(isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in vals)
 
 
 def _needs_rule(node: fx.Node, carrying: tuple[Position, ...]) -> bool:

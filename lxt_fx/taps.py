@@ -97,7 +97,13 @@ def nonfinite_kind(t: Tensor, allow_neg_inf: bool = False) -> str:
 
 
 def relevance_of(x: Tensor, grad: Tensor) -> Tensor:
-    """``x ⊙ grad`` in at least float32; entries with zero gradient are 0 (``0 · ±inf`` = 0)."""
+    """``x ⊙ grad`` in at least float32; entries with zero gradient are 0 (``0 · ±inf`` = 0). For a complex
+    ``x = a + ib``, autograd's gradient is ``∂L/∂a + i ∂L/∂b``, so the relevance of the entry (of its two
+    real coordinates together) is ``Re(x · conj(grad)) = a ∂L/∂a + b ∂L/∂b``."""
+    if x.is_complex() or grad.is_complex():
+        dtype = torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.complex64)
+        r = (x.to(dtype) * grad.to(dtype).conj()).real
+        return torch.where(grad == 0, torch.zeros((), dtype=r.dtype, device=r.device), r)
     dtype = torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.float32)
     r = x.to(dtype) * grad.to(dtype)
     return torch.where(grad == 0, torch.zeros((), dtype=dtype, device=r.device), r)
@@ -171,7 +177,7 @@ class Tap(nn.Module):
         self.fresh = fresh
 
     def forward(self, x: Any) -> Any:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
+        if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
             return x
         spec, recorder = self.spec, self.recorder
         if spec.value_only:
