@@ -164,3 +164,50 @@ def test_deepseek_v3_equals_float64_reference_and_books_close(attn: str) -> None
     assert relative_error(att.relevance.double(), ref) < 1e-5
     books = check(model, ids).zero_bias
     assert books is not None and books.verdict().verified, books.verdict().reason
+
+
+class ComplexRope(nn.Module):
+    """``head(rope(q) rope(k)ᵀ)`` with the rotation written as a complex product (``view_as_complex(x) ·
+    e^{iθ}``, as DeepSeek-V2 and Llama 4 do) or as the same rotation in real coordinates (cos / sin)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k = nn.Linear(8, 6, bias=False), nn.Linear(8, 6, bias=False)
+        self.head = nn.Linear(5, 3, bias=False)
+        self.mode = mode
+        angles = torch.arange(5.0)[:, None] * torch.tensor([1.0, 0.3, 0.05])
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def rope(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "complex":
+            rotated = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * torch.complex(self.cos, self.sin)
+            return torch.view_as_real(rotated).flatten(-2)
+        even, odd = x[..., 0::2], x[..., 1::2]
+        pairs = torch.stack((even * self.cos - odd * self.sin, even * self.sin + odd * self.cos), dim=-1)
+        return pairs.flatten(-2)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        q, k = self.rope(self.q(inputs_embeds)), self.rope(self.k(inputs_embeds))
+        return self.head(q @ k.transpose(1, 2))
+
+
+def test_complex_rotary_embedding_carries_relevance() -> None:
+    x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(4))
+    r_real, s_real, _ = _gxi(ComplexRope("real").eval(), x)
+    r_cplx, s_cplx, graph = _gxi(ComplexRope("complex").eval(), x)
+    assert_close(s_cplx, s_real)
+    assert abs(float(r_cplx.sum() / s_cplx) - 1.0) < 1e-5, float(r_cplx.sum() / s_cplx)  # before: 2 · score
+    assert_close(r_cplx, r_real, rtol=1e-5, atol=1e-6)
+    assert {row.name: row.rule for row in graph.report.rewritten}.get("matmul") == "uniform"
+    assert not graph.report.unhandled
+    with torch.no_grad():
+        out = graph({"inputs_embeds": x})["output"]
+    seed = torch.zeros_like(out)
+    seed[0, -1, 0] = out[0, -1, 0]
+    ref = explicit_relevance(graph, {"inputs_embeds": x}, {"output": seed})["inputs_embeds"]
+    assert_close(ref.float(), r_cplx, rtol=1e-4, atol=1e-6)
+    books = check(ComplexRope("complex").eval(), {"inputs_embeds": x}).zero_bias
+    assert books is not None and books.verdict().verified, books.verdict().reason
+    assert books.relative_gap < 1e-5
