@@ -1,9 +1,11 @@
-"""Multi-head latent attention (DeepSeek-V2/V3 and kin) and in-place writes into a buffer.
+"""Multi-head latent attention (DeepSeek-V2/V3 and kin): in-place writes into a buffer, complex rotary
+embeddings.
 
 MLA assembles its keys in place: ``key = k.new_empty(...); key[..., :d].copy_(k_nope);
 key[..., d:].copy_(k_rope.expand(...))``. No data-flow edge leads from ``k_nope`` / ``k_rope`` to ``key``, so a
 relevance-path analysis that follows arguments only sees one carrying factor in ``q @ keyᵀ``: no uniform
 rule (relevance doubled by the plain gradient), and the explicit reference and the books lose the key side.
+DeepSeek-V2 and Llama 4 rotate q and k as complex products, which a float-only relevance path drops.
 
 References are independent of our GxI path: the same model written with ``torch.cat`` (no in-place op),
 closed-form conservation (no bias, no softmax: Σ R_input = score exactly), the float64 explicit-form
