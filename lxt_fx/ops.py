@@ -86,6 +86,8 @@ LINEAR = frozenset({
     aten.fft_irfft, aten.fft_rfft2, aten.fft_irfft2, aten.fft_rfftn, aten.fft_irfftn, aten.fft_hfft,
     aten.fft_ihfft, aten._fft_r2c, aten._fft_c2c, aten._fft_c2r, aten.real, aten.imag, aten.view_as_real,
     aten.view_as_complex, aten.conj, aten._conj, aten.resolve_conj, aten.conj_physical, aten.complex,
+    # in-place writes of a value into (part of) a buffer: ``buf[..., :d].copy_(k)`` (MLA's key assembly)
+    aten.copy_, aten.index_put_, aten.index_add_,
 })
 # Piecewise linear: pick or route entries without changing their value.
 SELECTION = frozenset({aten.index, aten.index_select, aten.gather, aten.take_along_dim, aten.topk,
@@ -111,6 +113,7 @@ SHAPE_ONLY: dict[Any, frozenset[int]] = {
     **dict.fromkeys([aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
                      aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty],
                     frozenset({0})),
+    aten.copy_: frozenset({0}),  # the destination is overwritten: only its shape survives
 }
 
 # Ops (by schema name) that are linear in their first argument when the others are constants: the grouped

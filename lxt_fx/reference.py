@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, fx
 from torch.utils import _pytree as pytree
 
+from .ops import returns_view
+from .rewrite import alias_source
 from .rules.base import arg_at, epsilon_explicit
 from .session import Rewritten
 
@@ -32,6 +34,9 @@ class _Recorder(fx.Interpreter):
         self.mutated = {n.args[0] for n in gm.graph.nodes if n.op == "call_function" and
                         getattr(getattr(n.target, "_schema", None), "is_mutable", False) and n.args
                         and isinstance(n.args[0], fx.Node)}
+        for node in list(self.mutated):  # writing a view writes its base too (``buf[..., :d].copy_(k)``)
+            while (node := alias_source(node)) is not None:
+                self.mutated.add(node)
         self.seen_by: dict[fx.Node, dict[fx.Node, Any]] = {}
         # nodes whose own output (or a tuple element of it) is overwritten later
         self.overwritten = {n for n in gm.graph.nodes if n in self.mutated or any(
@@ -45,6 +50,8 @@ class _Recorder(fx.Interpreter):
             return self.dtype
         if isinstance(value, Tensor) and value.is_floating_point():
             return value.to(self.dtype)
+        if isinstance(value, Tensor) and value.is_complex():
+            return value.to(torch.promote_types(value.dtype, self.dtype))  # float64 → complex128
         return value
 
     def fetch_attr(self, target: str) -> Any:
@@ -70,6 +77,34 @@ class _Recorder(fx.Interpreter):
     def value(self, consumer: fx.Node, node: fx.Node) -> Any:
         """The value of ``node`` as ``consumer`` saw it."""
         return self.seen_by.get(consumer, {}).get(node, self.env[node])
+
+
+def _written_share(relevance: dict[fx.Node, Any], writer: fx.Node, base: fx.Node, env: dict[fx.Node, Any]) -> Any:
+    """The relevance of the entries of ``base`` that ``writer`` wrote (an in-place op on a view of
+    ``base``), taken out of ``base``'s relevance: readers after the write saw those entries, and an earlier
+    write into the same entries was overwritten. None when ``base`` got no relevance."""
+    r_base = relevance.get(base)
+    if not isinstance(r_base, Tensor):
+        return None
+    r_base = relevance[base] = r_base.clone()  # its own storage: the shares are cut out of it
+    chain = []
+    node = writer.args[0]
+    while node is not base:
+        chain.append(node)
+        node = alias_source(node)
+    region = r_base
+    for view in reversed(chain):  # replay the views from the base down to the written one
+        if returns_view(view.target):
+            rest = fx.node.map_arg((view.args[1:], view.kwargs), lambda a: env[a])
+            region = view.target(region, *rest[0], **rest[1])
+    share = region.clone()
+    region.zero_()
+    return share
+
+
+def _real(value: Any) -> Any:
+    """A complex tensor as its real coordinates (``view_as_real``, a contiguous copy); anything else as is."""
+    return torch.view_as_real(value).clone() if isinstance(value, Tensor) and value.is_complex() else value
 
 
 def _add(into: dict[fx.Node, Any], node: fx.Node, value: Any, index: int | None = None) -> None:
@@ -102,6 +137,8 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
     carrying_of = graph.plan.carrying
     decisions = graph.plan.decisions
     inputs = set(graph.plan.inputs)
+    writes = {by_name[w]: by_name[b] for w, b in getattr(graph.plan, "writes", {}).items()}
+    buffers = {b.name for b in writes.values()}
 
     relevance: dict[fx.Node, Any] = {}
     output = next(n for n in nodes if n.op == "output")
@@ -111,6 +148,10 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
             _add(relevance, out_node, seeds[key].to(env[out_node].dtype))
 
     for node in reversed(nodes):
+        if node in writes:  # an in-place write into a buffer: its share of what the buffer's readers got
+            share = _written_share(relevance, node, writes[node], env)
+            if share is not None:
+                _add(relevance, node, share)
         if node not in relevance or node.op != "call_function":
             continue
         r_out = relevance[node]
@@ -143,15 +184,22 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
         # No rule: the op is linear in its carrying inputs (ε-rule, ε → 0). Flatten list arguments (cat).
         leaves, spec = pytree.tree_flatten((list(node.args), dict(node.kwargs)))
         carrying_leaves = [i for i, leaf in enumerate(leaves) if isinstance(leaf, fx.Node)
-                           and (leaf.name in carrying_of or leaf.name in inputs)
-                           and isinstance(env[leaf], Tensor) and env[leaf].is_floating_point()]
+                           and (leaf.name in carrying_of or leaf.name in inputs or leaf.name in buffers)
+                           and isinstance(env[leaf], Tensor)
+                           and (env[leaf].is_floating_point() or env[leaf].is_complex())]
         values = [recorder.value(node, leaf) if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+        # complex values in their real coordinates (``view_as_real``: [..., 2]), where the ε-rule is defined;
+        # a complex node's relevance is kept in that form too
+        complex_at = {i for i in carrying_leaves if values[i].is_complex()}
+        values = [_real(v) if i in complex_at else v for i, v in enumerate(values)]
 
-        def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target) -> Any:
+        def flat_op(*flat: Any, _spec: Any = spec, _target: Any = node.target, _complex: Any = complex_at) -> Any:
+            flat = [torch.view_as_complex(f) if i in _complex else f for i, f in enumerate(flat)]
             a, k = pytree.tree_unflatten(list(flat), _spec)
-            return _target(*a, **k)
+            return pytree.tree_map(_real, _target(*a, **k))
 
-        rels = epsilon_explicit(flat_op, values, {}, recorder.produced(node), r_out, carrying_leaves, _EPSILON)
+        produced = pytree.tree_map(_real, recorder.produced(node))
+        rels = epsilon_explicit(flat_op, values, {}, produced, r_out, carrying_leaves, _EPSILON)
         for i in carrying_leaves:
             _add(relevance, leaves[i], rels[i])
 

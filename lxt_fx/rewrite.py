@@ -36,6 +36,8 @@ from .ops import (
     is_linear_custom,
     op_name,
     packet,
+    returns_view,
+    writes_first_argument,
 )
 from .rules.base import Position, Rule, arg_at
 from .tracing.errors import LXTError
@@ -183,7 +185,8 @@ def describe_positions(carrying: Iterable[Position]) -> str:
 def _has_float_value(node: fx.Node) -> bool:
     val = node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else [val]
-    # complex values carry relevance too: a Fourier mixing (FNet's ``fft_fftn(x).real``) is linear in x
+    # complex values carry relevance too: a Fourier mixing (FNet's ``fft_fftn(x).real``) is linear in x, and
+    # a rotary embedding computed as a complex product (DeepSeek-V2, Llama 4) carries
     return any(isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in vals)
 
 
@@ -216,6 +219,9 @@ class Plan:
     # relevance places inside the graph: node name → the input it stands for (a dual encoder's token
     # embedding lookup → "inputs_embeds"); listed in ``inputs`` too, see :func:`relevance_place`
     places: dict[str, str] = field(default_factory=dict)
+    # in-place write of a carrying value into a buffer that carried none (``buf[..., :d].copy_(k)``):
+    # writer node → the buffer it writes (the base tensor of the written view), in graph order
+    writes: dict[str, str] = field(default_factory=dict)
 
 
 def _regions(nodes: list[fx.Node], composite: Decider, reachable: set[fx.Node]
@@ -239,6 +245,55 @@ def _is_source(node: fx.Node, inputs: tuple[str, ...]) -> bool:
     return node.name in inputs and node.op in ("placeholder", "call_function")
 
 
+def alias_source(node: fx.Node) -> fx.Node | None:
+    """The node whose storage ``node``'s value shares: argument 0 of a view (``slice``, ``transpose``) or of an
+    in-place op (``copy_``, ``mul_``); None for anything else."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    return node.args[0] if returns_view(node.target) or writes_first_argument(node.target) else None
+
+
+class _Buffers:
+    """Storage tracking for in-place writes, in graph order.
+
+    ``buf = k.new_empty(...); buf[..., :d].copy_(k_nope); buf[..., d:].copy_(k_rot)`` carries ``k_nope`` and
+    ``k_rot`` from the writes on, though no data-flow edge leads from them to ``buf``: after a write of a
+    carrying value, the written base and every view of it carry (:meth:`written`); a node that reads the
+    base or a view after a write makes that write part of the relevance path (:meth:`writers_before`)."""
+
+    def __init__(self) -> None:
+        self.base: dict[fx.Node, fx.Node] = {}           # node → the base whose storage it views
+        self.views: dict[fx.Node, list[fx.Node]] = {}    # base → it and every view of it, so far
+        self.writers: dict[fx.Node, list[fx.Node]] = {}  # base → the carrying writes into it, in order
+        self.index: dict[fx.Node, int] = {}
+
+    def see(self, node: fx.Node, index: int) -> None:
+        source = alias_source(node)
+        base = self.base.get(source, source) if source is not None else node
+        self.base[node] = base
+        self.views.setdefault(base, []).append(node)
+        self.index[node] = index
+
+    def written(self, writer: fx.Node) -> list[fx.Node]:
+        """Record ``writer`` (an in-place op whose written argument carried nothing) as a carrying write;
+        returns the base and its views, which carry from now on."""
+        base = self.base[writer]
+        self.writers.setdefault(base, []).append(writer)
+        return self.views[base]
+
+    def writers_before(self, node: fx.Node, reader: fx.Node | None) -> list[fx.Node]:
+        """The carrying writes into ``node``'s storage that ran before ``reader`` (None: the graph output)."""
+        base = self.base.get(node)
+        found = self.writers.get(base, []) if base is not None else []
+        limit = self.index.get(reader, len(self.index)) if reader is not None else len(self.index)
+        return [w for w in found if self.index[w] < limit]
+
+
+def _writes_buffer(node: fx.Node, carrying: tuple[Position, ...]) -> bool:
+    """An in-place op that writes a carrying value into an argument 0 that carried nothing."""
+    return writes_first_argument(node.target) and bool(carrying) and 0 not in carrying
+
+
 def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
          places: dict[str, str] | None = None) -> Plan:
     """Decide a rule per node (steps 1 and 2 of the module docstring); changes nothing.
@@ -247,12 +302,19 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
     ``places`` (node name → the input it stands for), whose value is read as a relevance input."""
     inputs = tuple(inputs) + tuple(n for n in (places or {}) if n not in inputs)
     nodes = list(gm.graph.nodes)
+    buffers = _Buffers()
+    for i, node in enumerate(nodes):
+        buffers.see(node, i)
     reachable: set[fx.Node] = set()
     for node in nodes:
         if _is_source(node, inputs):
             reachable.add(node)
-        elif node.op == "call_function" and _has_float_value(node) and carrying_positions(node, reachable):
-            reachable.add(node)
+        elif node.op == "call_function" and _has_float_value(node):
+            carrying = carrying_positions(node, reachable)
+            if carrying:
+                reachable.add(node)
+            if _writes_buffer(node, carrying):
+                reachable.update(v for v in buffers.views[buffers.base[node]] if buffers.index[v] < buffers.index[node])
     reachable_names = frozenset(n.name for n in reachable)
     regions = _regions(nodes, composite, reachable)
     absorbed = {name for out, (_, _, members) in regions.items() for name in members if name != out}
@@ -260,6 +322,7 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
     carries: set[fx.Node] = set()
     decisions: dict[str, tuple[Rule, tuple[Position, ...]]] = {}
     carrying_of: dict[str, tuple[Position, ...]] = {}
+    writes: dict[str, str] = {}
     for node in nodes:
         if _is_source(node, inputs):
             carries.add(node)
@@ -285,11 +348,25 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
             if rule.stops:
                 continue
         carries.add(node)
+        if _writes_buffer(node, carrying):
+            carries.update(v for v in buffers.written(node) if buffers.index[v] <= buffers.index[node])
+            writes[node.name] = buffers.base[node].name
 
     on_path: set[str] = set()
+
+    def reach(arg: Any, reader: fx.Node | None) -> None:
+        """Put the carrying nodes in ``arg`` on the path, with the writes into them that ``reader`` sees."""
+        def visit(a: fx.Node) -> fx.Node:
+            if a in carries:
+                on_path.add(a.name)
+                on_path.update(w.name for w in buffers.writers_before(a, reader))
+            return a
+
+        fx.node.map_arg(arg, visit)
+
     for node in reversed(nodes):
         if node.op == "output":
-            fx.node.map_arg(node.args, lambda a: on_path.add(a.name) if a in carries else None)
+            reach(node.args, None)
         elif node.name in on_path and node.name in regions:
             on_path.add(regions[node.name][1].name)
         elif node.name in on_path and node.name in carrying_of:
@@ -298,12 +375,12 @@ def plan(gm: fx.GraphModule, composite: Decider, inputs: Iterable[str],
                 continue
             flows = carrying_of[node.name] if rule is None else rule.flows(carrying_of[node.name], node.target)
             for position in flows:
-                fx.node.map_arg(arg_at(node.args, position),
-                                lambda a: on_path.add(a.name) if a in carries else None)
+                reach(arg_at(node.args, position), node)
     unhandled = [n.name for n in nodes if n.name in on_path and n.name in carrying_of
                  and n.name not in decisions and _needs_rule(n, carrying_of[n.name])]
     region_inputs = {out: source.name for out, (_, source, _) in regions.items() if out in decisions}
-    return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed, dict(places or {}))
+    return Plan(decisions, carrying_of, on_path, unhandled, inputs, region_inputs, absorbed,
+                places=dict(places or {}), writes={w: b for w, b in writes.items() if w in on_path})
 
 
 def row(node: fx.Node, rule: str = "", carrying: tuple[Position, ...] = ()) -> NodeRow:

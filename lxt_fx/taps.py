@@ -105,9 +105,9 @@ def relevance_of(x: Tensor, grad: Tensor) -> Tensor:
     is ``grad = ∂L/∂Re x + i ∂L/∂Im x``, so this is ``Re x ∂L/∂Re x + Im x ∂L/∂Im x``, Gradient×Input over
     the real and imaginary parts, and it telescopes through real-linear maps as ``x ⊙ grad`` does."""
     if x.is_complex() or grad.is_complex():
-        xc, gc = x.to(torch.complex128 if x.dtype == torch.complex128 else torch.complex64), grad
-        r = (xc * gc.to(xc.dtype).conj()).real
-        return torch.where(gc == 0, torch.zeros((), dtype=r.dtype, device=r.device), r)
+        dtype = torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.complex64)
+        r = (x.to(dtype) * grad.to(dtype).conj()).real
+        return torch.where(grad == 0, torch.zeros((), dtype=r.dtype, device=r.device), r)
     dtype = torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.float32)
     r = x.to(dtype) * grad.to(dtype)
     return torch.where(grad == 0, torch.zeros((), dtype=dtype, device=r.device), r)

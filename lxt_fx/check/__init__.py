@@ -203,7 +203,7 @@ def _bookkeeping(graph: Rewritten, tensors: Mapping[str, Tensor], relevance_inpu
     score = float(scores.detach().double().sum())
     conservation = account(gm, path, recorder.totals(), specs, score,
                            [f"tensors_{n}" for n in names] + list(plan.places), cause, zero_bias, zeroed,
-                           recorder.magnitudes)
+                           recorder.magnitudes, plan.writes)
     return _Pass(conservation, locate(gm, recorder), target_ids.detach().cpu())
 
 

@@ -422,14 +422,29 @@ def segment_labels(gm: fx.GraphModule) -> dict[str, str]:
 
 def account(gm: fx.GraphModule, on_path: set[str], totals: dict[str, float], specs: list[TapSpec],
             score: float, relevance_inputs: Iterable[str], cause: dict[str, str], zero_bias: bool = False,
-            zeroed: Iterable[str] = (), magnitudes: dict[str, float] | None = None) -> Conservation:
+            zeroed: Iterable[str] = (), magnitudes: dict[str, float] | None = None,
+            writes: dict[str, str] | None = None) -> Conservation:
     """Turn the edge totals of one backward into per-node losses, per-segment sums and boundary sums
     (``gm``: the tapped graph; ``cause``: :func:`causes` of it before tapping; ``magnitudes``: Σ|R| per tap,
-    :attr:`MagnitudeRecorder.magnitudes`, for :attr:`Conservation.scale`)."""
+    :attr:`MagnitudeRecorder.magnitudes`, for :attr:`Conservation.scale`; ``writes``: the plan's in-place
+    writes into buffers, :attr:`lxt_fx.rewrite.Plan.writes`).
+
+    An in-place write ``buf[..., :d].copy_(k)`` has no data-flow edge to the readers of ``buf``: the books
+    add one from the writer to the buffer, carrying what reached the writer and did not leave it through its
+    own output, and a read of ``buf`` starts at the last write before it. So a write conserves by
+    construction and any mismatch — relevance on entries no write filled — is booked at the buffer."""
     nodes = list(gm.graph.nodes)
     by_name = {n.name: n for n in nodes}
     seg_starts, index = _segments(gm)
     out_index = index[next(n.name for n in nodes if n.op == "output")]
+    writers: dict[str, list[int]] = {}
+    for writer, buffer in (writes or {}).items():
+        if writer in index and buffer in index:
+            writers.setdefault(buffer, []).append(index[writer])
+
+    def start(node: str, consumer: int) -> int:  # a buffer's value is complete after the last write before
+        return max([index[node]] + [w for w in writers.get(node, ()) if w < consumer])
+
     r_in: dict[str, float] = {}
     r_out: dict[str, float] = {}
     edges: list[tuple[int, int, float]] = []
@@ -439,13 +454,21 @@ def account(gm: fx.GraphModule, on_path: set[str], totals: dict[str, float], spe
         value = totals.get(spec.key, 0.0)
         r_out[spec.node] = r_out.get(spec.node, 0.0) + value
         r_in[spec.consumer] = r_in.get(spec.consumer, 0.0) + value
-        edges.append((index[spec.node], out_index if spec.consumer == OUTPUT else index[spec.consumer], value))
+        consumer = out_index if spec.consumer == OUTPUT else index[spec.consumer]
+        edges.append((start(spec.node, consumer), consumer, value))
     for node in reversed(nodes):  # a getitem passes its relevance to the multi-output op it reads
         if node.op == "call_function" and node.target is operator.getitem and node.name in on_path:
             parent = node.args[0]
             r_in[node.name] = r_out.get(node.name, 0.0)
             r_out[parent.name] = r_out.get(parent.name, 0.0) + r_out.get(node.name, 0.0)
             edges.append((index[parent.name], index[node.name], r_out.get(node.name, 0.0)))
+    for writer, buffer in (writes or {}).items():  # the write's own edge into the buffer
+        if writer not in index or buffer not in index:
+            continue
+        value = r_in.get(writer, 0.0) - r_out.get(writer, 0.0)
+        r_out[writer] = r_out.get(writer, 0.0) + value
+        r_in[buffer] = r_in.get(buffer, 0.0) + value
+        edges.append((index[writer], max(writers[buffer]), value))
 
     def cut(k: int) -> float:
         return sum(v for a, b, v in edges if a < k <= b)
