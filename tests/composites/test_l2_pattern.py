@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lxt_fx
 from lxt_fx.composites import attnlrp, cp_lrp
 
 SPELLINGS = {
