@@ -79,7 +79,9 @@ def test_rerun_unverified_keeps_verified_rows_and_reruns_the_rest(coverage, tmp_
 
 def test_a_family_past_its_timeout_is_one_row(coverage) -> None:
     row = coverage.run_isolated("gpt2", coverage.families()["gpt2"], timeout=0.2)
-    assert "timeout after" in row.error and not row.built and not row.covered
+    assert "timeout after" in row.error and not row.covered and row.captured is None
+    # whether the tiny build finished inside 0.2 s depends on the machine's load: the row says which
+    assert row.built == row.error.startswith("built; ")
 
 
 def test_families_cover_the_mappings(coverage) -> None:

@@ -115,15 +115,21 @@ def test_bitsandbytes_through_transformers_is_the_dequantized_float_model(bits, 
     assert rho > (0.95 if bits == 8 else 0.6)
 
 
+def _with_int8_up_proj(bnb, has_fp16_weights: bool):
+    """A tiny LLaMA whose first MLP up-projection is a bitsandbytes 8-bit layer holding the same weights."""
+    model = make_model("llama")
+    layer = model.model.layers[0].mlp.up_proj
+    q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=False, has_fp16_weights=has_fp16_weights)
+    q.load_state_dict(layer.state_dict())
+    model.model.layers[0].mlp.up_proj = q.to("cpu")
+    return model, model.model.layers[0].mlp.up_proj
+
+
 def test_bitsandbytes_layer_restored_after_a_failed_capture() -> None:
     bnb = pytest.importorskip("bitsandbytes")
     from lxt_fx.tracing.quantized import dequantizing
 
-    model = make_model("llama")
-    layer = model.model.layers[0].mlp.up_proj
-    q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=False, has_fp16_weights=False)
-    q.load_state_dict(layer.state_dict())
-    model.model.layers[0].mlp.up_proj = q.to("cpu")
+    model, q = _with_int8_up_proj(bnb, has_fp16_weights=False)
     marker = q.forward  # an instance attribute already there (as accelerate's hooks set one) is put back
     q.forward = marker
     with pytest.raises(RuntimeError, match="boom"), dequantizing(model) as n:
@@ -138,12 +144,8 @@ def test_bitsandbytes_layer_restored_after_a_failed_capture() -> None:
 
 def test_bitsandbytes_weights_not_quantized_yet_are_a_named_error() -> None:
     bnb = pytest.importorskip("bitsandbytes")
-    model = make_model("llama")
-    layer = model.model.layers[0].mlp.up_proj
     # has_fp16_weights=True keeps a float weight that bitsandbytes rounds to int8 on every call
-    q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=False, has_fp16_weights=True)
-    q.load_state_dict(layer.state_dict())
-    model.model.layers[0].mlp.up_proj = q
+    model, q = _with_int8_up_proj(bnb, has_fp16_weights=True)
     with pytest.raises(QuantizedWeightsError, match="up_proj.weight is a bitsandbytes Int8Params.*not quantized"):
         lxt_fx.explain(model, IDS)
     assert "forward" not in q.__dict__

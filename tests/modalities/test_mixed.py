@@ -17,7 +17,7 @@ from lxt_fx.reference import explicit_relevance
 from lxt_fx.session import rewritten_graph
 from lxt_fx.targets import Function, Similarity
 
-from .tiny import PATCH, TEXT_IDS, features, images, model
+from .tiny import TEXT_IDS, features, images, model, patch_sums
 
 PROBE = torch.randn(32, generator=torch.Generator().manual_seed(7))  # a linear probe on the features
 
@@ -25,15 +25,6 @@ PROBE = torch.randn(32, generator=torch.Generator().manual_seed(7))  # a linear 
 def _pooled(outputs: dict) -> torch.Tensor:
     return outputs["pooler_output"] @ PROBE.to(outputs["pooler_output"].dtype)
 
-
-def _grid(pixel: torch.Tensor) -> torch.Tensor:
-    """Pixel relevance [b, c, H, W] summed over channels and PATCH×PATCH blocks, by explicit loops."""
-    b, _, h, w = pixel.shape
-    out = torch.zeros(b, h // PATCH, w // PATCH, dtype=pixel.dtype)
-    for i in range(h // PATCH):
-        for j in range(w // PATCH):
-            out[:, i, j] = pixel[:, :, i * PATCH:(i + 1) * PATCH, j * PATCH:(j + 1) * PATCH].sum((1, 2, 3))
-    return out
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
@@ -79,7 +70,7 @@ def test_image_models_match_reference_and_close_books(kind: str) -> None:
     else:
         seeds = {"pooler_output": out["pooler_output"] * PROBE.double()}
     ref = explicit_relevance(graph, call, seeds)
-    _close(att.image_relevance, _grid(ref["pixel_values"]))
+    _close(att.image_relevance, patch_sums(ref["pixel_values"]))
     torch.testing.assert_close(att.image_relevance.sum((1, 2)), att.pixel_relevance.sum((1, 2)), rtol=1e-5,
                                atol=1e-6)
     report = lxt_fx.check(m, call, target=case["target"])

@@ -20,7 +20,7 @@ from lxt_fx.session import rewritten_graph, split_inputs
 from lxt_fx.tracing import capture_count
 from lxt_fx.tracing.spliced import SplicedInputError
 
-from .tiny import IMAGE, IMAGE_TOKEN, PATCH, images, model, vlm_ids
+from .tiny import IMAGE, IMAGE_TOKEN, PATCH, images, model, patch_sums, vlm_ids
 
 
 def _model_call(kind: str, ids: torch.Tensor, pixels: torch.Tensor) -> dict:
@@ -33,15 +33,6 @@ def _model_call(kind: str, ids: torch.Tensor, pixels: torch.Tensor) -> dict:
         call["pixel_values"] = pixels
     return call
 
-
-def _patch_sums_llava(pixel: torch.Tensor) -> torch.Tensor:
-    """[b, c, H, W] → [b, H/p, W/p] by explicit loops."""
-    b, _, h, w = pixel.shape
-    out = torch.zeros(b, h // PATCH, w // PATCH, dtype=pixel.dtype)
-    for i in range(h // PATCH):
-        for j in range(w // PATCH):
-            out[:, i, j] = pixel[:, :, i * PATCH:(i + 1) * PATCH, j * PATCH:(j + 1) * PATCH].sum((1, 2, 3))
-    return out
 
 
 def _patch_sums_qwen(flat: torch.Tensor, batch: int) -> torch.Tensor:
@@ -83,7 +74,7 @@ def test_vlm_tokens_and_patches_match_reference_and_close_books(kind: str) -> No
     ref = explicit_relevance(graph, tensors, {"logits": seeds})
     torch.testing.assert_close(att.relevance.double(), ref["inputs_embeds"].sum(-1), rtol=0,
                                atol=2e-4 * float(ref["inputs_embeds"].sum(-1).abs().max()))
-    patches = (_patch_sums_llava(ref["pixel_values"]) if kind == "llava" else _patch_sums_qwen(ref["pixel_values"], 2))
+    patches = (patch_sums(ref["pixel_values"]) if kind == "llava" else _patch_sums_qwen(ref["pixel_values"], 2))
     torch.testing.assert_close(att.image_relevance.double(), patches, rtol=0, atol=2e-4 * float(patches.abs().max()))
     torch.testing.assert_close(att.pixel_relevance.sum((1, 2)), att.image_relevance.sum((1, 2)), rtol=1e-5, atol=1e-6)
 

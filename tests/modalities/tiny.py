@@ -85,3 +85,13 @@ def vlm_ids(kind: str, batch: int = 1) -> torch.Tensor:
     else:
         rows = [[1, 5 + b, 93] + [IMAGE_TOKEN] * 4 + [92, 6, 7, 8 + b] for b in range(batch)]
     return torch.tensor(rows)
+
+
+def patch_sums(pixel: torch.Tensor) -> torch.Tensor:
+    """Pixel relevance [b, c, H, W] summed over channels and PATCH×PATCH blocks, by explicit loops."""
+    b, _, h, w = pixel.shape
+    out = torch.zeros(b, h // PATCH, w // PATCH, dtype=pixel.dtype)
+    for i in range(h // PATCH):
+        for j in range(w // PATCH):
+            out[:, i, j] = pixel[:, :, i * PATCH:(i + 1) * PATCH, j * PATCH:(j + 1) * PATCH].sum((1, 2, 3))
+    return out
