@@ -105,5 +105,9 @@ def spec_of(program: torch.export.ExportedProgram) -> InputSpec:
     ranges: dict[str, tuple[int, int | None]] = {}
     for sym, vr in program.range_constraints.items():
         lower = _bound(vr.lower)
+        # export reasons about a dynamic size as ≥ 2 (it specialises 0 and 1), and the capture's example
+        # repeats a batch or sequence of 1 to 2 to keep that dim symbolic: the graph serves a size of 1 as the
+        # eager model does (every single-prompt explain runs so), so a lower bound of 2 admits 1
+        lower = 1 if lower == 2 else lower
         ranges[str(sym)] = (lower if lower is not None else 0, _bound(vr.upper))
     return InputSpec(inputs, ranges)
