@@ -57,3 +57,14 @@ def gxi_and_explicit(rule: Rule, op: Any, args: Sequence[Any], carrying: Sequenc
     r_y = y.detach() * g
     gxi = {i: args[i] * gr for i, gr in zip(carrying, grads, strict=True)}
     return y.detach(), r_y, gxi, rule.explicit(op, args, kwargs, y.detach(), r_y, carrying)
+
+
+def graph_gxi(model: torch.nn.Module, x: Tensor, composite: Any = None, index: tuple[int, ...] = (0, -1, 0)
+              ) -> tuple[Tensor, Tensor, Any]:
+    """(input relevance x ⊙ grad, explained score, rewritten graph) of the rewritten graph's ``output[index]``
+    for ``inputs_embeds = x`` (``composite``: default ``lxt_fx.attnlrp``)."""
+    graph = rewritten_graph(model, composite or lxt_fx.attnlrp, {"inputs_embeds": x}, {})
+    leaf = x.clone().requires_grad_(True)
+    score = graph({"inputs_embeds": leaf})["output"][index]
+    (grad,) = torch.autograd.grad(score, leaf)
+    return (leaf * grad).detach(), score.detach(), graph

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_error
+from helpers import graph_gxi, relative_error
 from torch import nn
 from torch.testing import assert_close
 
@@ -53,19 +53,11 @@ class LatentKeys(nn.Module):
         return self.head(q @ key.transpose(2, 3)).sum(1)
 
 
-def _gxi(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """(input relevance x ⊙ grad, explained score, rewritten graph) for output ``[0, -1, 0]``."""
-    graph = rewritten_graph(model, lxt_fx.attnlrp, {"inputs_embeds": x}, {})
-    leaf = x.clone().requires_grad_(True)
-    score = graph({"inputs_embeds": leaf})["output"][0, -1, 0]
-    (grad,) = torch.autograd.grad(score, leaf)
-    return (leaf * grad).detach(), score.detach(), graph
-
 
 def test_keys_written_into_a_buffer_are_a_product_of_two_carrying_factors() -> None:
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(1))
-    r_cat, s_cat, _ = _gxi(LatentKeys("cat").eval(), x)
-    r_buf, s_buf, graph = _gxi(LatentKeys("buffer").eval(), x)
+    r_cat, s_cat, _ = graph_gxi(LatentKeys("cat").eval(), x)
+    r_buf, s_buf, graph = graph_gxi(LatentKeys("buffer").eval(), x)
     assert_close(s_buf, s_cat)
     # no bias, no softmax: the uniform rule conserves exactly (before the fix: Σ R = 2 · score)
     assert abs(float(r_buf.sum() / s_buf) - 1.0) < 1e-5, float(r_buf.sum() / s_buf)
@@ -79,7 +71,7 @@ def test_keys_written_into_a_buffer_are_a_product_of_two_carrying_factors() -> N
 
 def test_buffer_writes_in_the_explicit_reference_and_the_books() -> None:
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(2))
-    r_buf, _, graph = _gxi(LatentKeys("buffer").eval(), x)
+    r_buf, _, graph = graph_gxi(LatentKeys("buffer").eval(), x)
     with torch.no_grad():
         out = graph({"inputs_embeds": x})["output"]
     seed = torch.zeros_like(out)
@@ -197,8 +189,8 @@ class ComplexRope(nn.Module):
 
 def test_complex_rotary_embedding_carries_relevance() -> None:
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(4))
-    r_real, s_real, _ = _gxi(ComplexRope("real").eval(), x)
-    r_cplx, s_cplx, graph = _gxi(ComplexRope("complex").eval(), x)
+    r_real, s_real, _ = graph_gxi(ComplexRope("real").eval(), x)
+    r_cplx, s_cplx, graph = graph_gxi(ComplexRope("complex").eval(), x)
     assert_close(s_cplx, s_real)
     assert abs(float(r_cplx.sum() / s_cplx) - 1.0) < 1e-5, float(r_cplx.sum() / s_cplx)  # before: 2 · score
     assert_close(r_cplx, r_real, rtol=1e-5, atol=1e-6)

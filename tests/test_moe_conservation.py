@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
+from helpers import graph_gxi
 from torch import nn
 from torch.testing import assert_close
 
@@ -19,7 +20,6 @@ import lxt_fx
 from lxt_fx.check import check
 from lxt_fx.composites import Composite
 from lxt_fx.rules import Gradient, Renormalize
-from lxt_fx.session import rewritten_graph
 
 aten = torch.ops.aten
 V = 96
@@ -97,24 +97,17 @@ class ToyMoE(nn.Module):
         return self.head((weights.unsqueeze(-1) * outs).sum(-2))
 
 
-def _input_relevance(composite: Composite, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
-    graph = rewritten_graph(ToyMoE().eval(), composite, {"inputs_embeds": x}, {})
-    leaf = x.clone().requires_grad_(True)
-    score = graph({"inputs_embeds": leaf})["output"][0, -1, 1]
-    (grad,) = torch.autograd.grad(score, leaf)
-    return (leaf * grad).detach(), score.detach(), graph
-
 
 def test_one_layer_moe_input_relevance_sums_to_the_score() -> None:
     x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(5))
-    r, score, graph = _input_relevance(lxt_fx.attnlrp, x)
+    r, score, graph = graph_gxi(ToyMoE().eval(), x, lxt_fx.attnlrp, (0, -1, 1))
     rules = {row.op: row.rule for row in graph.report.rewritten}
     assert rules["aten.div_.Tensor"] == "renormalize" and rules["aten.mul.Tensor"] == "uniform"
     assert abs(float(r.sum() / score) - 1.0) < 1e-5, float(r.sum() / score)
     # the plain gradient through w / Σw (what the composite did before) loses the routing weights' share
     plain = Composite([(p, Gradient() if isinstance(rule, Renormalize) else rule)
                        for p, rule in lxt_fx.attnlrp.entries], name="attnlrp-plain-renorm")
-    r_plain, score_plain, _ = _input_relevance(plain, x)
+    r_plain, score_plain, _ = graph_gxi(ToyMoE().eval(), x, plain, (0, -1, 1))
     assert abs(float(r_plain.sum() / score_plain) - 1.0) > 1e-2
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import gxi_and_explicit
+from helpers import graph_gxi, gxi_and_explicit
 from torch import nn
 from torch.testing import assert_close
 
@@ -48,19 +48,11 @@ class Scores(nn.Module):
         return self.head(s)
 
 
-def gxi_relevance(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """(input relevance x ⊙ grad, explained score, rewritten graph) for output ``[0, -1, 0]``."""
-    graph = rewritten_graph(model, lxt_fx.attnlrp, {"inputs_embeds": x}, {})
-    leaf = x.clone().requires_grad_(True)
-    score = graph({"inputs_embeds": leaf})["output"][0, -1, 0]
-    (grad,) = torch.autograd.grad(score, leaf)
-    return (leaf * grad).detach(), score.detach(), graph
-
 
 def test_einsum_of_two_carrying_tensors_conserves_like_matmul() -> None:
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(1))
-    r_matmul, s_matmul, _ = gxi_relevance(Scores("matmul").eval(), x)
-    r_einsum, s_einsum, graph = gxi_relevance(Scores("einsum").eval(), x)
+    r_matmul, s_matmul, _ = graph_gxi(Scores("matmul").eval(), x)
+    r_einsum, s_einsum, graph = graph_gxi(Scores("einsum").eval(), x)
     assert_close(s_einsum, s_matmul)
     for r, s in ((r_matmul, s_matmul), (r_einsum, s_einsum)):
         assert abs(float(r.sum() / s) - 1.0) < 1e-5, float(r.sum() / s)  # before the fix: 2.000 for einsum
@@ -90,7 +82,7 @@ def test_zero_bias_books_close_on_einsum() -> None:
 
 def test_einsum_with_three_carrying_operands_gives_each_a_third() -> None:
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(2))
-    r, s, graph = gxi_relevance(Scores("einsum3").eval(), x)
+    r, s, graph = graph_gxi(Scores("einsum3").eval(), x)
     assert abs(float(r.sum() / s) - 1.0) < 1e-5
     assert {row.name: row.carrying for row in graph.report.rewritten}["einsum"] == ((1, 0), (1, 1), (1, 2))
     # rule level, element-wise triple product: closed form R_a = R_b = R_c = R_y / 3
@@ -175,8 +167,8 @@ def test_inplace_product_gets_the_uniform_rule_and_keeps_the_forward() -> None:
     model = InPlace(True).eval()
     with torch.no_grad():
         expected = model(x)
-    r_inplace, s_inplace, graph = gxi_relevance(model, x)  # before the fix: "ScaleGradient is a view …"
-    r_outplace, s_outplace, _ = gxi_relevance(InPlace(False).eval(), x)
+    r_inplace, s_inplace, graph = graph_gxi(model, x)  # before the fix: "ScaleGradient is a view …"
+    r_outplace, s_outplace, _ = graph_gxi(InPlace(False).eval(), x)
     with torch.no_grad():
         assert torch.equal(graph({"inputs_embeds": x})["output"], expected)
     assert {row.name: row.rule for row in graph.report.rewritten} == {"mul_": "uniform"}
