@@ -1,0 +1,1 @@
+"""Registers the built-in ground-truth tasks (one module per modality)."""

@@ -1,0 +1,108 @@
+"""What a ground-truth task is: planted evidence, a model trained to use it, and a mask of where it lies.
+
+A task draws examples whose label depends on evidence placed at random positions among distractors from
+the same distribution; :class:`Sample` carries the model's inputs, the label and, per modality, a boolean
+mask with the shape of that modality's relevance map (``"tokens"`` ``[n, L]``, ``"decoder_tokens"``
+``[n, L']``, ``"patches"`` ``[n, h, w]``, ``"frames"`` ``[n, T]``). The explained scalar of a row is
+:meth:`Task.score` — the logit of the label — so every method explains the same number.
+
+Gradient-based methods work on the task's *leaves*: the continuous tensor each modality's relevance is
+read at (token embeddings, pixel values, audio features). :meth:`Task.leaves` builds them,
+:meth:`Task.forward_leaves` runs the model from them, and :meth:`Task.to_map` reduces a leaf-shaped
+relevance (e.g. input × gradient) to the modality's map.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclass
+class Sample:
+    """``n`` examples: the model's keyword inputs, the label per row, the ground-truth mask per modality."""
+
+    inputs: dict[str, Tensor]
+    target: Tensor
+    mask: dict[str, Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    def rows(self, index: slice | Tensor) -> Sample:
+        """The rows ``index`` of every tensor (inputs, target, masks)."""
+        pick = (lambda t: t[index]) if isinstance(index, slice) else (lambda t: t.index_select(0, index))
+        return Sample({k: pick(v) for k, v in self.inputs.items()}, pick(self.target),
+                      {k: pick(v) for k, v in self.mask.items()}, dict(self.extra))
+
+
+class Task(abc.ABC):
+    """One family's task. Subclasses set ``name``, ``family``, ``modalities`` and implement the methods."""
+
+    name: str
+    family: str                      # the architecture the model is shaped like: "llama", "vit", "whisper" …
+    description: str = ""
+    modalities: tuple[str, ...] = ("tokens",)
+    has_attention_rollout: bool = False   # True where ``rollout`` can read the model's attention probabilities
+
+    # --- the model ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build(self, seed: int = 0) -> nn.Module:
+        """A freshly initialised model of the task's fixed configuration (eval mode)."""
+
+    @abc.abstractmethod
+    def train(self, model: nn.Module, *, seed: int = 0, log: Any = print) -> dict[str, float]:
+        """Train ``model`` in place from fixed seeds; return ``{"steps", "seconds", "accuracy"}``; leave eval mode."""
+
+    # --- the data -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, n: int, seed: int) -> Sample:
+        """``n`` held-out examples drawn from ``seed``; the same seed gives the same examples."""
+
+    @abc.abstractmethod
+    def ablate(self, sample: Sample, mask: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``sample.inputs`` with the positions in ``mask`` (same layout as ``sample.mask``) removed or
+        replaced by task-neutral filler (e.g. a pad token, background pixels, silence)."""
+
+    # --- what is explained ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def score(self, model: nn.Module, inputs: dict[str, Tensor], target: Tensor) -> Tensor:
+        """``[n]``: the explained scalar per row (the label's logit)."""
+
+    def predict(self, model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+        """``[n]``: the model's predicted label per row."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def explain(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """LRP relevance per modality (maps shaped like ``sample.mask``) through ``lxt_fx.explain`` with
+        ``composite`` (``None``: the model's default) and a target that picks :meth:`score`."""
+
+    # --- gradient methods -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def leaves(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
+        """Modality → the continuous input its relevance is read at (detached)."""
+
+    @abc.abstractmethod
+    def forward_leaves(self, model: nn.Module, sample: Sample, leaves: dict[str, Tensor]) -> Tensor:
+        """``[n]``: :meth:`score` computed from ``leaves`` in place of the discrete / raw inputs."""
+
+    @abc.abstractmethod
+    def to_map(self, modality: str, leaf_relevance: Tensor) -> Tensor:
+        """A leaf-shaped relevance (summed appropriately) → the modality's map, shaped like the mask."""
+
+    def rollout(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
+        """Attention rollout maps, where the task defines it."""
+        raise NotImplementedError(f"{self.name}: no attention rollout")
+
+    # --- shipped weights ------------------------------------------------------------------------------
+    @property
+    def weights_dir(self) -> Path:
+        return WEIGHTS / self.name
