@@ -26,11 +26,18 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 @dataclass
 class Sample:
-    """``n`` examples: the model's keyword inputs, the label per row, the ground-truth mask per modality."""
+    """``n`` examples: the model's keyword inputs, the label per row, the ground-truth mask per modality.
+
+    ``region`` (same layout as ``mask``) marks where evidence *could* have been placed — the evidence and
+    its distractors, not the fixed scaffolding such as a query token, a [CLS] token or a prompt. The random
+    control of :func:`~lxt_fx.evaluate.groundtruth.verify_evidence` removes positions drawn from
+    ``region & ~mask``. The scores use the whole map.
+    """
 
     inputs: dict[str, Tensor]
     target: Tensor
     mask: dict[str, Tensor]
+    region: dict[str, Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -40,7 +47,8 @@ class Sample:
         """The rows ``index`` of every tensor (inputs, target, masks)."""
         pick = (lambda t: t[index]) if isinstance(index, slice) else (lambda t: t.index_select(0, index))
         return Sample({k: pick(v) for k, v in self.inputs.items()}, pick(self.target),
-                      {k: pick(v) for k, v in self.mask.items()}, dict(self.extra))
+                      {k: pick(v) for k, v in self.mask.items()}, {k: pick(v) for k, v in self.region.items()},
+                      dict(self.extra))
 
 
 class Task(abc.ABC):
