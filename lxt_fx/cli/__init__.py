@@ -2,7 +2,7 @@
 
     lxt-fx explain --model smollm2 --prompt "The capital of France is" --html out.html
     lxt-fx generate --model smollm2 --prompt "The capital of France is" --max-new-tokens 8 --per-token
-    lxt-fx check smollm2
+    lxt-fx check --model smollm2
     lxt-fx evaluate --model smollm2 --data cloze --limit 8
 
 Every failure of every sub-command is one line on stderr, ``lxt-fx: error: <what> (hint: <what to do>)``,

@@ -1,6 +1,7 @@
-"""``lxt-fx check MODEL``: print the rewrite report and the check report for one prompt.
+"""``lxt-fx check --model MODEL``: print the rewrite report and the check report for one prompt.
 
-MODEL is a built-in name (``smollm2``) or a local model directory (see :func:`lxt_fx.models.load`).
+MODEL is a built-in name (``smollm2``, the default) or a local model directory (see :func:`lxt_fx.models.load`),
+given with ``--model`` like every other sub-command, or positionally (``lxt-fx check MODEL``).
 Exit status: 0 when every check passes, 1 when one fails (an UNHANDLED op, a rule that is not opaque, a
 non-finite tensor, zero-bias bookkeeping that does not close) or ``--html`` could not be written, 2 when
 the model or input cannot be used. Every failure is one line on stderr (``--debug``: with the traceback).
@@ -17,11 +18,13 @@ DEFAULT_PROMPT = "The capital of France is"
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx check`` (usage errors are one line with a hint)."""
-    from . import _Parser
+    from . import DEFAULT_MODEL, _Parser
 
     p = _Parser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
                 "Coverage, rule opacity, conservation bookkeeping and NaN/Inf provenance.")
-    p.add_argument("model", help="built-in model name (smollm2) or a local model directory")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="the model, positionally (as --model)")
+    p.add_argument("--model", dest="model_option", default=None, metavar="PATH|NAME",
+                   help=f"built-in model name (smollm2) or a local model directory (default {DEFAULT_MODEL})")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text to explain (default {DEFAULT_PROMPT!r})")
     p.add_argument("--target", default=None, help="next token to explain: a one-token string or an id "
                                                   "(default: the model's argmax)")
@@ -50,8 +53,12 @@ def _check(argv: list[str]) -> int:
     from .. import composites
     from ..check import check
     from ..render.rewrite_report import rewrite_rich
-    from . import CLIError, load_model, target_argument
+    from . import DEFAULT_MODEL, CLIError, load_model, target_argument
 
+    if args.model is not None and args.model_option is not None and args.model != args.model_option:
+        raise CLIError(f"two models given: {args.model!r} and --model {args.model_option!r}",
+                       "give the model once, as --model PATH|NAME")
+    model_name = args.model_option or args.model or DEFAULT_MODEL
     console = Console(width=args.width)
     composite = None
     if args.composite is not None:
@@ -61,7 +68,7 @@ def _check(argv: list[str]) -> int:
     if args.html and not Path(args.html).absolute().parent.is_dir():  # fail before the minutes of work
         raise CLIError(f"cannot write HTML {args.html!r}: folder {str(Path(args.html).absolute().parent)!r} "
                        "does not exist", "create the folder first, or give --html a path in an existing one")
-    model, tokenizer = load_model(args.model, Console(stderr=True, width=args.width))
+    model, tokenizer = load_model(model_name, Console(stderr=True, width=args.width))
     target = target_argument(args.target)
     with console.status("checking …"):
         report = check(model, args.prompt, composite=composite, target=target, tokenizer=tokenizer,
