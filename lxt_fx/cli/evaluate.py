@@ -22,34 +22,99 @@ from pathlib import Path
 
 from ..tracing.errors import LXTError
 
+PERTURBATIONS = ("zero", "pad", "unk", "mask")
+
+_EPILOG = """--data: a JSONL file of passages ({"text": ...}; the model explains its own next token after the first
+--length tokens) or of cloze prompts ({"prompt": ..., "answer": " word"}; the answer, which must be one
+token, is explained; prompts with several-token answers are skipped and counted), or a shipped set by name:
+passages, cloze.
+
+writes to the --out folder (default evaluate-results/): evaluate.json (settings, summary, mean curves, per-row
+ABPC and relevance), evaluate.md (the table) and curves.png (mean curves; needs matplotlib); prints the table.
+exit status: 0 done, 2 bad input (an unknown method or option value, an empty or malformed data file, a model
+that is not available).
+
+examples:
+  lxt-fx evaluate --model smollm2 --data cloze --limit 8
+  lxt-fx evaluate --model smollm2 --data FILE.jsonl --methods attnlrp,ixg,ig,random --out results/
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and epilog as written, and each option's default (when it has one) after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx evaluate``."""
     from ..evaluate.baselines import method_names
     from . import _Parser
 
-    p = _Parser(prog="lxt-fx evaluate", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2", help="built-in name (smollm2) or a local model directory")
-    p.add_argument("--data", required=True, help="JSONL file, or 'passages' / 'cloze' for the shipped sets")
+    p = _Parser(prog="lxt-fx evaluate", description="Perturbation faithfulness (MoRF / LeRF / ABPC) of attribution "
+                "methods on a dataset:\nflip the most (MoRF) or least (LeRF) relevant tokens first and follow the "
+                "explained score.", epilog=_EPILOG, formatter_class=_HelpFormatter)
+    p.add_argument("--model", default="smollm2", metavar="PATH|NAME",
+                   help="built-in name (smollm2) or a local model directory")
+    p.add_argument("--data", required=True, metavar="FILE|passages|cloze",
+                   help="JSONL file, or 'passages' / 'cloze' for the shipped sets (see below)")
     p.add_argument("--methods", default="attnlrp,ixg,ig,random",
                    help=f"comma-separated, from: {', '.join(method_names())}")
-    p.add_argument("--out", default="evaluate-results", help="output directory")
-    p.add_argument("--steps", type=int, default=20, help="perturbation steps (equal fractions), default 20")
-    p.add_argument("--length", type=int, default=32, help="tokens per passage (passages data), default 32")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many rows")
-    p.add_argument("--perturbation", default="zero",
-                   help="'zero' (zero the input embedding, default), 'pad', 'unk', 'mask', or a token id")
+    p.add_argument("--out", default="evaluate-results", metavar="DIR",
+                   help="output folder for evaluate.json, evaluate.md and curves.png (created)")
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="perturbation steps (equal fractions), ≥ 1")
+    p.add_argument("--length", type=int, default=32, metavar="T", help="tokens per passage (passages data), ≥ 1")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate at most this many rows (≥ 1)")
+    p.add_argument("--perturbation", default="zero", metavar="zero|pad|unk|mask|ID",
+                   help="what a flipped token becomes: 'zero' (a zero input embedding), the tokenizer's 'pad', "
+                        "'unk' or 'mask' token, or a token id ≥ 0")
     p.add_argument("--score", default="logit", choices=["logit", "prob", "logprob"], help="explained score")
-    p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
-    p.add_argument("--chunk-size", type=int, default=8, help="rows attributed together")
+    p.add_argument("--ig-steps", type=int, default=32, metavar="N", help="Integrated Gradients steps, ≥ 1")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="sequences per forward pass, ≥ 1")
+    p.add_argument("--chunk-size", type=int, default=8, metavar="C", help="rows attributed together, ≥ 1")
     p.add_argument("--keep-first", action="store_true", help="never flip the first token (attention sink)")
     p.add_argument("--keep-last", action="store_true", help="never flip the token at the explained position")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's own)")
     p.add_argument("--debug", action="store_true", help="on failure, print the traceback before the error line")
     return p
+
+
+def _perturbation(value: str) -> str | int:
+    """``--perturbation`` checked: one of :data:`PERTURBATIONS` or a token id ≥ 0 (a one-line error otherwise)."""
+    from . import CLIError
+
+    text = value.strip()
+    if text in PERTURBATIONS:
+        return text
+    if text.lstrip("-").isdigit():
+        if int(text) < 0:
+            raise CLIError(f"--perturbation {value}: a token id must be ≥ 0", "give 'zero', 'pad', 'unk', 'mask' "
+                           "or a token id ≥ 0")
+        return int(text)
+    raise CLIError(f"--perturbation {value!r} is not one of {', '.join(PERTURBATIONS)} nor a token id",
+                   "give 'zero' (the default), 'pad', 'unk', 'mask' or a token id ≥ 0")
+
+
+def _check_options(args: argparse.Namespace) -> str | int:
+    """Every option value checked before anything is loaded; returns the perturbation (a name or an id)."""
+    from . import CLIError
+
+    for flag, value in (("--steps", args.steps), ("--length", args.length), ("--ig-steps", args.ig_steps),
+                        ("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
+                        ("--limit", args.limit), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise CLIError(f"{flag} {value}: must be ≥ 1", f"see lxt-fx evaluate --help for {flag}")
+    return _perturbation(args.perturbation)
 
 
 def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
@@ -84,8 +149,8 @@ def _run(args: argparse.Namespace, console: object) -> int:
     from ..evaluate.runner import run, work_units
     from ..models import load
 
-    methods = parse_methods(args.methods)               # unknown names fail before the model loads
-    perturbation: str | int = int(args.perturbation) if args.perturbation.lstrip("-").isdigit() else args.perturbation
+    perturbation = _check_options(args)                 # option values fail before the model loads
+    methods = parse_methods(args.methods)               # unknown names too
     items = data_mod.load(args.data)                    # empty / malformed files fail here too
     if args.threads:
         torch.set_num_threads(args.threads)

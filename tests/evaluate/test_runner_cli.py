@@ -102,3 +102,29 @@ def test_evidence_scores_and_task_layout() -> None:
 def test_cli_error_lists_valid_methods(capsys) -> None:
     assert evaluate_main(["--data", "cloze", "--methods", "nope"]) == 2
     assert "valid methods: attnlrp, cp_lrp, ixg, ig, gradient, saliency, rollout, random" in capsys.readouterr().err
+
+
+def test_cli_help_shows_defaults_and_the_output_folder(monkeypatch, capsys) -> None:
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside the phrases looked for
+    assert evaluate_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and not re.search(r":\w+:`", text)  # no rST markup
+    assert "(default: evaluate-results)" in text and "evaluate.json" in text and "curves.png" in text
+    assert "(default: 20)" in text and "(default: zero)" in text and "(default: attnlrp,ixg,ig,random)" in text
+
+
+def test_cli_checks_option_values_before_loading_the_model(monkeypatch, capsys) -> None:
+    import lxt_fx.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(lxt_fx.models, "load", no_load)
+    for argv, needle in ((["--steps", "0"], "--steps 0"), (["--perturbation", "bogus"], "'bogus'"),
+                         (["--perturbation", "-3"], "--perturbation -3"), (["--ig-steps", "0"], "--ig-steps 0"),
+                         (["--batch-size", "-1"], "--batch-size -1"), (["--limit", "0"], "--limit 0")):
+        assert evaluate_main(["--data", "cloze", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and "AssertionError" not in err[0], err
