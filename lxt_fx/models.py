@@ -34,7 +34,12 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
 
 
 class ModelNotAvailableError(LXTError):
-    """A built-in model whose package is not installed, or a name that is neither built-in nor a path."""
+    """A built-in model whose package is not installed, a name that is neither built-in nor a path, or a
+    directory without ``config.json``."""
+
+
+class NotCausalLMError(ModelNotAvailableError, ValueError):
+    """A local model directory whose config is not a causal LM (e.g. T5, BERT): :func:`load` loads causal LMs."""
 
 
 def available(name: str) -> bool:
@@ -142,8 +147,34 @@ def _minilm(dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
 
 def _local(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    if not (folder / "config.json").is_file():
+        raise ModelNotAvailableError(f"{str(folder)!r} has no config.json: a local model directory needs config.json, "
+                                     "the weights and the tokenizer files (model.save_pretrained(DIR) and "
+                                     "tokenizer.save_pretrained(DIR) write them)")
+    _require_causal_lm(folder)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     return model.eval(), tokenizer
+
+
+def _require_causal_lm(folder: Path) -> None:
+    """:class:`NotCausalLMError` (short, naming the model class and what loads it) unless ``folder``'s config is
+    one ``AutoModelForCausalLM`` takes."""
+    from transformers import AutoConfig
+    from transformers.models.auto import modeling_auto as auto
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    kind = getattr(config, "model_type", "")
+    if kind in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (getattr(config, "auto_map", None)
+                                                                                 or {}):
+        return
+    name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    loaders = (("AutoModelForSeq2SeqLM", auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, ", decoder_inputs=..."),
+               ("AutoModelForMaskedLM", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES, ""),
+               ("AutoModelForSequenceClassification", auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, ""))
+    loader, extra = next(((cls, more) for cls, names, more in loaders if kind in names), ("AutoModel", ""))
+    raise NotCausalLMError(f"{str(folder)!r} holds a {name} (model_type {kind!r}), not a causal LM: a local "
+                           "directory is loaded with AutoModelForCausalLM; explain this model from Python: "
+                           f"lxt_fx.explain({loader}.from_pretrained(DIR), text, tokenizer=tokenizer{extra})")

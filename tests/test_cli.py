@@ -237,3 +237,45 @@ def test_evaluate_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     one_error_line(capsys.readouterr().err, "nosuch")
     assert main(["evaluate"]) == 2  # --data missing: a usage error, one line
     one_error_line(capsys.readouterr().err, "--data")
+
+
+# ---- hints that name the real cause ------------------------------------------------------------------------
+
+
+def test_generate_chat_without_a_chat_template_names_the_template(tiny: Path, capsys) -> None:
+    assert main(["generate", "--model", str(tiny), "--prompt", "the capital", "--chat", "--max-new-tokens", "1"]) == 2
+    line = one_error_line(capsys.readouterr().err, "no chat template", "drop --chat")
+    assert "lxt-fx check" not in line
+
+
+def test_a_seq2seq_directory_is_named_not_a_causal_lm(tmp_path: Path, capsys) -> None:
+    import transformers as tf
+    from helpers import word_tokenizer
+
+    cfg = tf.T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    tf.T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "t5")
+    word_tokenizer(["a", "b"]).save_pretrained(tmp_path / "t5")
+    assert main(["explain", "--model", str(tmp_path / "t5"), "--prompt", "a b"]) == 2
+    line = one_error_line(capsys.readouterr().err, "T5ForConditionalGeneration", "not a causal LM",
+                          "AutoModelForSeq2SeqLM", "decoder_inputs")
+    assert len(line) < 600 and "BertConfig" not in line  # not the list of every config class
+
+
+def test_a_directory_without_config_json_says_so(tiny: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    folder = tmp_path / "no-config"
+    shutil.copytree(tiny, folder)
+    (folder / "config.json").unlink()
+    assert main(["explain", "--model", str(folder), "--prompt", "the capital"]) == 2
+    line = one_error_line(capsys.readouterr().err, "no config.json")
+    assert "sentencepiece" not in line
+
+
+def test_a_negative_target_is_an_id_refused_before_loading(tiny: Path, monkeypatch, capsys) -> None:
+    import lxt_fx.models
+
+    monkeypatch.setattr(lxt_fx.models, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["explain", "--model", str(tiny), "--prompt", "the capital", "--target", "-3"]) == 2
+    line = one_error_line(capsys.readouterr().err, "--target -3", "negative token id")
+    assert "tokens" not in line  # not read as the text '-3'

@@ -150,3 +150,17 @@ def test_backend_follows_the_model_device_not_the_machine(monkeypatch) -> None:
     assert run._group(torch.device("cpu")) == (1, 2, True)
     assert run._group(torch.device("cuda", 1)) == (1, 2, True)
     assert made == [("gloo", None), ("nccl", torch.device("cuda", 1))]
+
+
+def test_cli_target_invalid_for_every_row_exits_non_zero(tiny, tmp_path, capsys) -> None:
+    from lxt_fx.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in GOOD[:3]))
+    code = main(["attribute-dataset", "--model", str(tiny), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--target", "sky blue"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "none of the 3 rows" in err and "'sky blue' is 2 tokens" in err
+    index = [json.loads(line) for line in (tmp_path / "out" / INDEX).read_text().splitlines()]
+    assert len(index) == 3 and all("2 tokens" in r["error"] for r in index)  # the reason is recorded per row too

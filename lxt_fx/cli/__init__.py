@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -184,12 +185,15 @@ def _quiet_hf() -> Iterator[None]:
 
 
 def _load(name: str, status: Console) -> tuple[Any, Any]:
-    from ..models import ModelNotAvailableError, load
+    from ..models import ModelNotAvailableError, NotCausalLMError, load
 
     start = time.perf_counter()
     try:
         with status.status(f"[bold]loading {name} …"), _quiet_hf():
             model, tokenizer = load(name)
+    except NotCausalLMError as exc:
+        raise CLIError(str(exc), "explain it from Python with lxt_fx.explain (see the message); the sub-commands "
+                       "take causal LMs") from exc
     except ModelNotAvailableError as exc:
         raise CLIError(str(exc), "see 'lxt-fx explain --help' for the model argument") from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt config, weights or tokenizer file, whatever raises
@@ -214,9 +218,14 @@ def load_model(name: str, status: Console, threads: int | None = None) -> tuple[
 
 
 def target_argument(text: str | None) -> int | str | None:
-    """A ``--target`` value: None, a token id when it is all digits, else the token text as given."""
-    if text is not None and text.strip().isdigit():
-        return int(text)
+    """A ``--target`` value: None, a token id when it is an integer (a negative one is refused by a one-line
+    :class:`CLIError`), else the token text as given."""
+    if text is not None and re.fullmatch(r"[+-]?\d+", text.strip()):
+        value = int(text)
+        if value < 0:
+            raise CLIError(f"--target {text.strip()} is a negative token id", "give a token id ≥ 0, or the token "
+                           "itself as text (e.g. --target ' Paris')")
+        return value
     return text
 
 
@@ -285,7 +294,9 @@ def _explain_error(exc: Exception) -> CLIError:
     name = type(exc).__name__
     if isinstance(exc, TargetError):
         return CLIError(f"{name}: {exc}", "give --target as one token of the vocabulary or its id")
-    return CLIError(f"{name}: {exc}", "run 'lxt-fx check MODEL' for the rewrite and check reports")
+    if isinstance(exc, ValueError):  # an input or option that cannot be used: the message names it
+        return CLIError(f"{name}: {exc}", "change what the message names; --debug shows the traceback")
+    return CLIError(f"{name}: {exc}", "run 'lxt-fx check --model MODEL' for the rewrite and check reports")
 
 
 # ---- the entry point ---------------------------------------------------------------------------------------

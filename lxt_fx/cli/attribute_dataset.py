@@ -49,12 +49,12 @@ def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Consol
     from ..dataset import DatasetError, attribute
     from ..tracing.errors import LXTError
 
+    target = target_argument(args.target)
     rank = int(os.environ.get("RANK", "0"))
     model, tokenizer = load_model(args.model, status if rank == 0 else Console(quiet=True), args.threads)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and os.environ.get("LXT_FX_BACKEND", "") != "gloo":
         model = model.to(f"cuda:{local}")
-    target = target_argument(args.target)
     try:
         summary = attribute(model, tokenizer, args.data, args.out, target=target, batch_size=args.batch_size,
                             shard_size=args.shard_size, max_length=args.max_length,
@@ -65,6 +65,11 @@ def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Consol
         raise CLIError(f"{type(exc).__name__}: {exc}", "run 'lxt-fx check MODEL' for the rewrite report") from exc
     if summary.index is not None:
         bad = sum("error" in r for r in summary.index)
+        if summary.index and bad == len(summary.index):
+            reasons = sorted({r["error"] for r in summary.index})
+            raise CLIError(f"none of the {bad} rows could be explained: {reasons[0]}"
+                           + (f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else ""),
+                           f"see 'error' in {os.path.join(args.out, 'index.jsonl')}; fix --target or the rows")
         status.print(f"{len(summary.index)} rows: {len(summary.index) - bad} explained, {bad} bad (see 'error' in "
                      f"{os.path.join(args.out, 'index.jsonl')}); {summary.resumed} were done by an earlier run; "
                      f"{summary.seconds:.1f} s")

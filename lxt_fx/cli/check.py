@@ -68,8 +68,8 @@ def _check(argv: list[str]) -> int:
     if args.html and not Path(args.html).absolute().parent.is_dir():  # fail before the minutes of work
         raise CLIError(f"cannot write HTML {args.html!r}: folder {str(Path(args.html).absolute().parent)!r} "
                        "does not exist", "create the folder first, or give --html a path in an existing one")
-    model, tokenizer = load_model(model_name, Console(stderr=True, width=args.width))
     target = target_argument(args.target)
+    model, tokenizer = load_model(model_name, Console(stderr=True, width=args.width))
     with console.status("checking …"):
         report = check(model, args.prompt, composite=composite, target=target, tokenizer=tokenizer,
                        zero_bias=not args.no_zero_bias)

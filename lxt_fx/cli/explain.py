@@ -101,6 +101,7 @@ def _with_rows(att: Any, tokenizer: Any, extra: dict[str, Any] | None = None) ->
 
 def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
     prompts = _prompts(args)
+    target_argument(args.target)  # a negative id is refused before the model loads
     model, tokenizer = load_model(args.model, status, args.threads)
     from ..explain import explain
     from ..render import trace_capture

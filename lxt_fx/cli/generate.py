@@ -49,6 +49,9 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
     if not args.prompt.strip():
         raise CLIError("the prompt is empty", "give at least one token of text")
     model, tokenizer = load_model(args.model, status, args.threads)
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise CLIError(f"--chat: the tokenizer of {args.model!r} has no chat template",
+                       "drop --chat, or use a chat model whose tokenizer has one (e.g. --model smollm2)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..generate import generate_and_explain
