@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,17 @@ from torch import Tensor
 
 from .rewrite import RewriteReport
 from .taps import CaptureNameError
+
+
+def _not_captured(what: str, name: str, captured: dict[str, Tensor] | None, method: str) -> str:
+    """Why ``name`` is not among the ``captured`` names: a glob is kept as one entry per module it matched."""
+    have = sorted(captured or {})
+    if any(c in name for c in "*?["):
+        matched = [k for k in have if fnmatch.fnmatchcase(k, name)]
+        if matched:
+            return (f"{name!r} is a glob: it was captured as one entry per module it matched ({matched}); read "
+                    f"one of them, e.g. attribution.{method}({matched[0]!r})")
+    return f"no {what} captured at {name!r} (captured: {have}); pass explain(..., capture=[{name!r}])"
 
 
 @dataclass
@@ -56,18 +68,14 @@ class Attribution:
         """The activation ``x`` (per neuron) at ``name``, a name passed to ``explain(..., capture=[...])``:
         ``latent(name)`` is ``x ⊙ grad`` of this very tensor."""
         if not self.latent_values or name not in self.latent_values:
-            have = sorted(self.latent_values) if self.latent_values else []
-            raise CaptureNameError(f"no activation captured at {name!r} (captured: {have}); pass "
-                                   f"explain(..., capture=[{name!r}])")
+            raise CaptureNameError(_not_captured("activation", name, self.latent_values, "latent_value"))
         return self.latent_values[name]
 
     def latent(self, name: str) -> Tensor:
         """Latent relevance ``x ⊙ grad`` (per neuron) at ``name``, a node or module path passed to
         ``explain(..., capture=[...])``."""
         if not self.latents or name not in self.latents:
-            have = sorted(self.latents) if self.latents else []
-            raise CaptureNameError(f"no latent relevance captured at {name!r} (captured: {have}); pass "
-                                   f"explain(..., capture=[{name!r}])")
+            raise CaptureNameError(_not_captured("latent relevance", name, self.latents, "latent"))
         return self.latents[name]
 
     def __len__(self) -> int:

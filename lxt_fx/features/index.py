@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..explain import explain
 from ..targets import Function
 from ..tracing.errors import LXTError
-from .places import PlaceError
+from .places import INPUT_SUFFIX, PlaceError, module_at
 
 __all__ = ["FeatureIndex", "IndexMismatchError", "Snippet", "build_index"]
 
@@ -114,6 +114,9 @@ def build_index(model: nn.Module, tokenizer: Any, place: str, out: str | os.Path
         from ..evaluate.data import load_passages
 
         texts = [p.text for p in load_passages()]
+    if any(c in place for c in "*?["):  # an index is of one place: a glob must name exactly one module
+        path, _, is_input = module_at(model, place)
+        place = path + (INPUT_SUFFIX if is_input else "")
     rows = _encode(texts, tokenizer, length)
     folder = Path(out)
     (folder / "chunks").mkdir(parents=True, exist_ok=True)

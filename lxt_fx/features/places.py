@@ -62,8 +62,10 @@ def module_at(model: nn.Module, place: str) -> tuple[str, nn.Module, bool]:
         hits = [p for p in modules if p and fnmatch.fnmatchcase(p, path)]
         if len(hits) == 1:
             return hits[0], modules[hits[0]], is_input
-        raise PlaceError(f"place {place!r} matches {len(hits)} modules here; give one module path "
-                         f"(e.g. {hits[:3]})" if hits else f"place {place!r} matches no module")
+        suffix = INPUT_SUFFIX if is_input else ""
+        raise PlaceError(f"place {place!r} is a glob that matches {len(hits)} modules here "
+                         f"({', '.join(repr(h + suffix) for h in hits[:4])}{', …' if len(hits) > 4 else ''}); "
+                         "give one place" if hits else f"place {place!r} matches no module")
     close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(repr(c + (INPUT_SUFFIX if is_input else '')) for c in close)}? " if close else ""
     raise CaptureNameError(f"place {place!r} names no module of {type(model).__name__}; {hint}places are module "

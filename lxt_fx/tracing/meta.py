@@ -9,6 +9,8 @@ import torch
 from torch import fx
 
 _ENTRY_PREFIX = "model."
+# torch.export's marker on nodes its passes create without a module stack: not a module of the model.
+_NO_MODULE_MARKER = "_empty_nn_module_stack_from_metadata_hook"
 _SKIP_DIRS = (os.path.dirname(torch.__file__) + os.sep,
               os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
@@ -17,10 +19,11 @@ BLOCK_PATH = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)
 
 
 def _innermost(node: fx.Node) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
+    stack = [entry for key, entry in (node.meta.get("nn_module_stack") or {}).items()
+             if key != _NO_MODULE_MARKER and entry[0] != _NO_MODULE_MARKER]
     if not stack:
         return "", ""
-    path, cls = list(stack.values())[-1]
+    path, cls = stack[-1]
     cls_name = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
     return path, cls_name
 

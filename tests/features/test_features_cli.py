@@ -40,3 +40,29 @@ def test_index_features_then_neuron_card(tiny: Path, tmp_path: Path, capsys) -> 
     assert main(["index-features", "--model", str(tiny), "--place", "model.layers.0.mlp.down_prj:input",
                  "--data", str(data), "--out", str(tmp_path / "bad")]) == 2
     assert "did you mean 'model.layers.0.mlp.down_proj:input'" in capsys.readouterr().err
+
+
+def test_index_features_with_a_glob_place(tiny: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "texts.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in ["the capital of france is paris", "a b c a b"]))
+    common = ["--data", str(data), "--length", "6", "--chunk-size", "2"]
+    # a glob that matches two places: said so, with both names (not "no latent relevance captured at …")
+    assert main(["index-features", "--model", str(tiny), "--place", "model.layers.*.mlp.down_proj:input",
+                 "--out", str(tmp_path / "two"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "matches 2 modules" in err and "'model.layers.1.mlp.down_proj:input'" in err
+    assert "no latent relevance captured" not in err
+    # a glob that matches one place: the index of that place, the same as naming it
+    assert main(["index-features", "--model", str(tiny), "--place", "model.layers.1*.mlp.down_proj:input",
+                 "--out", str(tmp_path / "glob"), *common]) == 0
+    assert main(["index-features", "--model", str(tiny), "--place", "model.layers.1.mlp.down_proj:input",
+                 "--out", str(tmp_path / "named"), *common]) == 0
+    glob, named = FeatureIndex.load(tmp_path / "glob"), FeatureIndex.load(tmp_path / "named")
+    assert glob.place == named.place == "model.layers.1.mlp.down_proj:input"
+    assert (glob.act_max == named.act_max).all() and (glob.rel_sum == named.rel_sum).all()
+    capsys.readouterr()
+    # a typo: the "did you mean" list and the top level name the model's modules only
+    assert main(["index-features", "--model", str(tiny), "--place", "model.layerz.0", "--out", str(tmp_path / "x"),
+                 *common]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'model.layers.0'" in err and "_empty_nn_module_stack" not in err

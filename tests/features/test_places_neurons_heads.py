@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import VOCAB, make_model
@@ -49,13 +51,22 @@ def test_input_place_is_the_module_input_and_conserves_through_the_linear(llama)
     # down_proj has no bias: the ε → 0 rule passes all relevance from its output to its input
     out, inp = float(att.latent("model.layers.0.mlp").sum()), float(att.latent(MLP_IN).sum())
     assert abs(out) > 1e-6 and abs(inp - out) <= 1e-5 * abs(out) + 1e-8
+    # the glob itself was kept as one entry per module it matched: reading it says which, not "not captured"
+    with pytest.raises(CaptureNameError, match=r"is a glob: .*'model\.layers\.1\.mlp\.down_proj:input'") as info:
+        att.latent("model.layers.*.mlp.down_proj:input")
+    assert "no latent relevance captured" not in str(info.value)
+    with pytest.raises(CaptureNameError, match="is a glob"):
+        att.latent_value("model.layers.*.mlp.down_proj:input")
 
 
 def test_unknown_place_names_close_matches(llama) -> None:
     model = llama
     ids = torch.randint(0, VOCAB, (1, 5))
-    with pytest.raises(CaptureNameError, match=r"did you mean 'model.layers.0.mlp.down_proj:input'"):
+    with pytest.raises(CaptureNameError, match=r"did you mean 'model.layers.0.mlp.down_proj:input'") as info:
         lxt_fx.explain(model, ids, capture=["model.layers.0.mlp.down_prj:input"])
+    modules = {name.split(".")[0] for name, _ in model.named_modules() if name}
+    top = re.search(r"top level: \[([^\]]*)\]", str(info.value)).group(1)
+    assert {t.strip(" '") for t in top.split(",")} == modules  # the model's own modules, no torch.export marker
     with pytest.raises(CaptureNameError, match="model.layers.0.mlp"):
         features.ablate(model, "model.layers.0.mpl", [0]).__enter__()
     assert issubclass(CaptureNameError, lxt_fx.LXTError)
