@@ -12,6 +12,7 @@ from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import for_model
+from .render.common import named_tokens
 from .rewrite import recording_places
 from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
@@ -379,7 +380,8 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
 
 
 def token_strings(ids: Tensor, tokenizer: Any) -> list[str]:
-    """The tokens of one row of ids as the tokenizer spells them (the ids as text without a tokenizer)."""
+    """The tokens of one row of ids as the tokenizer spells them (the ids as text without a tokenizer; an id the
+    tokenizer does not know as ``⟨id 41⟩``)."""
     if tokenizer is None:
         return [str(i) for i in ids.tolist()]
-    return tokenizer.convert_ids_to_tokens(ids.tolist())
+    return named_tokens(tokenizer.convert_ids_to_tokens(ids.tolist()), ids.tolist())

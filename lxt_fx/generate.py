@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .attribution import Attribution
 from .composites.composite import Composite
 from .explain import InputError, explain
+from .render.common import decoded_text, named_tokens
 from .targets import Function
 
 
@@ -147,8 +148,8 @@ def generate_and_explain(model: nn.Module, tokenizer: Any, prompt: str, max_new_
         mask[k, int(positions[k - 1]) + 1:] = 0
     att = explain(model, ids, tokenizer=tokenizer, attention_mask=mask, composite=composite,
                   target=SpanTarget(positions, gen, per_token))
-    text = tokenizer.decode(generated, skip_special_tokens=False)
-    pieces = [tokenizer.decode([g], skip_special_tokens=False) for g in generated]
+    text = decoded_text(tokenizer, generated)  # an id the tokenizer does not know reads ⟨id 41⟩
+    pieces = [decoded_text(tokenizer, [g]) for g in generated]
     span = _select(att, [0])
     labels = [f"Σ logits of the {n} generated token(s) {text!r}"]
     per = None
@@ -157,7 +158,7 @@ def generate_and_explain(model: nn.Module, tokenizer: Any, prompt: str, max_new_
         per = _select(att, list(range(1, batch)))
         per.target_ids = gen.clone()
         per.positions = positions.clone()
-        per.target_tokens = tokenizer.convert_ids_to_tokens(generated)
+        per.target_tokens = named_tokens(tokenizer.convert_ids_to_tokens(generated), generated)
         per_labels = [f"generated token {k + 1} of {n}: {piece!r}" for k, piece in enumerate(pieces)]
     return Generation(prompt, prompt_ids, generated, text, span, per, labels, per_labels)
 

@@ -29,6 +29,7 @@ from .composites.composite import Composite
 from .composites.registry import for_model
 from .explain import InputError, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
+from .render.common import decoded_text, named_tokens
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
 
@@ -181,8 +182,8 @@ def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuati
     composite = composite if composite is not None else for_model(model)
     matrix, scores, report = _rows(model, embedding, composite, prompt_ids, generated, seeds_per_pass, strict)
     ids = prompt_ids + generated
-    tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
-    text = tokenizer.decode(generated, skip_special_tokens=False) if tokenizer is not None else ""
+    tokens = named_tokens(tokenizer.convert_ids_to_tokens(ids), ids) if tokenizer is not None else [str(i) for i in ids]
+    text = decoded_text(tokenizer, generated) if tokenizer is not None else ""
     return GenerationAttribution(matrix, ids, tokens, len(prompt_ids), scores, text, report)
 
 

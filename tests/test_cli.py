@@ -279,3 +279,25 @@ def test_a_negative_target_is_an_id_refused_before_loading(tiny: Path, monkeypat
     assert main(["explain", "--model", str(tiny), "--prompt", "the capital", "--target", "-3"]) == 2
     line = one_error_line(capsys.readouterr().err, "--target -3", "negative token id")
     assert "tokens" not in line  # not read as the text '-3'
+
+
+def test_trace_of_two_prompts_draws_both(tiny: Path, tmp_path: Path, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lxt_fx
+    from lxt_fx.render import relevance_trace, trace_capture
+
+    prompts = ["the capital of france is", "a b c"]
+    args = ["explain", "--model", str(tiny), "--prompt", prompts[0], "--prompt", prompts[1], "--top", "0"]
+    assert main([*args, "--trace", str(tmp_path / "t.html"), "--png", str(tmp_path / "h.png")]) == 0
+    page = (tmp_path / "t.html").read_text()
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
+    for prompt in prompts:  # each prompt's trace, as when explained alone
+        alone = lxt_fx.explain(model, prompt, tokenizer=tok, capture=trace_capture(model))
+        html = relevance_trace(alone, tokenizer=tok).to_html(fragment=True)
+        head = html[html.index("<h1>"):].split("</tr>")[0]  # the label and the tokens
+        assert head in page
+    assert page.count('<table class="trace">') == 2
+    if (tmp_path / "h.png").exists():  # matplotlib present: the PNG trace too
+        assert main([*args, "--trace", str(tmp_path / "t.png")]) == 0
+        assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

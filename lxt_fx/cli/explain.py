@@ -104,7 +104,7 @@ def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
     target_argument(args.target)  # a negative id is refused before the model loads
     model, tokenizer = load_model(args.model, status, args.threads)
     from ..explain import explain
-    from ..render import trace_capture
+    from ..render import trace_capture, traces
     from ..tracing.errors import LXTError
 
     target = _target(args.target, tokenizer)
@@ -132,7 +132,7 @@ def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
                                                                                     "model_path": args.model}))),
         ("HTML", args.html, lambda: att.to_html(args.html, title=f"lxt-fx · {args.model}", **options)),
         ("PNG", args.png, lambda: att.save_png(args.png, **options)),
-        ("trace", args.trace, lambda: att.trace(args.trace, tokenizer=tokenizer, skip_first=args.skip_first)),
+        ("trace", args.trace, lambda: traces(att, args.trace, tokenizer=tokenizer, skip_first=args.skip_first)),
         ("LaTeX", args.latex, lambda: write_text(args.latex, att.to_latex(**options))),
         ("PDF", args.pdf, lambda: att.save_pdf(args.pdf, **options)),
     ]

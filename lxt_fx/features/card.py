@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..render.common import unknown_id
+
 if TYPE_CHECKING:
     from .index import FeatureIndex, Snippet
 
@@ -20,7 +22,9 @@ _STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:60em}"
           "table{border-collapse:collapse}td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left}")
 
 
-def _piece(token: str) -> str:
+def _piece(token: str | None) -> str:
+    if token is None:  # an id the tokenizer does not know (an index written before names were kept)
+        return unknown_id("?")
     return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "⏎")
 
 
@@ -65,7 +69,10 @@ class NeuronCard:
             body.append(f"<h2>top snippets by {by}</h2>")
             body += [_snippet_html(s) for s in ix.top(n, by=by)]
         if self.conditional is not None:
-            target = (self.conditional.target_tokens or ["?"])[0]
+            tid = int(self.conditional.target_ids[0])
+            target = (self.conditional.target_tokens or [None])[0]
+            if target is None:
+                target = unknown_id(tid) if tid >= 0 else "a function of the outputs"
             body.append(f"<h2>conditional heatmap: relevance for {html.escape(_piece(str(target)))!s} flowing "
                         f"through this neuron</h2>")
             body.append(_heatmap_html(self.conditional))

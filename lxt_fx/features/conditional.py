@@ -25,6 +25,7 @@ from torch import Tensor, fx, nn
 from ..attribution import Attribution
 from ..composites.registry import for_model
 from ..explain import encode_for, model_device, target_scores, token_relevance, token_strings
+from ..render.common import named_tokens
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
 from ..targets import as_target
@@ -139,7 +140,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
     tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
-        target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
+        target_tokens = named_tokens(tokenizer.convert_ids_to_tokens(target_ids.tolist()), target_ids.tolist())
     return Attribution(relevance.cpu(), tokens, ids_all.cpu(), mask_all.cpu(), target_ids.cpu(),
                        scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
                        latents={place: at_place.cpu()},

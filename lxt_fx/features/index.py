@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..explain import explain
+from ..render.common import named_tokens
 from ..targets import Function
 from ..tracing.errors import LXTError
 from .places import INPUT_SUFFIX, PlaceError, module_at
@@ -75,7 +76,7 @@ def _encode(texts: Sequence[str | Sequence[int]], tokenizer: Any, length: int) -
 
 
 def _tokens(ids: list[int], tokenizer: Any) -> list[str]:
-    return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
+    return named_tokens(tokenizer.convert_ids_to_tokens(ids), ids) if tokenizer is not None else [str(i) for i in ids]
 
 
 def _chunk_stats(model: nn.Module, rows: list[list[int]], place: str, pad: int) -> dict[str, Tensor]:

@@ -12,8 +12,9 @@ from .latex import LatexError, LatexNotFoundError, latex_escape, save_pdf, to_la
 from .mixed import ModalityMaps, modality_maps, save_mixed_png, show_mixed, to_mixed_html
 from .png import save_image_overlay, save_png
 from .terminal import show
-from .trace import Trace, block_paths, relevance_trace, trace, trace_capture
+from .trace import Trace, block_paths, relevance_trace, trace, trace_capture, traces
 
 __all__ = ["LatexError", "LatexNotFoundError", "ModalityMaps", "RenderError", "Trace", "block_paths", "display_tokens",
            "latex_escape", "modality_maps", "normalized", "relevance_trace", "rgb", "rows", "save_image_overlay", "save_mixed_png", "save_pdf",
-           "save_png", "show", "show_mixed", "to_html", "to_latex", "to_mixed_html", "token_text", "trace", "trace_capture"]
+           "save_png", "show", "show_mixed", "to_html", "to_latex", "to_mixed_html", "token_text", "trace", "trace_capture",
+           "traces"]

@@ -143,8 +143,12 @@ def display_tokens(tokens: Sequence[str], ids: Sequence[int] | None = None, toke
     With a ``tokenizer`` (and the ``ids``) the tokenizer's own ``decode`` decides, so word-piece markers
     (``▁``, ``Ġ``, ``##``, ``Ċ``) and byte tokens come out as the text they encode. Without one, a row of
     byte-level BPE tokens is decoded as UTF-8 and any other row token by token with :func:`token_text`.
-    Newlines stay ``"\\n"`` here; renderers show them as ``⏎`` (see :func:`shown`).
+    Newlines stay ``"\\n"`` here; renderers show them as ``⏎`` (see :func:`shown`). Tokens that are only
+    their ids (explained without a tokenizer) are separated by spaces, ``4 5 6``, so that ids never run together.
     """
+    if tokenizer is None and ids is not None and len(ids) == len(tokens) and \
+            all(t == str(i) for t, i in zip(tokens, ids, strict=True)):
+        return [str(i) if k == 0 else f" {i}" for k, i in enumerate(ids)]
     if tokenizer is not None and _byte_level_tokenizer(tokenizer) and _looks_byte_level(tokens):
         pieces = _byte_level_pieces(tokens)  # exact, and shows the bytes of split characters
     elif tokenizer is not None and ids is not None and len(ids) == len(tokens):
@@ -221,9 +225,34 @@ def _row_values(attribution: Attribution, row: int, decoder: bool) -> tuple[list
     return named_tokens(attribution.tokens[row][:n], ids), attribution.relevance[row, :n].tolist(), ids
 
 
+def unknown_id(token_id: int | str) -> str:
+    """How a token id the tokenizer cannot decode reads everywhere: ``⟨id 41⟩``."""
+    return f"⟨id {token_id}⟩"
+
+
 def named_tokens(tokens: Sequence[str | None], ids: Sequence[int]) -> list[str]:
-    """Tokens with a name for ids the tokenizer does not know (``convert_ids_to_tokens`` gives None)."""
-    return [t if t is not None else f"⟨id {ids[i] if i < len(ids) else '?'}⟩" for i, t in enumerate(tokens)]
+    """Tokens with a name for ids the tokenizer does not know (``convert_ids_to_tokens`` gives None):
+    :func:`unknown_id`."""
+    return [t if t is not None else unknown_id(ids[i] if i < len(ids) else "?") for i, t in enumerate(tokens)]
+
+
+def decoded_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """``tokenizer.decode(ids)`` with every id the tokenizer does not know shown as :func:`unknown_id` in its
+    place (``decode`` alone drops them silently)."""
+    ids = [int(i) for i in ids]
+    known = tokenizer.convert_ids_to_tokens(ids)
+    parts, run = [], []
+    for i, token in zip(ids, known, strict=True):
+        if token is None:
+            if run:
+                parts.append(_decode(tokenizer, run))
+                run = []
+            parts.append(unknown_id(i))
+        else:
+            run.append(i)
+    if run:
+        parts.append(_decode(tokenizer, run))
+    return "".join(parts)
 
 
 def rows(attribution: Attribution, *, tokenizer: Any = None, skip_first: bool = False,
@@ -287,9 +316,9 @@ def target_label(attribution: Attribution, row: int = 0, tokenizer: Any = None) 
     """The explained output of row ``row`` as text: the token if known, else its id (or 'a function')."""
     tid = int(attribution.target_ids[row])
     if tokenizer is not None and tid >= 0:
-        return repr(_decode(tokenizer, [tid]))
-    if attribution.target_tokens is not None and attribution.target_tokens[row] is not None:
-        return repr(token_text(attribution.target_tokens[row]))
+        return repr(decoded_text(tokenizer, [tid]))
+    if attribution.target_tokens is not None and tid >= 0:
+        return repr(token_text(named_tokens(attribution.target_tokens[row:row + 1], [tid])[0]))
     return f"id {tid}" if tid >= 0 else "a function of the outputs"
 
 

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from .common import RenderError, hex_colour, rgb, token_text
+from .common import RenderError, hex_colour, named_tokens, rgb, token_text
 from .html import page, write_text
 from .png import _save, image_array, matplotlib_parts
 
@@ -64,7 +64,7 @@ def _title(attribution: Attribution, row: int, maps: ModalityMaps) -> str:
     tid = int(attribution.target_ids[row])
     what = f"id {tid}" if tid >= 0 else "a function of the outputs"
     if attribution.target_tokens and tid >= 0:
-        what = repr(token_text(attribution.target_tokens[row]))
+        what = repr(token_text(named_tokens(attribution.target_tokens[row:row + 1], [tid])[0]))
     sums = ", ".join(f"Σ{k} {v:+.3g}" for k, v in maps.totals.items())
     return f"explained {what}, score {float(attribution.target_scores[row]):.3f}; {sums}; max|R| {maps.scale:.3g}"
 

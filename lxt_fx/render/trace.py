@@ -105,15 +105,7 @@ class Trace:
 
     def to_html(self, path: str | os.PathLike[str] | None = None, *, fragment: bool = False) -> str:
         """The trace as an HTML table (tokens across, layers down, last block on top); values on hover."""
-        norm = self.normalized().tolist()
-        head = "".join(f"<th>{escape(shown(t))}</th>" for t in self.tokens)
-        body = []
-        for k in reversed(range(len(self.layers))):
-            cells = "".join(f'<td style="{cell_style(norm[k][t])}" title="{float(self.values[k, t]):.5g}">'
-                            "&nbsp;&nbsp;</td>" for t in range(len(self.tokens)))
-            body.append(f"<tr><th>{escape(self.layers[k])}</th>{cells}<td>Σ {self.sums()[k]:+.3f}</td></tr>")
-        table = (f"<h1>relevance trace: {escape(self.label)} (score {self.score:.4f})</h1>"
-                 f'<table class="trace"><tr><th></th>{head}<th></th></tr>{"".join(body)}</table>')
+        table = self._table_html()
         html = page(table, "lxt-fx relevance trace")
         if fragment:
             from .html import css
@@ -123,23 +115,49 @@ class Trace:
             write_text(path, html)
         return html
 
+    def _table_html(self) -> str:
+        """The heading and the table of :meth:`to_html`."""
+        norm = self.normalized().tolist()
+        head = "".join(f"<th>{escape(shown(t))}</th>" for t in self.tokens)
+        body = []
+        for k in reversed(range(len(self.layers))):
+            cells = "".join(f'<td style="{cell_style(norm[k][t])}" title="{float(self.values[k, t]):.5g}">'
+                            "&nbsp;&nbsp;</td>" for t in range(len(self.tokens)))
+            body.append(f"<tr><th>{escape(self.layers[k])}</th>{cells}<td>Σ {self.sums()[k]:+.3f}</td></tr>")
+        return (f"<h1>relevance trace: {escape(self.label)} (score {self.score:.4f})</h1>"
+                f'<table class="trace"><tr><th></th>{head}<th></th></tr>{"".join(body)}</table>')
+
     def save_png(self, path: str | os.PathLike[str], *, dpi: int = 150) -> None:
         """The trace as a PNG heatmap: tokens along x, layers along y (embeddings at the bottom)."""
-        parts = matplotlib_parts()
-        n_tok, n_layer = len(self.tokens), len(self.layers)
-        fig = parts["Figure"](figsize=(max(4.0, 0.32 * n_tok + 2.2), max(3.0, 0.16 * n_layer + 1.8)), dpi=dpi)
-        parts["Canvas"](fig)
-        ax = fig.add_axes((0.16, 0.2, 0.72, 0.7))
+        _save_png([self], path, dpi)
+
+    def _draw(self, ax: Any, parts: dict[str, Any], title: str = "") -> Any:
+        """Draw the heatmap into ``ax``; returns the image (for a colour bar)."""
         image = ax.imshow(self.normalized().numpy(), cmap=parts["cmap"], vmin=-1, vmax=1, aspect="auto",
                           origin="lower", interpolation="nearest")
-        ax.set_xticks(range(n_tok), [shown(t) for t in self.tokens], rotation=90, fontsize=7, family="monospace")
-        ax.set_yticks(range(n_layer), self.layers, fontsize=6)
-        ax.set_title(f"relevance trace for {self.label} (score {self.score:.3f})", fontsize=8)
-        cax = fig.add_axes((0.9, 0.2, 0.02, 0.7))
-        bar = fig.colorbar(image, cax=cax)
+        ax.set_xticks(range(len(self.tokens)), [shown(t) for t in self.tokens], rotation=90, fontsize=7,
+                      family="monospace")
+        ax.set_yticks(range(len(self.layers)), self.layers, fontsize=6)
+        ax.set_title(f"{title}relevance trace for {self.label} (score {self.score:.3f})", fontsize=8, loc="left")
+        return image
+
+
+def _save_png(traces: list[Trace], path: str | os.PathLike[str], dpi: int) -> None:
+    """One PNG with the heatmap of every trace, one below the other, and one colour bar."""
+    parts = matplotlib_parts()
+    widest = max(len(t.tokens) for t in traces)
+    heights = [max(3.0, 0.16 * len(t.layers) + 1.8) for t in traces]
+    fig = parts["Figure"](figsize=(max(4.0, 0.32 * widest + 2.2), sum(heights)), dpi=dpi)
+    parts["Canvas"](fig)
+    grid = fig.add_gridspec(len(traces), 1, height_ratios=heights, hspace=0.9, left=0.16, right=0.95,
+                            bottom=0.2 / len(traces) + 0.02, top=1 - 0.1 / len(traces))
+    for k, one in enumerate(traces):
+        title = f"prompt {k + 1} of {len(traces)}: " if len(traces) > 1 else ""
+        ax = fig.add_subplot(grid[k, 0])
+        bar = fig.colorbar(one._draw(ax, parts, title), ax=ax, fraction=0.04, pad=0.03)
         bar.set_ticks([-1, 0, 1], labels=["−max|R|", "0", "+max|R|"], fontsize=6)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
 
 
 def _block_latents(latents: dict[str, Tensor]) -> list[tuple[int, str]]:
@@ -197,17 +215,35 @@ def trace(attribution: Attribution, path: str | os.PathLike[str] | None = None, 
           console: Console | None = None) -> Trace:
     """:func:`relevance_trace`, written to ``path`` (``.png`` or ``.html``) and/or printed on ``console``."""
     result = relevance_trace(attribution, row, tokenizer=tokenizer, normalize=normalize, skip_first=skip_first)
-    if path is not None:
-        suffix = os.path.splitext(str(path))[1].lower()
-        if suffix == ".png":
-            result.save_png(path)
-        elif suffix in (".html", ".htm"):
-            result.to_html(path)
-        else:
-            raise RenderError(f"trace path {str(path)!r}: use a .png or .html file name")
-    if console is not None:
-        console.print(result)
+    _write([result], path, console)
     return result
 
 
-__all__ = ["Trace", "block_paths", "relevance_trace", "trace", "trace_capture"]
+def traces(attribution: Attribution, path: str | os.PathLike[str] | None = None, *, tokenizer: Any = None,
+           normalize: str = "global", skip_first: bool = False, console: Console | None = None) -> list[Trace]:
+    """The trace of every row (every prompt of a batch), written to ``path`` as one file (``.png``: one heatmap
+    below the other; ``.html``: one table after the other) and/or printed on ``console``."""
+    result = [relevance_trace(attribution, r, tokenizer=tokenizer, normalize=normalize, skip_first=skip_first)
+              for r in range(len(attribution))]
+    _write(result, path, console)
+    return result
+
+
+def _write(result: list[Trace], path: str | os.PathLike[str] | None, console: Console | None) -> None:
+    if path is not None:
+        suffix = os.path.splitext(str(path))[1].lower()
+        if suffix == ".png":
+            _save_png(result, path, 150)
+        elif suffix in (".html", ".htm"):
+            if len(result) == 1:
+                result[0].to_html(path)
+            else:
+                write_text(path, page("".join(t._table_html() for t in result), "lxt-fx relevance traces"))
+        else:
+            raise RenderError(f"trace path {str(path)!r}: use a .png or .html file name")
+    if console is not None:
+        for one in result:
+            console.print(one)
+
+
+__all__ = ["Trace", "block_paths", "relevance_trace", "trace", "trace_capture", "traces"]

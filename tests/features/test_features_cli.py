@@ -66,3 +66,19 @@ def test_index_features_with_a_glob_place(tiny: Path, tmp_path: Path, capsys) ->
                  *common]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'model.layers.0'" in err and "_empty_nn_module_stack" not in err
+
+
+def test_neuron_card_names_a_target_the_tokenizer_does_not_know(tiny: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lxt_fx import features
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
+    unknown = len(tok) + 20
+    assert tok.convert_ids_to_tokens([unknown]) == [None]
+    index = features.build_index(model, tok, PLACE, tmp_path / "idx", ["the capital of france", "a b c"], length=4,
+                                 chunk_size=2, progress=False)
+    heat = features.conditional(model, "the capital of", tokenizer=tok, place=PLACE, neurons=[3], target=unknown)
+    assert heat.target_tokens == [f"⟨id {unknown}⟩"]
+    page = index.card(3, heat).to_html()
+    assert f"relevance for ⟨id {unknown}⟩ flowing" in page and "None" not in page

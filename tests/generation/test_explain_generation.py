@@ -84,3 +84,24 @@ def test_bad_prompt_ids_are_named() -> None:
         explain_generation(model, torch.zeros(2, 3, dtype=torch.long), tokenizer=None, max_new_tokens=2)
     with pytest.raises(lxt_fx.InputError, match="empty"):
         explain_generation(model, [], tokenizer=None, max_new_tokens=2)
+
+
+def test_an_id_the_tokenizer_does_not_know_reads_as_its_id_not_none() -> None:
+    from helpers import word_tokenizer
+
+    from lxt_fx.generate import generate_and_explain
+
+    tok = word_tokenizer(["the", "cat", "sat"])
+    model = make_model("llama")
+    unknown = len(tok) + 20  # an id of the model's vocabulary (96) that the tokenizer does not know
+    assert tok.convert_ids_to_tokens([unknown]) == [None] and tok.decode([unknown]) == ""
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[unknown] = 1e4  # the model always predicts it
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    name = f"⟨id {unknown}⟩"
+    gen = explain_generation(model, "the cat", tokenizer=tok, max_new_tokens=2)
+    assert gen.generated_ids == [unknown, unknown]
+    assert gen.labels() == [f"generated token {k} of 2: {name!r}" for k in (1, 2)] and gen.text == name * 2
+    result = generate_and_explain(model, tok, "the cat", 2, per_token=True)
+    assert result.text == name * 2 and result.per_token.target_tokens == [name, name]
+    assert all(name in label and "None" not in label for label in result.labels + result.per_token_labels)

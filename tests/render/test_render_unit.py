@@ -224,3 +224,39 @@ def test_html_parses_with_one_colour_per_token() -> None:
     parser.feed(att.to_html())
     assert len(parser.styles) == 4 and all(re.search(r"background:#[0-9a-f]{6}", s) for s in parser.styles)
     assert "&lt;b&gt;" in att.to_html() and "<link" not in att.to_html() and "<script" not in att.to_html()
+
+
+# ---- explained without a tokenizer, ids the tokenizer does not know ---------------------------------------
+
+
+def test_ids_without_a_tokenizer_do_not_run_together() -> None:
+    ids = torch.tensor([[4, 5, 6, 7, 12]])
+    att = Attribution(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]]), [[str(i) for i in ids[0].tolist()]], ids,
+                      torch.ones_like(ids), torch.tensor([3]), torch.tensor([1.0]), torch.tensor([4]),
+                      RewriteReport("attnlrp", "Toy"))  # what explain(model, ids) gives without a tokenizer
+    console = Console(record=True, width=100)
+    att.show(console, top=False)
+    assert " ".join(str(i) for i in ids[0].tolist()) in console.export_text()
+    assert re.findall(r'class="tok"[^>]*>([^<]*)<', att.to_html()) == ["4", " 5", " 6", " 7", " 12"]
+    words = make([["4", "5"]], [[1.0, 2.0]])  # tokens that are not their ids (the ids here are 0) stay as they are
+    assert [t.text for t in rows(words)[0].tokens] == ["4", "5"]
+
+
+def test_an_id_the_tokenizer_does_not_know_reads_the_same_everywhere() -> None:
+    from helpers import word_tokenizer
+
+    from lxt_fx.render.common import decoded_text, named_tokens, target_label, unknown_id
+
+    tok = word_tokenizer(["the", "cat"])
+    known = tok.convert_tokens_to_ids(["the", "cat"])
+    unknown = len(tok) + 30
+    assert tok.convert_ids_to_tokens([unknown]) == [None]  # what the tokenizer itself says
+    assert unknown_id(unknown) == f"⟨id {unknown}⟩"
+    assert named_tokens([None, "the"], [unknown, known[0]]) == [unknown_id(unknown), "the"]
+    assert decoded_text(tok, [known[0], unknown, known[1]]) == \
+        f"{tok.decode([known[0]])}{unknown_id(unknown)}{tok.decode([known[1]])}"
+    att = make([["the"]], [[1.0]])
+    att.target_ids = torch.tensor([unknown])
+    assert target_label(att, 0, tok) == repr(unknown_id(unknown))
+    att.target_tokens = [None]
+    assert target_label(att, 0) == repr(unknown_id(unknown))
