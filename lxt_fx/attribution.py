@@ -11,6 +11,13 @@ from torch import Tensor
 
 from .rewrite import RewriteReport
 from .taps import CaptureNameError
+from .tracing.errors import LXTError
+
+
+class NoTokensError(LXTError, ValueError):
+    """A token view (``row``, ``top``) of an attribution that holds no token relevance (an image or audio
+    model explained without text): read its maps (``pixel_relevance``, ``image_relevance``,
+    ``audio_relevance``) or draw them with ``show()`` / ``to_html()``."""
 
 
 def _not_captured(what: str, name: str, captured: dict[str, Tensor] | None, method: str) -> str:
@@ -37,8 +44,11 @@ class Attribution:
 
     Encoder-decoder models (T5) also fill ``decoder_relevance`` ``[batch, decoder_seq]``,
     ``decoder_tokens`` and ``decoder_input_ids``: the explained token's relevance splits over the encoder
-    input (``relevance``) and the decoder input (``decoder_relevance``). Image models give pixel relevance
-    ``[batch, H, W]`` in ``relevance`` (summed over channels) and no tokens.
+    input (``relevance``) and the decoder input (``decoder_relevance``). Image models (``explain(model,
+    pixel_values)`` or ``explain(model, images=pixel_values)``, the same result) give pixel relevance
+    ``[batch, H, W]`` (summed over channels) in ``relevance`` and ``pixel_relevance`` alike, its sum per patch
+    in ``image_relevance``, and no tokens: ``row`` and ``top`` raise :class:`NoTokensError`, ``to_dict`` and
+    the renderers give the maps.
 
     Mixed inputs (``explain(..., images=..., audio=...)``, :mod:`lxt_fx.modalities`) fill one map per
     modality from the same backward pass: ``relevance`` for the text tokens (the decoder's text for a
@@ -81,14 +91,41 @@ class Attribution:
     def __len__(self) -> int:
         return self.relevance.shape[0]
 
+    def has_tokens(self) -> bool:
+        """Whether this attribution holds token relevance (False for an image or audio model explained without
+        text: its relevance is in the maps ``pixel_relevance`` / ``image_relevance`` / ``audio_relevance``)."""
+        return self.relevance.dim() == 2 and self.attention_mask.numel() > 0 and bool(self.attention_mask.any())
+
+    def _require_tokens(self, what: str) -> None:
+        if self.has_tokens():
+            return
+        maps = [name for name in ("pixel_relevance", "image_relevance", "audio_relevance")
+                if getattr(self, name) is not None]
+        where = (f"its relevance is in {', '.join(maps)}" if maps else "no relevance was read at any token")
+        raise NoTokensError(f"{what}: this attribution has no tokens ({self.report.model_class} explained without "
+                            f"text); {where}: read those, or draw them with show() / to_html()")
+
     def row(self, i: int = 0) -> list[tuple[str, float]]:
-        """(token, relevance) pairs of row ``i``, padding left out."""
+        """(token, relevance) pairs of row ``i``, padding left out; :class:`NoTokensError` without tokens."""
+        self._require_tokens(f"row({i})")
         n = int(self.attention_mask[i].sum())
         return list(zip(self.tokens[i], self.relevance[i, :n].tolist(), strict=True))
 
     def top(self, k: int = 5, i: int = 0) -> list[tuple[str, float]]:
-        """The ``k`` most relevant tokens of row ``i``, most relevant first."""
-        return sorted(self.row(i), key=lambda tv: tv[1], reverse=True)[:k]
+        """The ``k`` most relevant tokens of row ``i``, most relevant first (for an encoder-decoder model the
+        decoder's tokens too, named ``"decoder: <token>"``); :class:`NoTokensError` without tokens."""
+        self._require_tokens(f"top({k})")
+        pairs = self.row(i) + self.decoder_row(i)
+        return sorted(pairs, key=lambda tv: tv[1], reverse=True)[:k]
+
+    def decoder_row(self, i: int = 0) -> list[tuple[str, float]]:
+        """(``"decoder: <token>"``, relevance) pairs of the decoder input of row ``i`` (encoder-decoder models;
+        empty for any other)."""
+        if self.decoder_relevance is None or self.decoder_tokens is None:
+            return []
+        tokens = self.decoder_tokens[i]
+        values = self.decoder_relevance[i, : len(tokens)].tolist()
+        return [(f"decoder: {t}", v) for t, v in zip(tokens, values, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready) form."""
@@ -98,13 +135,24 @@ class Attribution:
             rows.append({
                 "tokens": self.tokens[i],
                 "input_ids": self.input_ids[i, :n].tolist(),
-                "relevance": self.relevance[i, :n].tolist(),
+                "relevance": self.relevance[i, :n].tolist() if self.relevance.dim() == 2 else [],
                 "target_id": int(self.target_ids[i]),
                 "target_token": self.target_tokens[i] if self.target_tokens else None,
                 "target_score": float(self.target_scores[i]),
                 "position": int(self.positions[i]),
             })
-        return {"rows": rows, "composite": self.report.composite, "model": self.report.model_class}
+            if self.decoder_relevance is not None and self.decoder_tokens is not None:
+                m = len(self.decoder_tokens[i])
+                rows[-1].update(decoder_tokens=self.decoder_tokens[i],
+                                decoder_input_ids=None if self.decoder_input_ids is None
+                                else self.decoder_input_ids[i, :m].tolist(),
+                                decoder_relevance=self.decoder_relevance[i, :m].tolist())
+            for name in ("image_relevance", "pixel_relevance", "audio_relevance"):  # the maps of other modalities
+                value = getattr(self, name)
+                if value is not None:
+                    rows[-1][name] = value[i].tolist()
+        return {"rows": rows, "has_tokens": self.has_tokens(), "composite": self.report.composite,
+                "model": self.report.model_class}
 
     # ---- renderers (lxt_fx.render); options: tokenizer=, skip_first=, labels=, … -----------------------
 

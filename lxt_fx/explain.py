@@ -104,7 +104,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     """Explain one scalar per row of ``model``'s output with one backward pass through the rewritten graph.
 
     ``inputs``: a str, a list of str (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image
-    models ``pixel_values`` ``[batch, channels, H, W]``.
+    models ``pixel_values`` ``[batch, channels, H, W]`` (the same result as ``images=pixel_values``: pixel
+    relevance in ``relevance`` and ``pixel_relevance``, per patch in ``image_relevance``, no tokens).
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
     classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
     (``LogProb``, ``Contrastive``, ``Function``). ``composite``: default the one registered for the model's
@@ -122,6 +123,10 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     composite = composite if composite is not None else for_model(model)
     goal = as_target(target)
     device = model_device(model)
+    if images is not None and audio is None and inputs is None and not splices_images(model):
+        # an image alone: the same explanation as explain(model, pixel_values), one shape of result
+        pixels = modalities.pixels(images, processor)
+        return _explain_image(model, pixels.to(device), goal, composite, strict, checkpoint, capture)
     if images is not None or audio is not None:
         if capture:
             raise InputError("capture=... is not supported with images= / audio= yet: drop capture")
@@ -256,7 +261,8 @@ class _NoSpecialTokens:
 
 def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Composite, strict: bool,
                    checkpoint: str | None, capture: Sequence[str] | None) -> Attribution:
-    """Pixel relevance ``[batch, H, W]`` (summed over channels) for an image classifier."""
+    """Pixel relevance ``[batch, H, W]`` (summed over channels) for an image model: in ``relevance`` and
+    ``pixel_relevance`` (the same tensor), and summed per patch in ``image_relevance``."""
     size = getattr(getattr(model, "config", None), "image_size", None)
     if size is not None:
         want = (size, size) if isinstance(size, int) else tuple(size)
@@ -272,12 +278,15 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
         mask = torch.ones(batch, 1, dtype=torch.long, device=pixels.device)
         scores, target_ids, positions = target_scores(model, outputs, goal, mask, None)
         (grad,) = torch.autograd.grad(scores.sum(), leaf)
-    relevance = (leaf.detach().float() * grad.float()).sum(1)
-    return Attribution(relevance.cpu(), [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
+    relevance = (leaf.detach().float() * grad.float()).sum(1).cpu()
+    patch = modalities.patch_size(model)
+    patch = patch if relevance.shape[-2] % patch == 0 and relevance.shape[-1] % patch == 0 else 1
+    return Attribution(relevance, [[] for _ in range(batch)], torch.zeros(batch, 0, dtype=torch.long),
                        torch.zeros(batch, 0, dtype=torch.long), target_ids.cpu(), scores.detach().float().cpu(),
                        positions.cpu(), graph.report,
                        latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
-                      latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
+                       latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()},
+                       image_relevance=modalities.patch_grid(relevance, patch), pixel_relevance=relevance)
 
 
 def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None, *, tokenizer: Any,

@@ -205,6 +205,21 @@ def is_image(attribution: Attribution) -> bool:
     return attribution.relevance.dim() == 3
 
 
+def has_tokens(attribution: Attribution) -> bool:
+    """Whether ``attribution`` holds token relevance (an image or audio model explained without text holds
+    none: its relevance is in its maps)."""
+    return attribution.has_tokens()
+
+
+def has_maps(attribution: Attribution) -> bool:
+    """Whether ``attribution`` holds an image or audio map (``image_relevance`` / ``audio_relevance``)."""
+    return attribution.image_relevance is not None or attribution.audio_relevance is not None
+
+
+NO_TOKENS = ("no tokens: this attribution holds no token relevance ({model} explained without text) and no "
+             "image or audio map")
+
+
 def require_tokens(attribution: Attribution, what: str) -> None:
     if is_image(attribution):
         raise RenderError(f"{what} draws token relevance, but this attribution is pixel relevance "

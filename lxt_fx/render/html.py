@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .common import Row, hex_colour, is_image, report_summary, rgb, rows, scale_note, text_rgb
+from .common import (
+    NO_TOKENS,
+    Row,
+    has_maps,
+    has_tokens,
+    hex_colour,
+    is_image,
+    report_summary,
+    rgb,
+    rows,
+    scale_note,
+    text_rgb,
+)
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -109,6 +121,12 @@ def to_html(attribution: Attribution, path: str | os.PathLike[str] | None = None
     """
     if is_image(attribution):
         blocks = [_image_html(attribution, r, score_label) for r in range(len(attribution))]
+    elif not has_tokens(attribution):  # audio (or other) maps, no tokens
+        from .mixed import mixed_html
+
+        blocks = [f'<div class="row">{mixed_html(attribution, r)}</div>' if has_maps(attribution) else
+                  f'<div class="row">{escape(NO_TOKENS.format(model=attribution.report.model_class))}</div>'
+                  for r in range(len(attribution))]
     else:
         views = rows(attribution, tokenizer=tokenizer, skip_first=skip_first, labels=labels, mark_from=mark_from)
         blocks = [_row_html(view, score_label) for view in views]

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
+from rich.console import Console, Group
 from rich.text import Text
 
 from .common import RenderError, hex_colour, named_tokens, rgb, token_text
 from .html import page, write_text
-from .png import _save, image_array, matplotlib_parts
+from .png import image_array, matplotlib_parts
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -49,7 +50,7 @@ def modality_maps(attribution: Attribution, row: int = 0) -> ModalityMaps:
     every = [t.abs().max() for t in (values, patches, frames) if t is not None and t.numel()]
     scale = float(max(every)) if every else 0.0
     div = scale if scale > 0 else 1.0
-    totals = {"text": float(values.sum())}
+    totals = {"text": float(values.sum())} if n else {}
     if patches is not None:
         totals["image"] = float(patches.sum())
     if frames is not None:
@@ -72,25 +73,31 @@ def _title(attribution: Attribution, row: int, maps: ModalityMaps) -> str:
 def show_mixed(attribution: Attribution, console: Any = None, row: int = 0) -> None:
     """Print text tokens, the patch grid (two character cells per patch) and the audio frames, coloured."""
     console = console or Console()
+    console.print(mixed_renderable(attribution, row))
+
+
+def mixed_renderable(attribution: Attribution, row: int = 0) -> Group:
+    """What :func:`show_mixed` prints for row ``row``, as one rich renderable."""
     maps = modality_maps(attribution, row)
-    console.print(_title(attribution, row, maps))
+    lines: list[Text] = [Text(_title(attribution, row, maps))]
     if maps.tokens:
         text = Text("text:  ")
         for token, value in maps.tokens:
             text.append(token, style=_style(value))
-        console.print(text)
+        lines.append(text)
     if maps.patches is not None:
-        console.print(f"image ({maps.patches.shape[0]}×{maps.patches.shape[1]} patches):")
+        lines.append(Text(f"image ({maps.patches.shape[0]}×{maps.patches.shape[1]} patches):"))
         for line in maps.patches.tolist():
             text = Text("  ")
             for value in line:
                 text.append("  ", style=_style(value))
-            console.print(text)
+            lines.append(text)
     if maps.frames is not None:
         text = Text(f"audio ({maps.frames.numel()} frames): ")
         for value in maps.frames.tolist():
             text.append(" ", style=_style(value))
-        console.print(text)
+        lines.append(text)
+    return Group(*lines)
 
 
 def _style(value: float) -> str:
@@ -101,6 +108,14 @@ def _style(value: float) -> str:
 def to_mixed_html(attribution: Attribution, path: str | os.PathLike[str] | None = None, row: int = 0) -> str:
     """A self-contained HTML page: tokens, the patch grid as a table of coloured cells (relevance in each
     cell's title), the audio frames as a strip; written to ``path`` when given."""
+    text = page(mixed_html(attribution, row), "lxt-fx: mixed-input relevance")
+    if path is not None:
+        write_text(path, text)
+    return text
+
+
+def mixed_html(attribution: Attribution, row: int = 0) -> str:
+    """The body of :func:`to_mixed_html` for row ``row`` (its own ``<style>`` included), to embed in a page."""
     maps = modality_maps(attribution, row)
     parts = [f"<p>{html.escape(_title(attribution, row, maps))}</p>"]
     if maps.tokens:
@@ -118,10 +133,7 @@ def to_mixed_html(attribution: Attribution, path: str | os.PathLike[str] | None 
     style = ("<style>.modality{display:inline-block;vertical-align:top;margin:0 1.5em 1em 0}"
              ".tok{padding:0 1px;font-family:monospace}.patches td{width:18px;height:18px}"
              ".frames td{width:6px;height:24px}table{border-collapse:collapse}</style>")
-    text = page(style + "".join(parts), "lxt-fx: mixed-input relevance")
-    if path is not None:
-        write_text(path, text)
-    return text
+    return style + "".join(parts)
 
 
 def save_mixed_png(attribution: Attribution, path: str | os.PathLike[str], image: Any = None, *, row: int = 0,
@@ -160,5 +172,8 @@ def save_mixed_png(attribution: Attribution, path: str | os.PathLike[str], image
             frames = maps.frames.numpy()[None, :]
             ax.set_title(f"audio frames ({frames.shape[1]})", fontsize=9)
             ax.imshow(frames, cmap=parts["cmap"], vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-    fig.suptitle(_title(attribution, row, maps), fontsize=8)
-    _save(fig, path, dpi)
+    width = 3.6 * len(panels)  # inches; about 15 characters per inch at 8 pt: the title wraps, never cut
+    fig.suptitle(textwrap.fill(_title(attribution, row, maps), max(30, int(width * 15))), fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")

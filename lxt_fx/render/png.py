@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .common import RenderError, is_image, rgb, rows, text_rgb
+from .common import RenderError, has_maps, has_tokens, is_image, rgb, rows, text_rgb
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -47,6 +47,11 @@ def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenize
     parts = matplotlib_parts()
     if is_image(attribution):
         _save_pixels(attribution, path, parts, dpi, score_label)
+        return
+    if not has_tokens(attribution) and has_maps(attribution):  # audio (or other) maps, no tokens
+        from .mixed import save_mixed_png
+
+        save_mixed_png(attribution, path, dpi=dpi)
         return
     Rectangle = parts["Rectangle"]
 

@@ -11,7 +11,18 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .common import Row, is_image, report_summary, rgb, rows, scale_note, text_rgb
+from .common import (
+    NO_TOKENS,
+    Row,
+    has_maps,
+    has_tokens,
+    is_image,
+    report_summary,
+    rgb,
+    rows,
+    scale_note,
+    text_rgb,
+)
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -114,7 +125,15 @@ def renderable(attribution: Attribution, *, tokenizer: Any = None, skip_first: b
                score_label: str = "logit", k: int = 5, top: bool = True) -> RenderableType:
     """What :func:`show` prints, as one rich renderable."""
     parts: list[RenderableType] = []
-    if is_image(attribution):
+    if not is_image(attribution) and not has_tokens(attribution):  # audio (or other) maps, no tokens
+        from .mixed import mixed_renderable
+
+        for r in range(len(attribution)):
+            if len(attribution) > 1:
+                parts.append(Text(f"── row {r} " + "─" * 40, style="dim"))
+            parts.append(mixed_renderable(attribution, r) if has_maps(attribution)
+                         else Text(NO_TOKENS.format(model=attribution.report.model_class)))
+    elif is_image(attribution):
         for r in range(len(attribution)):
             rel = attribution.relevance[r]
             scale = float(rel.abs().max())

@@ -142,3 +142,36 @@ def test_dual_encoder_text_place_can_be_left_out_and_refuses_checkpoint() -> Non
     assert text_only.plan.places and "tensors_pixel_values" not in text_only.plan.inputs
     with pytest.raises(lxt_fx.InputError, match="checkpoint"):
         lxt_fx.explain(m, case["inputs"], images=case["images"], target=case["target"], checkpoint="layer")
+
+
+def _vit() -> torch.nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                       image_size=16, patch_size=4, num_labels=3)
+    cfg._attn_implementation = "sdpa"
+    return tf.ViTForImageClassification(cfg).eval()
+
+
+def test_an_image_alone_gives_one_result_either_way() -> None:
+    m, px = _vit(), images(2, 3)
+    positional, by_name = lxt_fx.explain(m, px), lxt_fx.explain(m, images=px)
+    call = {"pixel_values": px}
+    graph = rewritten_graph(m, for_model(m), call, {})
+    with torch.no_grad():
+        logits = graph(call)["logits"].double()
+    target = logits.argmax(-1)
+    seeds = torch.zeros_like(logits)
+    seeds[torch.arange(2), target] = logits[torch.arange(2), target]
+    ref = explicit_relevance(graph, call, {"logits": seeds})["pixel_values"]  # [2, 3, 16, 16]
+    for att in (positional, by_name):
+        assert att.relevance.shape == att.pixel_relevance.shape == (2, 16, 16)
+        assert att.image_relevance.shape == (2, 4, 4) and att.audio_relevance is None
+        assert torch.equal(att.relevance, att.pixel_relevance) and att.tokens == [[], []]
+        assert att.target_ids.tolist() == target.tolist()
+        _close(att.pixel_relevance, ref.sum(1))
+        _close(att.image_relevance, patch_sums(ref))
+    for name in ("relevance", "pixel_relevance", "image_relevance", "input_ids", "attention_mask", "target_ids",
+                 "target_scores", "positions"):
+        torch.testing.assert_close(getattr(positional, name), getattr(by_name, name), rtol=0, atol=0)

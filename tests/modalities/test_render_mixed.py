@@ -51,3 +51,22 @@ def test_token_only_attribution_is_a_named_error() -> None:
     att.image_relevance = att.audio_relevance = None
     with pytest.raises(RenderError, match="images=... or audio="):
         modality_maps(att)
+
+
+def test_png_title_is_never_cut(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from PIL import Image
+
+    for keep in (("image",), ("image", "audio"), ("text", "image", "audio")):
+        one = _mixed()
+        one.target_tokens = ["▁supercalifragilisticexpialidocious-and-then-some"]  # a long title
+        if "audio" not in keep:
+            one.audio_relevance = None
+        if "text" not in keep:
+            one.attention_mask = torch.zeros_like(one.attention_mask)
+        path = tmp_path / f"{len(keep)}.png"
+        one.save_mixed_png(path)
+        picture = np.asarray(Image.open(path).convert("L"))
+        # no ink in the outermost columns: nothing (the title included) runs off the left or right edge
+        assert picture[:, :2].min() > 250 and picture[:, -2:].min() > 250, keep

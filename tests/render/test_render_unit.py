@@ -260,3 +260,25 @@ def test_an_id_the_tokenizer_does_not_know_reads_the_same_everywhere() -> None:
     assert target_label(att, 0, tok) == repr(unknown_id(unknown))
     att.target_tokens = [None]
     assert target_label(att, 0) == repr(unknown_id(unknown))
+
+
+def test_views_without_tokens_show_the_maps_or_say_there_are_none(tmp_path: Path) -> None:
+    audio = Attribution(torch.zeros(1, 0), [[]], torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long),
+                        torch.tensor([1]), torch.tensor([2.0]), torch.tensor([-1]),
+                        RewriteReport("attnlrp", "Wav2Vec2ForSequenceClassification"))
+    audio.audio_relevance = torch.tensor([[0.5, -1.0, 0.25, 0.0]])
+    console = Console(record=True, width=100)
+    audio.show(console)
+    out = console.export_text()
+    assert "audio (4 frames)" in out and "Σ relevance 0.0000" not in out and "top 5 tokens" not in out
+    assert "Σaudio -0.25" in out and "Σtext" not in out  # the audio's own sum, no text that is not there
+    page = audio.to_html()
+    assert page.count("<td style=") == 4 and "Σ relevance 0.0000" not in page
+    bare = Attribution(torch.zeros(1, 3), [[]], torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+                       torch.tensor([1]), torch.tensor([2.0]), torch.tensor([-1]), RewriteReport("attnlrp", "Toy"))
+    console = Console(record=True, width=200)
+    bare.show(console)
+    assert "no tokens" in console.export_text() and "no tokens" in bare.to_html()
+    pytest.importorskip("matplotlib")
+    audio.save_png(tmp_path / "audio.png")  # the maps, not an empty token strip
+    assert (tmp_path / "audio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
