@@ -13,13 +13,13 @@ from rich.console import Console
 from lxt_fx.cli import CLIError, load_model, standalone_main, target_argument
 
 
-@pytest.mark.parametrize(("text", "expected"), [(None, None), ("12", 12), (" 7 ", 7), (" Paris", " Paris"),
+@pytest.mark.parametrize(("text", "expected"), [(None, None), ("12", 12), (" 7 ", " 7 "), (" 4", " 4"), (" Paris", " Paris"),
                                                 ("+4", 4), ("3a", "3a"), ("-x", "-x")])
 def test_target_argument(text: str | None, expected: int | str | None) -> None:
     assert target_argument(text) == expected
 
 
-@pytest.mark.parametrize("text", ["-1", " -3", "-0012"])
+@pytest.mark.parametrize("text", ["-1", "-3", "-0012"])
 def test_target_argument_refuses_negative_ids_by_name(text: str) -> None:
     with pytest.raises(CLIError, match="negative token id"):  # an id, not the text '-3'
         target_argument(text)

@@ -218,12 +218,13 @@ def load_model(name: str, status: Console, threads: int | None = None) -> tuple[
 
 
 def target_argument(text: str | None) -> int | str | None:
-    """A ``--target`` value: None, a token id when it is an integer (a negative one is refused by a one-line
-    :class:`CLIError`), else the token text as given."""
-    if text is not None and re.fullmatch(r"[+-]?\d+", text.strip()):
+    """A ``--target`` value: None, a token id when it is exactly an integer (a negative one is refused by a
+    one-line :class:`CLIError`), else the token text as given — ``" 4"`` (with its space) is the token " 4",
+    as a tokenizer writes it after "2 + 2 =", not the id 4."""
+    if text is not None and re.fullmatch(r"[+-]?\d+", text):
         value = int(text)
         if value < 0:
-            raise CLIError(f"--target {text.strip()} is a negative token id", "give a token id ≥ 0, or the token "
+            raise CLIError(f"--target {text} is a negative token id", "give a token id ≥ 0, or the token "
                            "itself as text (e.g. --target ' Paris')")
         return value
     return text
