@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
-from .composites.registry import for_model
+from .composites.registry import resolve_composite
 from .rewrite import recording_places
 from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
@@ -95,7 +95,7 @@ def last_positions(mask: Tensor) -> Tensor:
 
 
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
-            target: Target | TokenSpec = None, composite: Composite | None = None,
+            target: Target | TokenSpec = None, composite: Composite | str | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
             strict: bool = False, checkpoint: str | None = None,
             capture: Sequence[str] | None = None, processor: Any = None, images: Any = None,
@@ -106,8 +106,9 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     models ``pixel_values`` ``[batch, channels, H, W]``.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
     classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
-    (``LogProb``, ``Contrastive``, ``Function``). ``composite``: default the one registered for the model's
-    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone.
+    (``LogProb``, ``Contrastive``, ``Function``). ``composite``: a :class:`~lxt_fx.composites.Composite` or the
+    name of one (``"attnlrp"``, ``"cp_lrp"``, …); default the one registered for the model's type, else
+    ``attnlrp``. A padded batch gives each row the relevance it gets alone.
     ``decoder_inputs`` (encoder-decoder models): the decoder's input text or ids; the token after its last
     position is explained. Default: the decoder start token alone, i.e. the first output token.
     ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
@@ -118,7 +119,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     ``attribution.latent(name)`` (the activation: ``latent_value(name)``). With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
     """
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     device = model_device(model)
     if images is not None or audio is not None:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .attribution import Attribution
 from .composites.composite import Composite
-from .composites.registry import for_model
+from .composites.registry import resolve_composite
 from .explain import InputError, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
 from .rewrite import RewriteReport
@@ -127,7 +127,7 @@ class GenerationAttribution:
 
 
 def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *, tokenizer: Any,
-                       max_new_tokens: int, chat: bool = False, composite: Composite | None = None,
+                       max_new_tokens: int, chat: bool = False, composite: Composite | str | None = None,
                        seeds_per_pass: int | None = None, stop_at_eos: bool = True, strict: bool = False,
                        on_token: Callable[[int], None] | None = None) -> GenerationAttribution:
     """Generate greedily with the untouched ``model``, then explain every generated token over all tokens
@@ -163,7 +163,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
 
 
 def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuation_ids: Sequence[int], *,
-                         tokenizer: Any = None, composite: Composite | None = None, seeds_per_pass: int | None = None,
+                         tokenizer: Any = None, composite: Composite | str | None = None, seeds_per_pass: int | None = None,
                          strict: bool = False) -> GenerationAttribution:
     """Explain a given continuation token by token (teacher forcing: a reference answer, a sampled or an
     earlier generation): row ``k`` is the relevance of every token before ``continuation_ids[k]`` for the
@@ -178,7 +178,7 @@ def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuati
     if any(i < 0 or i >= vocab for i in prompt_ids + generated):
         raise InputError(f"token ids outside the vocabulary of {vocab}: was the text encoded with this "
                          "model's tokenizer?")
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     matrix, scores, report = _rows(model, embedding, composite, prompt_ids, generated, seeds_per_pass, strict)
     ids = prompt_ids + generated
     tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..composites.composite import Composite
-from ..composites.registry import for_model
+from ..composites.registry import resolve_composite
 from ..explain import encode_for, last_positions, model_device
 from ..ops import op_name
 from ..rewrite import recording_places
@@ -74,7 +74,7 @@ __all__ = ["CheckReport", "LatentPass", "check", "latent_pass"]
 
 
 def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any], *,
-          composite: Composite | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
+          composite: Composite | str | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
           attention_mask: Tensor | None = None, zero_bias: bool = True) -> CheckReport:
     """Check ``composite`` (default: the one ``explain`` would use) on ``model`` for ``inputs``.
 
@@ -88,7 +88,7 @@ def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, 
     model_device(model)  # a model without parameters is a named error here, not a StopIteration later
     tensors, static = _prepare(model, inputs, tokenizer, attention_mask)
     relevance_inputs = carrying_inputs(tensors)  # every float input but masks/positions (NoRelevancePathError)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     graph = rewritten_graph(model, composite, tensors, static, strict=False)
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..attribution import Attribution
-from ..composites.registry import for_model
+from ..composites.registry import resolve_composite
 from ..explain import encode_for, model_device, target_scores, token_relevance, token_strings
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
@@ -99,7 +99,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
     each, all in one batched backward); the result has ``concepts × rows`` rows, concept-major, and holds in
     ``latents[place]`` the relevance ``x ⊙ (g ⊙ m)`` at the place (0 outside each concept's channels)."""
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     device = model_device(model)
     embedding = input_embeddings(model)

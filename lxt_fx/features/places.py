@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ..composites.registry import for_model
+from ..composites.registry import resolve_composite
 from ..explain import encode_for, model_device
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import INPUT_SUFFIX, CaptureNameError, original_call, resolve
@@ -36,7 +36,7 @@ class PlaceError(LXTError, ValueError):
 def graph_for(model: nn.Module, inputs: Any, tokenizer: Any = None, composite: Any = None) -> Rewritten:
     """The rewritten graph ``explain`` runs for ``model`` and ``inputs`` (cached: the same object)."""
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     embedding = input_embeddings(model)
     ids, mask = encode_for(model, inputs, tokenizer, None)
     device = model_device(model)
