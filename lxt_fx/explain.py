@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,39 @@ from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
 from .tracing.offload import execution_device, is_dispatched
 from .tracing.spliced import graph_inputs, splices_images
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _normal_tensors(value: Any) -> Any:
+    """``value`` with every inference tensor in it (also inside lists, tuples and mappings) cloned into a
+    normal tensor, which autograd can save for backward."""
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if type(value) in (list, tuple):
+        return type(value)(_normal_tensors(v) for v in value)
+    if isinstance(value, Mapping):
+        items = {k: _normal_tensors(v) for k, v in value.items()}
+        try:
+            return type(value)(items)
+        except TypeError:
+            return items
+    return value
+
+
+def outside_inference_mode(fn: _F) -> _F:
+    """Run ``fn`` with ``torch.inference_mode`` off for the call when the caller has it on (relevance needs a
+    backward pass, which inference mode rules out), with its inference-tensor arguments cloned into normal
+    tensors; the caller's mode is as it was afterwards. Without inference mode, ``fn`` runs as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            return fn(*_normal_tensors(args), **_normal_tensors(kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 class NoParametersError(LXTError, ValueError):
@@ -94,6 +128,7 @@ def last_positions(mask: Tensor) -> Tensor:
     return width - 1 - mask.flip(1).to(torch.long).argmax(1)
 
 
+@outside_inference_mode
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | str | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
@@ -113,6 +148,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     position is explained. Default: the decoder start token alone, i.e. the first output token.
     ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
     relevance, less memory).
+    Called inside ``torch.inference_mode()``, the call itself runs outside it (it needs a backward pass), with
+    the same result; the caller's mode is unchanged.
     ``capture``: node names or module paths (``"model.layers.3"``, globs allowed; ``"<path>:input"`` for a
     module's input) whose latent relevance
     ``x ⊙ grad`` (per neuron, from the same backward pass) is kept in ``Attribution.latents``; read one with

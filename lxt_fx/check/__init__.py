@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..composites.composite import Composite
 from ..composites.registry import resolve_composite
-from ..explain import encode_for, last_positions, model_device
+from ..explain import encode_for, last_positions, model_device, outside_inference_mode
 from ..ops import op_name
 from ..rewrite import recording_places
 from ..session import (
@@ -73,6 +73,7 @@ from .report import CheckReport, GraphNode
 __all__ = ["CheckReport", "LatentPass", "check", "latent_pass"]
 
 
+@outside_inference_mode
 def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any], *,
           composite: Composite | str | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
           attention_mask: Tensor | None = None, zero_bias: bool = True) -> CheckReport:
