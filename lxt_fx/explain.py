@@ -58,6 +58,43 @@ class NoParametersError(LXTError, ValueError):
     """The model has no parameters: nothing in it can be explained, and no device to run on is known."""
 
 
+class InputTooLongError(LXTError, ValueError):
+    """An input longer than the learned absolute position table of the model (GPT-2's ``n_positions``,
+    BERT's ``max_position_embeddings``)."""
+
+
+def position_limit(model: nn.Module) -> tuple[str, int] | None:
+    """``(config field, limit)`` when ``model`` looks up learned absolute positions: its config has
+    ``n_positions`` or ``max_position_embeddings`` and the model holds an embedding table of that many rows
+    (up to 2 more: OPT's offset) besides its token embedding. None for rotary or relative positions."""
+    config = getattr(model, "config", None)
+    for field in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, field, None)
+        if isinstance(limit, int) and limit > 0:
+            break
+    else:
+        return None
+    try:
+        tokens = input_embeddings(model)
+    except LXTError:
+        tokens = None
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module is not tokens and limit <= module.num_embeddings <= limit + 2:
+            return field, limit
+    return None
+
+
+def check_length(model: nn.Module, length: int) -> None:
+    """:class:`InputTooLongError` when ``length`` tokens exceed ``model``'s learned positions
+    (:func:`position_limit`); checked before the capture."""
+    found = position_limit(model)
+    if found is not None and length > found[1]:
+        field, limit = found
+        raise InputTooLongError(f"the input is {length} tokens long, but {type(model).__name__} has learned "
+                                f"positions for {limit} (config.{field} = {limit}): shorten it to at most "
+                                f"{limit} tokens (e.g. tokenizer(text, truncation=True, max_length={limit}))")
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of ``model``'s first parameter (for a model with accelerate hooks, the device they execute
     on), or :class:`NoParametersError`."""
@@ -177,6 +214,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     ids, mask = ids.to(device), mask.to(device)
     config = getattr(model, "config", None)
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    if not seq2seq:
+        check_length(model, ids.shape[1])
     if decoder_inputs is not None and not seq2seq:
         raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
 

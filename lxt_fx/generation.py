@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .attribution import Attribution
 from .composites.composite import Composite
 from .composites.registry import resolve_composite
-from .explain import InputError, model_device, vocab_size
+from .explain import InputError, check_length, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
@@ -154,6 +154,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
     if any(i < 0 or i >= vocab for i in prompt_ids):
         raise InputError(f"prompt ids outside the vocabulary of {vocab}: was the prompt encoded with this "
                          "model's tokenizer?")
+    check_length(model, len(prompt_ids) + max_new_tokens - 1)  # the longest sequence the model reads
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
     generated = greedy(model, prompt_ids, max_new_tokens, eos, on_token)
     if not generated:
@@ -178,6 +179,7 @@ def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuati
     if any(i < 0 or i >= vocab for i in prompt_ids + generated):
         raise InputError(f"token ids outside the vocabulary of {vocab}: was the text encoded with this "
                          "model's tokenizer?")
+    check_length(model, len(prompt_ids) + len(generated) - 1)
     composite = resolve_composite(composite, model)
     matrix, scores, report = _rows(model, embedding, composite, prompt_ids, generated, seeds_per_pass, strict)
     ids = prompt_ids + generated

@@ -27,3 +27,35 @@ def test_explain_inside_inference_mode_equals_outside(model) -> None:
     with torch.inference_mode():
         report = lxt_fx.check(model, ids, zero_bias=False)
     assert report.score == lxt_fx.check(model, ids, zero_bias=False).score
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    import transformers as tf
+
+    cfg = tf.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=96, n_positions=8, bos_token_id=1,
+                        eos_token_id=2)
+    torch.manual_seed(0)
+    return tf.GPT2LMHeadModel(cfg).eval()
+
+
+def test_an_input_longer_than_the_learned_positions_is_named(gpt2, model) -> None:
+    from lxt_fx.explain import InputTooLongError
+    from lxt_fx.generation import explain_continuation
+
+    fits = torch.arange(3, 11)[None]  # 8 tokens: every learned position
+    att = lxt_fx.explain(gpt2, fits)
+    with torch.no_grad():
+        logits = gpt2(input_ids=fits).logits[0, -1]
+    torch.testing.assert_close(att.target_scores[0], logits.max(), rtol=1e-5, atol=1e-5)
+    too_long = torch.arange(3, 12)[None]  # 9 tokens
+    for call in (lambda: lxt_fx.explain(gpt2, too_long), lambda: lxt_fx.check(gpt2, too_long),
+                 lambda: explain_continuation(gpt2, list(range(3, 10)), [10, 11, 12]),
+                 lambda: lxt_fx.explain_generation(gpt2, list(range(3, 10)), tokenizer=None, max_new_tokens=3)):
+        with pytest.raises(InputTooLongError, match=r"9 tokens.*8 \(config\.n_positions = 8\)") as info:
+            call()
+        assert isinstance(info.value, ValueError)
+    from lxt_fx.explain import position_limit
+
+    assert position_limit(gpt2) == ("n_positions", 8)
+    assert position_limit(model) is None  # rotary positions: no table, no limit read from the config

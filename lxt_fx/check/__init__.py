@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..composites.composite import Composite
 from ..composites.registry import resolve_composite
-from ..explain import encode_for, last_positions, model_device, outside_inference_mode
+from ..explain import check_length, encode_for, last_positions, model_device, outside_inference_mode
 from ..ops import op_name
 from ..rewrite import recording_places
 from ..session import (
@@ -125,6 +125,7 @@ def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tens
     else:
         embedding = input_embeddings(model)
         ids, mask = encode_for(model, inputs, tokenizer, attention_mask)
+        check_length(model, ids.shape[1])
         device = model_device(model)
         with torch.no_grad():
             embeds = embedding(ids.to(device))
