@@ -177,7 +177,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     ``inputs``: a str, a list of str (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image
     models ``pixel_values`` ``[batch, channels, H, W]``.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
-    classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
+    classifier), an int id, a str that is one token, one of those per row (``["blue", "sat"]``, ids), or a
+    :class:`~lxt_fx.targets.Target`
     (``LogProb``, ``Contrastive``, ``Function``). ``composite``: a :class:`~lxt_fx.composites.Composite` or the
     name of one (``"attnlrp"``, ``"cp_lrp"``, …); default the one registered for the model's type, else
     ``attnlrp``. A padded batch gives each row the relevance it gets alone.
