@@ -8,6 +8,8 @@ GxI path) summed per patch / frame / token, and the books close in zero-bias mod
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -142,3 +144,18 @@ def test_dual_encoder_text_place_can_be_left_out_and_refuses_checkpoint() -> Non
     assert text_only.plan.places and "tensors_pixel_values" not in text_only.plan.inputs
     with pytest.raises(lxt_fx.InputError, match="checkpoint"):
         lxt_fx.explain(m, case["inputs"], images=case["images"], target=case["target"], checkpoint="layer")
+
+
+@pytest.mark.parametrize("shape", [(8, 32), (512,), (1, 8, 20), (1, 6, 32), (1, 1, 8, 32)])
+def test_whisper_audio_of_the_wrong_shape_is_named_before_the_capture(shape, capfd) -> None:
+    from lxt_fx.session import InputError
+
+    audio = torch.randn(*shape)
+    with pytest.raises(InputError, match=r"input_features \[batch, num_mel_bins=8, frames=32\]") as info:
+        lxt_fx.explain(model("whisper"), audio=audio)
+    message = str(info.value)
+    assert str(tuple(shape)) in message
+    assert not re.search(r"\bs\d+\b", message)  # real sizes, never a symbolic one
+    assert capfd.readouterr().err == ""  # nothing from a failed capture on stderr
+    with pytest.raises(InputError, match=r"num_mel_bins=8"):
+        lxt_fx.check(model("whisper"), {"input_features": audio, "decoder_input_ids": torch.tensor([[1]])})
