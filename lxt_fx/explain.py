@@ -252,6 +252,71 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     return att
 
 
+def tokenizer_of(tokenizer: Any, processor: Any, mixed: bool) -> Any:
+    """The tokenizer text is encoded with: ``tokenizer``, else ``processor.tokenizer``, else (text alone) the
+    processor itself."""
+    if tokenizer is not None or processor is None:
+        return tokenizer
+    return getattr(processor, "tokenizer", None if mixed else processor)
+
+
+def model_call(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
+               processor: Any = None, images: Any = None, audio: Any = None, attention_mask: Tensor | None = None,
+               decoder_inputs: str | Sequence[str] | Tensor | None = None) -> dict[str, Any]:
+    """:func:`explain`'s inputs as the keyword arguments of one model call, parsed and validated as ``explain``
+    does (the same encoders, shape and length checks, named errors): text → ``input_ids`` and
+    ``attention_mask``; a float ``[batch, C, H, W]`` tensor or ``images=`` → ``pixel_values``; ``audio=`` →
+    ``input_features`` / ``input_values``; an encoder-decoder's decoder text → ``decoder_inputs_embeds`` and
+    ``decoder_attention_mask`` (default: its start token). ``check`` and the feature functions take their
+    inputs through this, so every entry point reads inputs the way ``explain`` does."""
+    model = check_model(model)
+    tokenizer = tokenizer_of(tokenizer, processor, images is not None or audio is not None)
+    config = getattr(model, "config", None)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    call: dict[str, Any] = {}
+    if images is None and isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
+        images, inputs = inputs, None  # explain(vit, pixels): the positional pixel values
+    if images is not None:
+        if splices_images(model):
+            pixel_values, grid = modalities.spliced_pixels(model, images, processor)
+            call["pixel_values"] = pixel_values
+            if grid is not None:
+                call["image_grid_thw"] = grid
+        else:
+            call["pixel_values"] = modalities.pixels(images, processor)
+    if audio is not None:
+        key, features = modalities.audio_input(model, audio, processor)
+        call[key] = features
+    if not call and inputs is None:
+        raise InputError("nothing to explain: pass inputs (text or ids), images=... or audio=...")
+    batch = next((v.shape[0] for v in call.values() if isinstance(v, Tensor)), None)
+    if seq2seq and call:  # speech-to-text: the text is the decoder's
+        decoder_inputs, inputs = inputs if decoder_inputs is None else decoder_inputs, None
+    if inputs is not None:
+        embedding = input_embeddings(model) if not call or modalities.names(model, "inputs_embeds") else None
+        ids, mask = encode(inputs, tokenizer, attention_mask, modalities.vocab_size(model, embedding))
+        if not seq2seq and not call:
+            check_length(model, ids.shape[1])
+        call.update(input_ids=ids, attention_mask=mask)
+        batch = ids.shape[0] if batch is None else batch
+    if seq2seq:
+        embedding = _decoder_embedding(model)
+        vocab = getattr(embedding, "num_embeddings", None) or config.vocab_size
+        dec_ids, dec_mask = _decoder_ids(model, decoder_inputs, tokenizer, batch, vocab)
+        with torch.no_grad():
+            call["decoder_inputs_embeds"] = embedding(dec_ids.to(model_device(model)))
+        call["decoder_attention_mask"] = dec_mask
+    elif decoder_inputs is not None:
+        raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
+    modalities.check_batches({k: v for k, v in call.items() if isinstance(v, Tensor) and k != "image_grid_thw"
+                              and not (k == "pixel_values" and "image_grid_thw" in call)}, None)
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    return {k: (v.to(device, dtype) if k == "pixel_values" or k in ("input_features", "input_values")
+                else v.to(device)) if isinstance(v, Tensor) and k != "image_grid_thw" else v
+            for k, v in call.items()}
+
+
 def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture: Sequence[str] | None
          ) -> tuple[dict[str, Tensor], Any]:
     """Run the rewritten graph, through the latent-relevance pass when ``capture`` names nodes."""
