@@ -291,6 +291,9 @@ def model_call(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = N
         raise InputError("nothing to explain: pass inputs (text or ids), images=... or audio=...")
     batch = next((v.shape[0] for v in call.values() if isinstance(v, Tensor)), None)
     if seq2seq and call:  # speech-to-text: the text is the decoder's
+        if inputs is not None and decoder_inputs is not None:
+            raise InputError(f"{type(model).__name__} reads its text in the decoder: give it once, as inputs or "
+                             "as decoder_inputs, not both")
         decoder_inputs, inputs = inputs if decoder_inputs is None else decoder_inputs, None
     if inputs is not None:
         embedding = input_embeddings(model) if not call or modalities.names(model, "inputs_embeds") else None
@@ -308,6 +311,9 @@ def model_call(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = N
         call["decoder_attention_mask"] = dec_mask
     elif decoder_inputs is not None:
         raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
+    if "pixel_values" in call and "input_ids" not in call and splices_images(model):
+        raise InputError(f"{type(model).__name__} splices image features into its text: pass the text (with its "
+                         "image tokens) as inputs, e.g. the processor's input_ids")
     modalities.check_batches({k: v for k, v in call.items() if isinstance(v, Tensor) and k != "image_grid_thw"
                               and not (k == "pixel_values" and "image_grid_thw" in call)}, None)
     device = model_device(model)

@@ -66,6 +66,11 @@ def test_check_takes_audio_like_explain() -> None:
     assert report.score == pytest.approx(_explained(lxt_fx.explain(whisper, audio=feat)), rel=1e-5)
     with pytest.raises(InputError, match=r"\[batch, num_mel_bins=8, frames=32\]; got shape \(8, 32\)"):
         lxt_fx.check(whisper, audio=feat[0], zero_bias=False)
+    text = torch.tensor([[1, 5, 6]])
+    by_decoder = lxt_fx.check(whisper, audio=feat, decoder_inputs=text, zero_bias=False)
+    assert by_decoder.score == pytest.approx(_explained(lxt_fx.explain(whisper, text, audio=feat)), rel=1e-5)
+    with pytest.raises(InputError, match="once"):
+        lxt_fx.check(whisper, text, audio=feat, decoder_inputs=text)
 
 
 def test_heads_take_the_attention_mask_like_explain() -> None:

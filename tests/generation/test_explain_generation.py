@@ -81,7 +81,7 @@ def test_bad_prompt_ids_are_named() -> None:
     with pytest.raises(lxt_fx.InputError, match="outside the vocabulary"):
         explain_generation(model, [1, 500], tokenizer=None, max_new_tokens=2)
     with pytest.raises(lxt_fx.InputError, match="one row"):
-        explain_generation(model, torch.zeros(2, 3, dtype=torch.long), tokenizer=None, max_new_tokens=2)
+        explain_generation(model, torch.zeros(2, 3, 4, dtype=torch.long), tokenizer=None, max_new_tokens=2)
     with pytest.raises(lxt_fx.InputError, match="empty"):
         explain_generation(model, [], tokenizer=None, max_new_tokens=2)
 
