@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .composites.composite import Composite
-from .composites.registry import for_model
+from .composites.registry import resolve_composite
 from .session import check_model, input_embeddings
 from .tracing.errors import LXTError
 
@@ -68,9 +68,9 @@ class LayerAttnLRP(_CaptumBase):  # type: ignore[misc,valid-type]
     for the model's type."""
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None, forward_func: Callable[..., Any] | None = None,
-                 composite: Composite | None = None) -> None:
+                 composite: Composite | str | None = None) -> None:
         self.model = check_model(model)
-        self.composite = composite if composite is not None else for_model(self.model)
+        self.composite = resolve_composite(composite, self.model)
         layer = layer if layer is not None else input_embeddings(self.model)
         forward_func = forward_func if forward_func is not None else self.model
         if HAVE_CAPTUM:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
-from .composites.registry import for_model
+from .composites.registry import resolve_composite
 from .render.common import named_tokens
 from .rewrite import recording_places
 from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
@@ -20,9 +21,79 @@ from .tracing.errors import LXTError
 from .tracing.offload import execution_device, is_dispatched
 from .tracing.spliced import graph_inputs, splices_images
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _normal_tensors(value: Any) -> Any:
+    """``value`` with every inference tensor in it (also inside lists, tuples and mappings) cloned into a
+    normal tensor, which autograd can save for backward."""
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if type(value) in (list, tuple):
+        return type(value)(_normal_tensors(v) for v in value)
+    if isinstance(value, Mapping):
+        items = {k: _normal_tensors(v) for k, v in value.items()}
+        try:
+            return type(value)(items)
+        except TypeError:
+            return items
+    return value
+
+
+def outside_inference_mode(fn: _F) -> _F:
+    """Run ``fn`` with ``torch.inference_mode`` off for the call when the caller has it on (relevance needs a
+    backward pass, which inference mode rules out), with its inference-tensor arguments cloned into normal
+    tensors; the caller's mode is as it was afterwards. Without inference mode, ``fn`` runs as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            return fn(*_normal_tensors(args), **_normal_tensors(kwargs))
+
+    return wrapper  # type: ignore[return-value]
+
 
 class NoParametersError(LXTError, ValueError):
     """The model has no parameters: nothing in it can be explained, and no device to run on is known."""
+
+
+class InputTooLongError(LXTError, ValueError):
+    """An input longer than the learned absolute position table of the model (GPT-2's ``n_positions``,
+    BERT's ``max_position_embeddings``)."""
+
+
+def position_limit(model: nn.Module) -> tuple[str, int] | None:
+    """``(config field, limit)`` when ``model`` looks up learned absolute positions: its config has
+    ``n_positions`` or ``max_position_embeddings`` and the model holds an embedding table of that many rows
+    (up to 2 more: OPT's offset) besides its token embedding. None for rotary or relative positions."""
+    config = getattr(model, "config", None)
+    for field in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, field, None)
+        if isinstance(limit, int) and limit > 0:
+            break
+    else:
+        return None
+    try:
+        tokens = input_embeddings(model)
+    except LXTError:
+        tokens = None
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module is not tokens and limit <= module.num_embeddings <= limit + 2:
+            return field, limit
+    return None
+
+
+def check_length(model: nn.Module, length: int) -> None:
+    """:class:`InputTooLongError` when ``length`` tokens exceed ``model``'s learned positions
+    (:func:`position_limit`); checked before the capture."""
+    found = position_limit(model)
+    if found is not None and length > found[1]:
+        field, limit = found
+        raise InputTooLongError(f"the input is {length} tokens long, but {type(model).__name__} has learned "
+                                f"positions for {limit} (config.{field} = {limit}): shorten it to at most "
+                                f"{limit} tokens (e.g. tokenizer(text, truncation=True, max_length={limit}))")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -95,8 +166,9 @@ def last_positions(mask: Tensor) -> Tensor:
     return width - 1 - mask.flip(1).to(torch.long).argmax(1)
 
 
+@outside_inference_mode
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
-            target: Target | TokenSpec = None, composite: Composite | None = None,
+            target: Target | TokenSpec = None, composite: Composite | str | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
             strict: bool = False, checkpoint: str | None = None,
             capture: Sequence[str] | None = None, processor: Any = None, images: Any = None,
@@ -107,20 +179,24 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     models ``pixel_values`` ``[batch, channels, H, W]`` (the same result as ``images=pixel_values``: pixel
     relevance in ``relevance`` and ``pixel_relevance``, per patch in ``image_relevance``, no tokens).
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
-    classifier), an int id or one per row, a str that is one token, or a :class:`~lxt_fx.targets.Target`
-    (``LogProb``, ``Contrastive``, ``Function``). ``composite``: default the one registered for the model's
-    type, else ``attnlrp``. A padded batch gives each row the relevance it gets alone.
+    classifier), an int id, a str that is one token, one of those per row (``["blue", "sat"]``, ids), or a
+    :class:`~lxt_fx.targets.Target`
+    (``LogProb``, ``Contrastive``, ``Function``). ``composite``: a :class:`~lxt_fx.composites.Composite` or the
+    name of one (``"attnlrp"``, ``"cp_lrp"``, …); default the one registered for the model's type, else
+    ``attnlrp``. A padded batch gives each row the relevance it gets alone.
     ``decoder_inputs`` (encoder-decoder models): the decoder's input text or ids; the token after its last
     position is explained. Default: the decoder start token alone, i.e. the first output token.
     ``checkpoint``: None, ``"layer"`` or ``"sqrt"`` — gradient checkpointing inside the graph (same
     relevance, less memory).
+    Called inside ``torch.inference_mode()``, the call itself runs outside it (it needs a backward pass), with
+    the same result; the caller's mode is unchanged.
     ``capture``: node names or module paths (``"model.layers.3"``, globs allowed; ``"<path>:input"`` for a
     module's input) whose latent relevance
     ``x ⊙ grad`` (per neuron, from the same backward pass) is kept in ``Attribution.latents``; read one with
     ``attribution.latent(name)`` (the activation: ``latent_value(name)``). With ``capture`` the graph runs unsegmented (``checkpoint`` is ignored).
     """
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     device = model_device(model)
     if images is not None and audio is None and inputs is None and not splices_images(model):
@@ -145,6 +221,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     ids, mask = ids.to(device), mask.to(device)
     config = getattr(model, "config", None)
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    if not seq2seq:
+        check_length(model, ids.shape[1])
     if decoder_inputs is not None and not seq2seq:
         raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
 
@@ -178,6 +256,77 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         att.decoder_tokens = [token_strings(row[: int(m.sum())], tokenizer)
                               for row, m in zip(dec_ids, explained_mask, strict=True)]
     return att
+
+
+def tokenizer_of(tokenizer: Any, processor: Any, mixed: bool) -> Any:
+    """The tokenizer text is encoded with: ``tokenizer``, else ``processor.tokenizer``, else (text alone) the
+    processor itself."""
+    if tokenizer is not None or processor is None:
+        return tokenizer
+    return getattr(processor, "tokenizer", None if mixed else processor)
+
+
+def model_call(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
+               processor: Any = None, images: Any = None, audio: Any = None, attention_mask: Tensor | None = None,
+               decoder_inputs: str | Sequence[str] | Tensor | None = None) -> dict[str, Any]:
+    """:func:`explain`'s inputs as the keyword arguments of one model call, parsed and validated as ``explain``
+    does (the same encoders, shape and length checks, named errors): text → ``input_ids`` and
+    ``attention_mask``; a float ``[batch, C, H, W]`` tensor or ``images=`` → ``pixel_values``; ``audio=`` →
+    ``input_features`` / ``input_values``; an encoder-decoder's decoder text → ``decoder_inputs_embeds`` and
+    ``decoder_attention_mask`` (default: its start token). ``check`` and the feature functions take their
+    inputs through this, so every entry point reads inputs the way ``explain`` does."""
+    model = check_model(model)
+    tokenizer = tokenizer_of(tokenizer, processor, images is not None or audio is not None)
+    config = getattr(model, "config", None)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    call: dict[str, Any] = {}
+    if images is None and isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 4:
+        images, inputs = inputs, None  # explain(vit, pixels): the positional pixel values
+    if images is not None:
+        if splices_images(model):
+            pixel_values, grid = modalities.spliced_pixels(model, images, processor)
+            call["pixel_values"] = pixel_values
+            if grid is not None:
+                call["image_grid_thw"] = grid
+        else:
+            call["pixel_values"] = modalities.pixels(images, processor)
+    if audio is not None:
+        key, features = modalities.audio_input(model, audio, processor)
+        call[key] = features
+    if not call and inputs is None:
+        raise InputError("nothing to explain: pass inputs (text or ids), images=... or audio=...")
+    batch = next((v.shape[0] for v in call.values() if isinstance(v, Tensor)), None)
+    if seq2seq and call:  # speech-to-text: the text is the decoder's
+        if inputs is not None and decoder_inputs is not None:
+            raise InputError(f"{type(model).__name__} reads its text in the decoder: give it once, as inputs or "
+                             "as decoder_inputs, not both")
+        decoder_inputs, inputs = inputs if decoder_inputs is None else decoder_inputs, None
+    if inputs is not None:
+        embedding = input_embeddings(model) if not call or modalities.names(model, "inputs_embeds") else None
+        ids, mask = encode(inputs, tokenizer, attention_mask, modalities.vocab_size(model, embedding))
+        if not seq2seq and not call:
+            check_length(model, ids.shape[1])
+        call.update(input_ids=ids, attention_mask=mask)
+        batch = ids.shape[0] if batch is None else batch
+    if seq2seq:
+        embedding = _decoder_embedding(model)
+        vocab = getattr(embedding, "num_embeddings", None) or config.vocab_size
+        dec_ids, dec_mask = _decoder_ids(model, decoder_inputs, tokenizer, batch, vocab)
+        with torch.no_grad():
+            call["decoder_inputs_embeds"] = embedding(dec_ids.to(model_device(model)))
+        call["decoder_attention_mask"] = dec_mask
+    elif decoder_inputs is not None:
+        raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
+    if "pixel_values" in call and "input_ids" not in call and splices_images(model):
+        raise InputError(f"{type(model).__name__} splices image features into its text: pass the text (with its "
+                         "image tokens) as inputs, e.g. the processor's input_ids")
+    modalities.check_batches({k: v for k, v in call.items() if isinstance(v, Tensor) and k != "image_grid_thw"
+                              and not (k == "pixel_values" and "image_grid_thw" in call)}, None)
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    return {k: (v.to(device, dtype) if k == "pixel_values" or k in ("input_features", "input_values")
+                else v.to(device)) if isinstance(v, Tensor) and k != "image_grid_thw" else v
+            for k, v in call.items()}
 
 
 def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture: Sequence[str] | None

@@ -126,7 +126,7 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
 
 
 def generate_and_explain(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, *,
-                         per_token: bool = False, chat: bool = False, composite: Composite | None = None,
+                         per_token: bool = False, chat: bool = False, composite: Composite | str | None = None,
                          on_token: Callable[[int], None] | None = None) -> Generation:
     """Greedily generate up to ``max_new_tokens`` after ``prompt`` with the untouched model, then explain
     the generated span with one backward pass (see the module doc)."""

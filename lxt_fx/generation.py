@@ -26,12 +26,13 @@ from torch import Tensor, nn
 
 from .attribution import Attribution
 from .composites.composite import Composite
-from .composites.registry import for_model
-from .explain import InputError, model_device, vocab_size
+from .composites.registry import resolve_composite
+from .explain import InputError, check_length, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
 from .render.common import decoded_text, named_tokens
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
+from .tracing.errors import LXTError
 
 
 @dataclass
@@ -127,10 +128,12 @@ class GenerationAttribution:
         save_matrix_png(self, path, **options)
 
 
-def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *, tokenizer: Any,
-                       max_new_tokens: int, chat: bool = False, composite: Composite | None = None,
-                       seeds_per_pass: int | None = None, stop_at_eos: bool = True, strict: bool = False,
-                       on_token: Callable[[int], None] | None = None) -> GenerationAttribution:
+def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor | Sequence[str | Sequence[int]], *,
+                       tokenizer: Any, max_new_tokens: int, chat: bool = False,
+                       composite: Composite | str | None = None, seeds_per_pass: int | None = None,
+                       stop_at_eos: bool = True, strict: bool = False,
+                       on_token: Callable[[int], None] | None = None,
+                       target: Any = None) -> GenerationAttribution | list[GenerationAttribution]:
     """Generate greedily with the untouched ``model``, then explain every generated token over all tokens
     before it with one forward through the rewritten graph and batched backward seeds (see the module doc).
 
@@ -140,8 +143,23 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
     each pass holds ``seeds_per_pass`` gradients of every activation); 1 runs one backward per seed; None
     (default): 16 on a GPU, where batched seeds share the weight reads, 1 elsewhere — on a CPU batching
     bought no time for SmolLM2 (78.4 s vs 78.7 s, N = 32) and cost 9× the memory (2781 vs 310 MB);
-    ``on_token(id)`` is called for each token as it is generated."""
+    ``on_token(id)`` is called for each token as it is generated.
+
+    A list of prompts (texts, or lists of ids) gives a list of results, one per prompt, each as the prompt
+    gets alone. ``target`` is not taken (each generated token is the target of its row): a
+    :class:`GenerationError` says what to call instead. A model that does not generate text (a masked LM, a
+    classifier) is a :class:`GenerationError` too."""
     model = check_model(model)
+    if target is not None:
+        raise GenerationError("explain_generation explains every generated token (each is the target of its "
+                              "row), so it takes no target=: to explain a given continuation call "
+                              "lxt_fx.generation.explain_continuation(model, prompt_ids, continuation_ids), and "
+                              "for one next token lxt_fx.explain(model, prompt, target=...)")
+    _check_generates(model)
+    if _several(prompt):
+        return [explain_generation(model, one, tokenizer=tokenizer, max_new_tokens=max_new_tokens, chat=chat,
+                                   composite=composite, seeds_per_pass=seeds_per_pass, stop_at_eos=stop_at_eos,
+                                   strict=strict, on_token=on_token) for one in prompt]
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens}: generate at least one token")
     seeds_per_pass = _seeds_per_pass(model, seeds_per_pass)
@@ -155,6 +173,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
     if any(i < 0 or i >= vocab for i in prompt_ids):
         raise InputError(f"prompt ids outside the vocabulary of {vocab}: was the prompt encoded with this "
                          "model's tokenizer?")
+    check_length(model, len(prompt_ids) + max_new_tokens - 1)  # the longest sequence the model reads
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
     generated = greedy(model, prompt_ids, max_new_tokens, eos, on_token)
     if not generated:
@@ -164,7 +183,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
 
 
 def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuation_ids: Sequence[int], *,
-                         tokenizer: Any = None, composite: Composite | None = None, seeds_per_pass: int | None = None,
+                         tokenizer: Any = None, composite: Composite | str | None = None, seeds_per_pass: int | None = None,
                          strict: bool = False) -> GenerationAttribution:
     """Explain a given continuation token by token (teacher forcing: a reference answer, a sampled or an
     earlier generation): row ``k`` is the relevance of every token before ``continuation_ids[k]`` for the
@@ -179,12 +198,36 @@ def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuati
     if any(i < 0 or i >= vocab for i in prompt_ids + generated):
         raise InputError(f"token ids outside the vocabulary of {vocab}: was the text encoded with this "
                          "model's tokenizer?")
-    composite = composite if composite is not None else for_model(model)
+    check_length(model, len(prompt_ids) + len(generated) - 1)
+    composite = resolve_composite(composite, model)
     matrix, scores, report = _rows(model, embedding, composite, prompt_ids, generated, seeds_per_pass, strict)
     ids = prompt_ids + generated
     tokens = named_tokens(tokenizer.convert_ids_to_tokens(ids), ids) if tokenizer is not None else [str(i) for i in ids]
     text = decoded_text(tokenizer, generated) if tokenizer is not None else ""
     return GenerationAttribution(matrix, ids, tokens, len(prompt_ids), scores, text, report)
+
+
+class GenerationError(LXTError, TypeError):
+    """``explain_generation`` asked for something generation cannot give: a model that does not generate text
+    (a masked LM, a classifier), or a ``target=``."""
+
+
+def _check_generates(model: nn.Module) -> None:
+    """:class:`GenerationError` unless ``model`` generates text (``can_generate()`` and ``generate``)."""
+    can = getattr(model, "can_generate", None)
+    if not callable(getattr(model, "generate", None)) or (callable(can) and not can()):
+        raise GenerationError(f"{type(model).__name__} does not generate text (it is not a causal or "
+                              "sequence-to-sequence LM with generate()): explain one prediction with "
+                              "lxt_fx.explain(model, text, tokenizer=tokenizer) instead")
+
+
+def _several(prompt: Any) -> bool:
+    """Whether ``prompt`` is a list of prompts (texts, or lists / rows of ids) rather than one."""
+    if isinstance(prompt, Tensor):
+        return prompt.dim() == 2 and prompt.shape[0] > 1
+    if isinstance(prompt, str) or not isinstance(prompt, Sequence) or not prompt:
+        return False
+    return all(isinstance(p, (str, Sequence, Tensor)) and not isinstance(p, (bytes, int)) for p in prompt)
 
 
 def _seeds_per_pass(model: nn.Module, seeds: int | None) -> int:

@@ -38,7 +38,7 @@ class AttnLRPAttribution(GradientAttributionRegistry):
 
     method_name = "attnlrp"
 
-    def __init__(self, attribution_model: Any, composite: Composite | None = None, **kwargs: Any) -> None:
+    def __init__(self, attribution_model: Any, composite: Composite | str | None = None, **kwargs: Any) -> None:
         super().__init__(attribution_model, hook_to_model=False)
         self.attribute_batch_ids = True  # ids in, relevance read where the embedding layer puts them out
         self.forward_batch_embeds = False

@@ -74,7 +74,53 @@ def audio_input(model: nn.Module, audio: Any, processor: Any) -> tuple[str, Tens
         audio = extractor(audio, return_tensors="pt")[key]
     if not audio.is_floating_point():
         raise InputError(f"audio must be float features ({key}), got {audio.dtype}")
+    check_audio_shape(model, key, audio)
     return key, audio
+
+
+def _feature_frames(model: nn.Module) -> int | None:
+    """The number of frames a Whisper-like encoder takes: ``max_source_positions`` times the strides of its
+    two input convolutions (what the encoder itself requires); None when the model has no such encoder."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_source_positions", None)
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    convs = [getattr(encoder, name, None) for name in ("conv1", "conv2")]
+    if not isinstance(positions, int) or not all(isinstance(c, nn.Conv1d) for c in convs):
+        return None
+    return positions * convs[0].stride[0] * convs[1].stride[0]
+
+
+def check_audio_shape(model: nn.Module, key: str, audio: Tensor) -> None:
+    """:class:`InputError` naming the expected shape when ``audio`` cannot be ``model``'s ``key`` input:
+    ``input_features`` ``[batch, num_mel_bins, frames]`` (frames fixed for a Whisper-like encoder),
+    ``input_values`` ``[batch, samples]``. Checked before the capture, so the message has the real sizes."""
+    name = type(model).__name__
+    shape = tuple(audio.shape)
+    if key == "input_values":
+        if audio.dim() != 2:
+            hint = "add the batch dimension: audio.unsqueeze(0)" if audio.dim() == 1 else \
+                "give one waveform per row"
+            raise InputError(f"audio for {name} must be a waveform batch input_values [batch, samples]; got shape "
+                             f"{shape}: {hint}")
+        return
+    bins = getattr(getattr(model, "config", None), "num_mel_bins", None)
+    frames = _feature_frames(model)
+    want = f"[batch, num_mel_bins{'' if bins is None else f'={bins}'}, frames{'' if frames is None else f'={frames}'}]"
+    problem = None
+    if audio.dim() == 1:
+        problem = "a 1-D tensor (a raw waveform?): turn it into log-mel features with the model's processor " \
+                  "(processor=... and the waveform as audio=..., or processor.feature_extractor(...))"
+    elif audio.dim() == 2:
+        problem = "no batch dimension: add it with audio.unsqueeze(0)"
+    elif audio.dim() != 3:
+        problem = "give one [num_mel_bins, frames] feature map per row"
+    elif bins is not None and shape[1] != bins:
+        problem = f"{shape[1]} mel bins, not {bins}: use the model's own feature extractor"
+    elif frames is not None and shape[2] != frames:
+        problem = f"{shape[2]} frames, not {frames}: pad or cut the audio to {frames} frames (the feature " \
+                  "extractor pads to that length)"
+    if problem is not None:
+        raise InputError(f"audio for {name} must be input_features {want}; got shape {shape}: {problem}")
 
 
 def names(model: nn.Module, name: str) -> bool:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .tracing.errors import LXTError
 
-TokenSpec = int | str | Sequence[int] | Tensor | None
+TokenSpec = int | str | Sequence[int] | Sequence[int | str] | Tensor | None
 
 
 class TargetError(LXTError, ValueError):
@@ -21,7 +21,8 @@ class TargetError(LXTError, ValueError):
 
 
 def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
-    """One target id per row: argmax for ``None``; an int, a single-token str, or one id per row."""
+    """One target id per row: argmax for ``None``; an int, a single-token str, or one per row (ids, or a list
+    of single-token strs and ids)."""
     batch, vocab = logits.shape
     if token is None:
         return logits.argmax(-1)
@@ -36,6 +37,11 @@ def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
         ids = torch.full((batch,), pieces[0], dtype=torch.long)
     elif isinstance(token, int):
         ids = torch.full((batch,), token, dtype=torch.long)
+    elif isinstance(token, (list, tuple)) and any(isinstance(t, str) for t in token):
+        if len(token) != batch:
+            raise TargetError(f"got {len(token)} targets {list(token)} for a batch of {batch}: give one per row "
+                              "or one for every row")
+        ids = torch.cat([token_ids(t, logits[i:i + 1], tokenizer) for i, t in enumerate(token)])
     else:
         ids = torch.as_tensor(token, dtype=torch.long).flatten()
         if ids.numel() != batch:

@@ -122,3 +122,36 @@ def test_gradients_inside_context_are_relevance() -> None:
         logits = model(inputs_embeds=emb).logits
         logits[0, -1, int(att.target_ids[0])].backward()
     torch.testing.assert_close((emb * emb.grad).sum(-1), att.relevance, atol=1e-7, rtol=1e-5)
+
+
+def _context_relevance(model: torch.nn.Module, ids: torch.Tensor, target: int) -> torch.Tensor:
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb).logits
+    (grad,) = torch.autograd.grad(logits[0, -1, target], emb)
+    return (emb * grad).sum(-1).detach()
+
+
+def test_a_context_object_is_reusable_and_nests() -> None:
+    model = make_model("llama")
+    ids = torch.randint(0, VOCAB, (1, 6))
+    att = lxt_fx.explain(model, ids)
+    target = int(att.target_ids[0])
+    before = _snapshot(model)
+    ctx = lxt_fx.attnlrp.context(model)
+    for _ in range(2):  # the same object, entered twice in a row
+        with ctx as inside:
+            assert inside is model
+            torch.testing.assert_close(_context_relevance(model, ids, target), att.relevance, atol=1e-7, rtol=1e-5)
+        _assert_same(model, before)
+    with ctx:  # and inside itself
+        with ctx:
+            torch.testing.assert_close(_context_relevance(model, ids, target), att.relevance, atol=1e-7, rtol=1e-5)
+        assert "forward" in vars(model)  # the outer one is still entered
+        torch.testing.assert_close(_context_relevance(model, ids, target), att.relevance, atol=1e-7, rtol=1e-5)
+    _assert_same(model, before)
+    with pytest.raises(RuntimeError, match="boom"), ctx:
+        raise RuntimeError("boom")
+    _assert_same(model, before)
+    with ctx:  # still usable after an exception
+        torch.testing.assert_close(_context_relevance(model, ids, target), att.relevance, atol=1e-7, rtol=1e-5)
+    _assert_same(model, before)

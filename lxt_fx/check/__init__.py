@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import modalities
 from ..composites.composite import Composite
-from ..composites.registry import for_model
-from ..explain import encode_for, last_positions, model_device
+from ..composites.registry import resolve_composite
+from ..explain import last_positions, model_call, model_device, outside_inference_mode, tokenizer_of
 from ..ops import op_name
 from ..rewrite import recording_places
 from ..session import (
@@ -38,7 +39,6 @@ from ..session import (
     carrying_inputs,
     check_model,
     example_call,
-    input_embeddings,
     mask_like,
     rewritten_graph,
     split_inputs,
@@ -73,22 +73,29 @@ from .report import CheckReport, GraphNode
 __all__ = ["CheckReport", "LatentPass", "check", "latent_pass"]
 
 
-def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any], *,
-          composite: Composite | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
-          attention_mask: Tensor | None = None, zero_bias: bool = True) -> CheckReport:
+@outside_inference_mode
+def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any] | None = None, *,
+          composite: Composite | str | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
+          attention_mask: Tensor | None = None, zero_bias: bool = True, processor: Any = None, images: Any = None,
+          audio: Any = None, decoder_inputs: str | Sequence[str] | Tensor | None = None) -> CheckReport:
     """Check ``composite`` (default: the one ``explain`` would use) on ``model`` for ``inputs``.
 
-    ``inputs``: a str or list of str (with ``tokenizer``), ``input_ids`` ``[batch, seq]``, a float tensor
-    of input embeddings, or the keyword arguments of a model call (``{"inputs_embeds": …}``).
-    ``target``: as in :func:`lxt_fx.explain` (default: the argmax next token / class).
+    The inputs are taken exactly as :func:`lxt_fx.explain` takes them (through
+    :func:`lxt_fx.explain.model_call`): a str or list of str (with ``tokenizer`` or ``processor``),
+    ``input_ids`` ``[batch, seq]`` with ``attention_mask``, pixel values ``[batch, C, H, W]`` positionally or as
+    ``images=``, ``audio=``, ``decoder_inputs=`` for an encoder-decoder. Also: a float tensor of input
+    embeddings, or the keyword arguments of a model call (``{"inputs_embeds": …}``).
+    ``target``, ``composite``: as in :func:`lxt_fx.explain` (default: the argmax next token / class).
     ``zero_bias``: also run the bookkeeping with biases and ε zeroed (in a copy of the graph).
     """
     start = time.perf_counter()
     model = check_model(model)
+    tokenizer = tokenizer_of(tokenizer, processor, images is not None or audio is not None)
     model_device(model)  # a model without parameters is a named error here, not a StopIteration later
-    tensors, static = _prepare(model, inputs, tokenizer, attention_mask)
+    tensors, static = _prepare(model, inputs, tokenizer=tokenizer, attention_mask=attention_mask,
+                               processor=processor, images=images, audio=audio, decoder_inputs=decoder_inputs)
     relevance_inputs = carrying_inputs(tensors)  # every float input but masks/positions (NoRelevancePathError)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     graph = rewritten_graph(model, composite, tensors, static, strict=False)
 
@@ -111,23 +118,21 @@ def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, 
 # ---- inputs and the explained score ---------------------------------------------------------------------
 
 
-def _prepare(model: nn.Module, inputs: Any, tokenizer: Any, attention_mask: Tensor | None
-             ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _prepare(model: nn.Module, inputs: Any, **given: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if isinstance(inputs, Mapping):
+        for key in ("input_features", "input_values"):
+            if isinstance(inputs.get(key), Tensor):
+                modalities.check_audio_shape(model, key, inputs[key])
         tensors, static = split_inputs(model, inputs)
-    elif isinstance(inputs, Tensor) and inputs.is_floating_point() and not accepts_kwarg(model, "inputs_embeds"):
+    elif isinstance(inputs, Tensor) and inputs.is_floating_point() and not accepts_kwarg(model, "inputs_embeds") \
+            and not (inputs.dim() == 4 and modalities.names(model, "pixel_values")):
         tensors, static = split_inputs(model, example_call(model, inputs))  # forward(self, x): bound by position
-    elif isinstance(inputs, Tensor) and inputs.is_floating_point():
+    elif isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.dim() == 3:
         tensors, static = {"inputs_embeds": inputs}, {}
-        if attention_mask is not None:
-            tensors["attention_mask"] = mask_like(inputs[..., 0], attention_mask, "inputs_embeds")
+        if given["attention_mask"] is not None:
+            tensors["attention_mask"] = mask_like(inputs[..., 0], given["attention_mask"], "inputs_embeds")
     else:
-        embedding = input_embeddings(model)
-        ids, mask = encode_for(model, inputs, tokenizer, attention_mask)
-        device = model_device(model)
-        with torch.no_grad():
-            embeds = embedding(ids.to(device))
-        tensors, static = {"inputs_embeds": embeds, "attention_mask": mask.to(device)}, {}
+        tensors, static = split_inputs(model, model_call(model, inputs, **given))
     return {k: v.detach() for k, v in tensors.items()}, static
 
 

@@ -5,8 +5,16 @@ from .composite import Composite
 from .cp_lrp import cp_lrp
 from .dynamic_mask import dynamic_mask
 from .patterns import AnyOf, NodeInfo
-from .registry import for_model, register, registered, unregister
+from .registry import (
+           UnknownCompositeError,
+           for_model,
+           named,
+           register,
+           registered,
+           resolve_composite,
+           unregister,
+)
 from .vision import cp_lrp_gamma, vision
 
-__all__ = ["AnyOf", "Composite", "NodeInfo", "attnlrp", "cp_lrp", "cp_lrp_gamma", "dynamic_mask", "for_model",
-           "register", "registered", "unregister", "vision"]
+__all__ = ["AnyOf", "Composite", "NodeInfo", "UnknownCompositeError", "attnlrp", "cp_lrp", "cp_lrp_gamma",
+           "dynamic_mask", "for_model", "named", "register", "registered", "resolve_composite", "unregister", "vision"]

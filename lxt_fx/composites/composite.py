@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, fx, nn
@@ -89,9 +89,8 @@ class Composite:
 
         return rewritten(model, self, example_inputs, strict=strict, relevance_inputs=relevance_inputs)
 
-    @contextlib.contextmanager
     def context(self, model: nn.Module, strict: bool = False, checkpoint: str | None = None,
-                relevance_inputs: Sequence[str] | None = None) -> Iterator[nn.Module]:
+                relevance_inputs: Sequence[str] | None = None) -> CompositeContext:
         """Inside, calling ``model(...)`` runs the rewritten graph; on exit — also after an exception —
         the model is exactly as it came in (its ``forward`` and every attribute).
 
@@ -100,9 +99,33 @@ class Composite:
         :meth:`rewrite`. A call the graph cannot represent (a key/value cache, ``use_cache=True``) runs the
         untouched forward under ``torch.no_grad()`` / ``inference_mode`` (so ``model.generate`` gives the
         same tokens) and raises :class:`~lxt_fx.session.UnsupportedCallError` with gradients enabled.
-        Contexts on one model may nest and exit in any order (see :func:`lxt_fx.session.patched_forward`)."""
+        Contexts on one model may nest and exit in any order (see :func:`lxt_fx.session.patched_forward`).
+        The returned object can be entered again after it was left, and inside itself (each ``with`` is one
+        context on the model)."""
+        return CompositeContext(self, model, strict, checkpoint, relevance_inputs)
+
+
+class CompositeContext:
+    """What :meth:`Composite.context` returns: a context manager that can be entered any number of times, one
+    after another or nested; each ``with`` routes ``model(...)`` through the rewritten graph until it is left."""
+
+    def __init__(self, composite: Composite, model: nn.Module, strict: bool, checkpoint: str | None,
+                 relevance_inputs: Sequence[str] | None) -> None:
+        self.composite, self.model = composite, model
+        self.strict, self.checkpoint, self.relevance_inputs = strict, checkpoint, relevance_inputs
+        self._entered: list[contextlib.AbstractContextManager[nn.Module]] = []
+
+    def __enter__(self) -> nn.Module:
         from ..session import patched_forward
 
-        with patched_forward(model, self, strict=strict, checkpoint=checkpoint,
-                             relevance_inputs=relevance_inputs):
-            yield model
+        entry = patched_forward(self.model, self.composite, strict=self.strict, checkpoint=self.checkpoint,
+                                relevance_inputs=self.relevance_inputs)
+        model = entry.__enter__()
+        self._entered.append(entry)
+        return model
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._entered.pop().__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return f"{self.composite.name}.context({type(self.model).__name__}, entered {len(self._entered)}×)"

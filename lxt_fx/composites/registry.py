@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..tracing.errors import LXTError
 from .attnlrp import attnlrp
 from .composite import Composite
 
 _REGISTRY: dict[str, Composite] = {}
+
+
+class UnknownCompositeError(LXTError, ValueError):
+    """A composite given by a name that no built-in or registered composite has, or an object that is not a
+    :class:`~lxt_fx.composites.composite.Composite`."""
 
 
 def register(model_type: str, composite: Composite) -> Composite:
@@ -32,6 +38,38 @@ def for_model(model: nn.Module) -> Composite:
     """The composite registered for ``model.config.model_type``, else the generic ``attnlrp``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return _REGISTRY.get(model_type, attnlrp) if model_type else attnlrp
+
+
+def named() -> dict[str, Composite]:
+    """Every composite a name stands for: the built-ins by their import name (``attnlrp``, ``cp_lrp``,
+    ``vision``, ``dynamic_mask``, as ``lxt_fx.composites`` exports them and the CLI's ``--composite`` takes
+    them) and by their ``name``, then each registered composite by its ``name``."""
+    from .cp_lrp import cp_lrp
+    from .dynamic_mask import dynamic_mask
+    from .vision import vision
+
+    builtins = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "vision": vision, "dynamic_mask": dynamic_mask}
+    found = dict(builtins)
+    for composite in [*builtins.values(), *_REGISTRY.values()]:
+        found.setdefault(composite.name, composite)
+    return found
+
+
+def resolve_composite(composite: Composite | str | None, model: nn.Module | None = None) -> Composite:
+    """The composite an entry point uses: a :class:`Composite` as it is, a name (see :func:`named`) looked up,
+    ``None`` the one registered for ``model`` (:func:`for_model`; ``attnlrp`` without a model). Anything else
+    is an :class:`UnknownCompositeError` listing the valid names."""
+    if isinstance(composite, Composite):
+        return composite
+    if composite is None:
+        return for_model(model) if model is not None else attnlrp
+    choices = named()
+    if isinstance(composite, str) and composite in choices:
+        return choices[composite]
+    what = f"{composite!r}" if isinstance(composite, str) else f"a {type(composite).__name__}"
+    raise UnknownCompositeError(f"composite={what} is not a composite: give one of the names "
+                                f"{sorted(choices)} or a Composite (e.g. lxt_fx.attnlrp, "
+                                "lxt_fx.composites.cp_lrp_gamma(...))")
 
 
 def register_defaults() -> None:

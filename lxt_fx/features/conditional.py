@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..attribution import Attribution
-from ..composites.registry import for_model
-from ..explain import encode_for, model_device, target_scores, token_relevance, token_strings
+from ..composites.registry import resolve_composite
+from ..explain import model_call, model_device, target_scores, token_relevance, token_strings
 from ..render.common import named_tokens
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
@@ -93,19 +93,22 @@ def _concepts(neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, channel
 
 def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: str,
                 neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, target: Any = None,
-                composite: Any = None) -> Attribution:
+                composite: Any = None, attention_mask: Tensor | None = None, processor: Any = None) -> Attribution:
     """The conditional heatmap: input relevance of ``target`` (as in :func:`lxt_fx.explain`) that flows through
     ``neurons`` of ``place`` only, ``R_i(S) = x_i · ∂̃f/∂x_i`` with the modified gradient masked to the channels
     ``S`` at ``place``. ``neurons``: a list of channel indices (one concept) or a list of lists (one concept
     each, all in one batched backward); the result has ``concepts × rows`` rows, concept-major, and holds in
     ``latents[place]`` the relevance ``x ⊙ (g ⊙ m)`` at the place (0 outside each concept's channels)."""
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
+    composite = resolve_composite(composite, model)
     goal = as_target(target)
     device = model_device(model)
     embedding = input_embeddings(model)
-    ids, mask = encode_for(model, inputs, tokenizer, None)
-    ids, mask = ids.to(device), mask.to(device)
+    call = model_call(model, inputs, tokenizer=tokenizer, attention_mask=attention_mask, processor=processor)
+    if set(call) != {"input_ids", "attention_mask"}:
+        raise PlaceError(f"conditional reads token relevance, but the inputs are {sorted(call)}: give text or "
+                         "input_ids (with attention_mask)")
+    ids, mask = call["input_ids"].to(device), call["attention_mask"].to(device)
     with torch.enable_grad():
         base = embedding(ids).detach()
         graph = rewritten_graph(model, composite, {"inputs_embeds": base, "attention_mask": mask}, {})

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ..composites.registry import for_model
-from ..explain import encode_for, model_device
-from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
+from ..composites.registry import resolve_composite
+from ..explain import model_call
+from ..session import Rewritten, check_model, rewritten_graph, split_inputs
 from ..taps import INPUT_SUFFIX, CaptureNameError, original_call, resolve
 from ..tracing.errors import LXTError
 
@@ -33,16 +33,18 @@ class PlaceError(LXTError, ValueError):
     that hold its channels), or a neuron index outside the place."""
 
 
-def graph_for(model: nn.Module, inputs: Any, tokenizer: Any = None, composite: Any = None) -> Rewritten:
-    """The rewritten graph ``explain`` runs for ``model`` and ``inputs`` (cached: the same object)."""
+def graph_for(model: nn.Module, inputs: Any = None, tokenizer: Any = None, composite: Any = None, *,
+              attention_mask: Tensor | None = None, images: Any = None, audio: Any = None,
+              processor: Any = None) -> Rewritten:
+    """The rewritten graph ``explain`` runs for ``model`` and its inputs, given as to :func:`lxt_fx.explain`
+    (cached: the same object)."""
     model = check_model(model)
-    composite = composite if composite is not None else for_model(model)
-    embedding = input_embeddings(model)
-    ids, mask = encode_for(model, inputs, tokenizer, None)
-    device = model_device(model)
+    composite = resolve_composite(composite, model)
+    call = model_call(model, inputs, tokenizer=tokenizer, attention_mask=attention_mask, images=images,
+                      audio=audio, processor=processor)
     with torch.no_grad():
-        embeds = embedding(ids.to(device))
-    return rewritten_graph(model, composite, {"inputs_embeds": embeds, "attention_mask": mask.to(device)}, {})
+        tensors, static = split_inputs(model, call)
+    return rewritten_graph(model, composite, tensors, static)
 
 
 def resolve_places(graph: Rewritten, places: Sequence[str]) -> dict[str, str]:

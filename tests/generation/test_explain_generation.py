@@ -81,7 +81,7 @@ def test_bad_prompt_ids_are_named() -> None:
     with pytest.raises(lxt_fx.InputError, match="outside the vocabulary"):
         explain_generation(model, [1, 500], tokenizer=None, max_new_tokens=2)
     with pytest.raises(lxt_fx.InputError, match="one row"):
-        explain_generation(model, torch.zeros(2, 3, dtype=torch.long), tokenizer=None, max_new_tokens=2)
+        explain_generation(model, torch.zeros(2, 3, 4, dtype=torch.long), tokenizer=None, max_new_tokens=2)
     with pytest.raises(lxt_fx.InputError, match="empty"):
         explain_generation(model, [], tokenizer=None, max_new_tokens=2)
 
@@ -105,3 +105,35 @@ def test_an_id_the_tokenizer_does_not_know_reads_as_its_id_not_none() -> None:
     result = generate_and_explain(model, tok, "the cat", 2, per_token=True)
     assert result.text == name * 2 and result.per_token.target_tokens == [name, name]
     assert all(name in label and "None" not in label for label in result.labels + result.per_token_labels)
+
+
+def test_a_list_of_prompts_gives_one_result_per_prompt() -> None:
+    from helpers import word_tokenizer
+
+    model = make_model("llama")
+    tok = word_tokenizer(["the", "cat", "sat", "on", "a", "mat"])
+    prompts = ["the cat sat", "a mat"]
+    several = explain_generation(model, prompts, tokenizer=tok, max_new_tokens=3, stop_at_eos=False)
+    assert isinstance(several, list) and len(several) == 2
+    for prompt, gen in zip(prompts, several, strict=True):
+        alone = explain_generation(model, prompt, tokenizer=tok, max_new_tokens=3, stop_at_eos=False)
+        assert gen.ids == alone.ids
+        torch.testing.assert_close(gen.matrix, alone.matrix, rtol=0, atol=0)
+    rows = explain_generation(model, torch.tensor([[3, 4, 5], [6, 7, 8]]), tokenizer=None, max_new_tokens=2)
+    assert [g.ids[:3] for g in rows] == [[3, 4, 5], [6, 7, 8]]
+    torch.testing.assert_close(rows[1].matrix, explain_generation(model, [6, 7, 8], tokenizer=None,
+                                                                  max_new_tokens=2).matrix, rtol=0, atol=0)
+
+
+def test_a_model_that_does_not_generate_and_a_target_are_named() -> None:
+    import transformers as tf
+
+    from lxt_fx.generation import GenerationError
+
+    bert = tf.BertForMaskedLM(tf.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=4, intermediate_size=48)).eval()
+    with pytest.raises(GenerationError, match="does not generate text.*lxt_fx.explain") as info:
+        explain_generation(bert, [3, 4, 5], tokenizer=None, max_new_tokens=2)
+    assert isinstance(info.value, lxt_fx.LXTError)
+    with pytest.raises(GenerationError, match="explain_continuation"):
+        explain_generation(make_model("llama"), [3, 4, 5], tokenizer=None, max_new_tokens=2, target=7)

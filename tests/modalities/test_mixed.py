@@ -8,6 +8,8 @@ GxI path) summed per patch / frame / token, and the books close in zero-bias mod
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -175,3 +177,18 @@ def test_an_image_alone_gives_one_result_either_way() -> None:
     for name in ("relevance", "pixel_relevance", "image_relevance", "input_ids", "attention_mask", "target_ids",
                  "target_scores", "positions"):
         torch.testing.assert_close(getattr(positional, name), getattr(by_name, name), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(8, 32), (512,), (1, 8, 20), (1, 6, 32), (1, 1, 8, 32)])
+def test_whisper_audio_of_the_wrong_shape_is_named_before_the_capture(shape, capfd) -> None:
+    from lxt_fx.session import InputError
+
+    audio = torch.randn(*shape)
+    with pytest.raises(InputError, match=r"input_features \[batch, num_mel_bins=8, frames=32\]") as info:
+        lxt_fx.explain(model("whisper"), audio=audio)
+    message = str(info.value)
+    assert str(tuple(shape)) in message
+    assert not re.search(r"\bs\d+\b", message)  # real sizes, never a symbolic one
+    assert capfd.readouterr().err == ""  # nothing from a failed capture on stderr
+    with pytest.raises(InputError, match=r"num_mel_bins=8"):
+        lxt_fx.check(model("whisper"), {"input_features": audio, "decoder_input_ids": torch.tensor([[1]])})
