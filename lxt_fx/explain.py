@@ -158,7 +158,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
         grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
     relevance = token_relevance(embeds, grads[0], mask)
-    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
+    tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
@@ -169,7 +169,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     if dec_ids is not None:
         att.decoder_relevance = token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
-        att.decoder_tokens = [token_strings(row[: int(m.sum())], tokenizer)
+        att.decoder_tokens = [token_strings(row[m.bool()], tokenizer)
                               for row, m in zip(dec_ids, explained_mask, strict=True)]
     return att
 
@@ -353,7 +353,7 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     else:
         relevance = torch.zeros(batch, 0 if ids is None else ids.shape[1])
     tokens = [[] for _ in range(batch)] if ids is None else \
-        [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
+        [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())

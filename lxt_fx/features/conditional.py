@@ -136,7 +136,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
         (grad,) = torch.autograd.grad(held, [embeds], grad_outputs=g, allow_unused=True)
         at_place = (held.detach().float() * g.float()).reshape(rows, -1, g.shape[-1])
     relevance = token_relevance(embeds, grad, mask_all)
-    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
+    tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())

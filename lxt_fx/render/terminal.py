@@ -11,7 +11,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .common import Row, is_image, report_summary, rgb, rows, scale_note, text_rgb
+from .common import Row, check_labels, is_image, report_summary, rgb, rows, scale_note, text_rgb
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -113,6 +113,7 @@ def renderable(attribution: Attribution, *, tokenizer: Any = None, skip_first: b
                labels: Sequence[str] | None = None, mark_from: Sequence[int | None] | int | None = None,
                score_label: str = "logit", k: int = 5, top: bool = True) -> RenderableType:
     """What :func:`show` prints, as one rich renderable."""
+    check_labels(attribution, labels)
     parts: list[RenderableType] = []
     if is_image(attribution):
         for r in range(len(attribution)):
