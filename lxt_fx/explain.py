@@ -16,6 +16,7 @@ from .rewrite import recording_places
 from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
 from .targets import Function, Target, TokenSpec, as_target
 from .tracing.errors import LXTError
+from .tracing.modes import in_eval_mode
 from .tracing.offload import execution_device, is_dispatched
 from .tracing.spliced import graph_inputs, splices_images
 
@@ -94,6 +95,7 @@ def last_positions(mask: Tensor) -> Tensor:
     return width - 1 - mask.flip(1).to(torch.long).argmax(1)
 
 
+@in_eval_mode
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,

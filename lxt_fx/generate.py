@@ -21,6 +21,7 @@ from .attribution import Attribution
 from .composites.composite import Composite
 from .explain import InputError, explain
 from .targets import Function
+from .tracing.modes import in_eval_mode
 
 
 @dataclass
@@ -124,6 +125,7 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
     return [int(i) for i in tokenizer(prompt)["input_ids"]]
 
 
+@in_eval_mode
 def generate_and_explain(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, *,
                          per_token: bool = False, chat: bool = False, composite: Composite | None = None,
                          on_token: Callable[[int], None] | None = None) -> Generation:

@@ -31,6 +31,7 @@ from .explain import InputError, model_device, vocab_size
 from .generate import Generation, encode_prompt, greedy
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
+from .tracing.modes import in_eval_mode
 
 
 @dataclass
@@ -126,6 +127,7 @@ class GenerationAttribution:
         save_matrix_png(self, path, **options)
 
 
+@in_eval_mode
 def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *, tokenizer: Any,
                        max_new_tokens: int, chat: bool = False, composite: Composite | None = None,
                        seeds_per_pass: int | None = None, stop_at_eos: bool = True, strict: bool = False,
@@ -162,6 +164,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor, *
                                 seeds_per_pass=seeds_per_pass, strict=strict)
 
 
+@in_eval_mode
 def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuation_ids: Sequence[int], *,
                          tokenizer: Any = None, composite: Composite | None = None, seeds_per_pass: int | None = None,
                          strict: bool = False) -> GenerationAttribution:

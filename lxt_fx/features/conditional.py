@@ -28,6 +28,7 @@ from ..explain import encode_for, model_device, target_scores, token_relevance, 
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
 from ..targets import as_target
+from ..tracing.modes import in_eval_mode
 from .places import PlaceError
 
 __all__ = ["Grip", "conditional", "masked_graph"]
@@ -90,6 +91,7 @@ def _concepts(neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, channel
     return masks
 
 
+@in_eval_mode
 def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: str,
                 neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, target: Any = None,
                 composite: Any = None) -> Attribution:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..explain import explain
+from ..tracing.modes import in_eval_mode
 from .places import PlaceError, attention_places, graph_for
 
 __all__ = ["head_relevance", "heads"]
@@ -21,6 +22,7 @@ def head_relevance(relevance: Tensor, heads: int, batch: int) -> Tensor:
     return r.reshape(batch, r.shape[1], heads, -1).sum((1, 3))
 
 
+@in_eval_mode
 def heads(model: nn.Module, inputs: Any, *, tokenizer: Any = None, target: Any = None,
           composite: Any = None) -> Tensor:
     """Relevance of every attention head, ``[layers, heads]`` (``[batch, layers, heads]`` for several rows):

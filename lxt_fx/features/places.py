@@ -23,6 +23,7 @@ from ..explain import encode_for, model_device
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import INPUT_SUFFIX, CaptureNameError, original_call, resolve
 from ..tracing.errors import LXTError
+from ..tracing.modes import in_eval_mode
 
 __all__ = ["INPUT_SUFFIX", "AttentionPlace", "PlaceError", "attention_places", "graph_for", "module_at",
            "resolve_places"]
@@ -33,6 +34,7 @@ class PlaceError(LXTError, ValueError):
     that hold its channels), or a neuron index outside the place."""
 
 
+@in_eval_mode
 def graph_for(model: nn.Module, inputs: Any, tokenizer: Any = None, composite: Any = None) -> Rewritten:
     """The rewritten graph ``explain`` runs for ``model`` and ``inputs`` (cached: the same object)."""
     model = check_model(model)
