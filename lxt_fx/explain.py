@@ -65,7 +65,7 @@ def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask:
     """``(input_ids, attention_mask)``, right-padded, validated against the vocabulary. Text pairs carry
     ``token_type_ids`` that these two do not: they are refused here (:func:`encode_text` keeps them)."""
     ids, mask, extra = encode_text(inputs, tokenizer, attention_mask, vocab_size)
-    if extra:
+    if extra and (_is_pair(inputs) or (isinstance(inputs, list) and any(_is_pair(t) for t in inputs))):
         raise InputError(f"text pairs encode {sorted(extra)} besides the ids, which this function does not pass "
                          "to the model: explain them with lxt_fx.explain(model, (text, text_pair), tokenizer=...), "
                          "or pass the tokenizer's whole output as keyword arguments of the model call")

@@ -184,3 +184,14 @@ def test_a_target_word_outside_the_vocabulary_is_refused():
         lxt_fx.explain(model, "the capital of germany is", tokenizer=tok, target="berlin")
     att = lxt_fx.explain(model, "the capital of germany is", tokenizer=tok, target="germany")
     assert att.target_tokens == ["germany"]
+
+
+def test_encode_keeps_single_texts_and_names_pairs_it_cannot_pass(bert_tokenizer):
+    """``encode`` (check, the feature functions) gives the ids of a single text as the tokenizer does, and refuses
+    a pair by name, since it returns no token_type_ids."""
+    from lxt_fx.explain import encode
+
+    ids, mask = encode(["a cat", "the cat sat"], bert_tokenizer, None, bert_tokenizer.vocab_size)
+    assert ids[1].tolist() == bert_tokenizer("the cat sat")["input_ids"] and mask[0].tolist() == [1, 1, 1, 1, 0]
+    with pytest.raises(lxt_fx.InputError, match="text pairs"):
+        encode(PAIRS[0], bert_tokenizer, None, bert_tokenizer.vocab_size)
