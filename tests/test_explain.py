@@ -195,3 +195,21 @@ def test_encode_keeps_single_texts_and_names_pairs_it_cannot_pass(bert_tokenizer
     assert ids[1].tolist() == bert_tokenizer("the cat sat")["input_ids"] and mask[0].tolist() == [1, 1, 1, 1, 0]
     with pytest.raises(lxt_fx.InputError, match="text pairs"):
         encode(PAIRS[0], bert_tokenizer, None, bert_tokenizer.vocab_size)
+
+
+def test_decoder_input_ids_pass_through_as_the_decoder_inputs():
+    """T5 by the model's own input name: decoder_input_ids= explains the token after them, the model's own
+    logit there, the same as decoder_inputs=."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                                   num_heads=4, decoder_start_token_id=0)).eval()
+    ids, dec = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[0, 9, 10]])
+    with torch.no_grad():
+        own = t5(input_ids=ids, decoder_input_ids=dec).logits[0, -1]
+    by_name = lxt_fx.explain(t5, ids, decoder_input_ids=dec)
+    torch.testing.assert_close(by_name.target_scores[0], own.max(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(by_name.decoder_relevance, lxt_fx.explain(t5, ids, decoder_inputs=dec).decoder_relevance)
+    with pytest.raises(lxt_fx.InputError, match="once"):
+        lxt_fx.explain(t5, ids, decoder_inputs=dec, decoder_input_ids=dec)
