@@ -28,11 +28,11 @@ def eval_semantics(model: Any, what: str = "explained") -> Iterator[None]:
     if not isinstance(model, nn.Module):
         yield
         return
-    modes = [(module, module.training) for module in model.modules()]
-    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
-    if not training:
+    if not any(module.training for module in model.modules()):
         yield
         return
+    modes = [(module, module.training) for module in model.modules()]
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
     shown = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3 else "")
     warnings.warn(f"{type(model).__name__} is in training mode ({shown}: dropout and batch statistics on): it is "
                   f"{what} in eval mode, as after model.eval(), and its modes are restored afterwards; call "
