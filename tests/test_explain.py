@@ -213,3 +213,18 @@ def test_decoder_input_ids_pass_through_as_the_decoder_inputs():
     torch.testing.assert_close(by_name.decoder_relevance, lxt_fx.explain(t5, ids, decoder_inputs=dec).decoder_relevance)
     with pytest.raises(lxt_fx.InputError, match="once"):
         lxt_fx.explain(t5, ids, decoder_inputs=dec, decoder_input_ids=dec)
+
+
+def test_a_plain_module_whose_mode_changes_nothing_is_explained_without_a_warning():
+    """A torch module without dropout or batch norm computes the same in both modes: run in eval mode, its mode
+    restored, no warning."""
+    import warnings
+
+    from lxt_fx.tracing.modes import eval_semantics
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with eval_semantics(model):
+            assert not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())

@@ -20,11 +20,23 @@ class TrainingModeWarning(UserWarning):
     after ``model.eval()``, and its own modes were restored afterwards."""
 
 
+def _mode_matters(module: nn.Module) -> bool:
+    """Whether ``module`` in training mode computes something else than in eval mode, as far as can be told: a
+    dropout with p > 0, a batch norm, or a transformers module (whose forwards read ``self.training`` for their
+    dropouts)."""
+    if not module.training:
+        return False
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module).__module__.startswith("transformers.")
+
+
 @contextmanager
 def eval_semantics(model: Any, what: str = "explained") -> Iterator[None]:
     """Run the body with ``model`` (an ``nn.Module``; anything else passes through) in eval mode; a model in
-    training mode gets a :class:`TrainingModeWarning` naming it. Every submodule's ``training`` flag is restored
-    on exit, also after an exception."""
+    training mode whose result that changes (dropout, batch norm, a transformers model) gets a
+    :class:`TrainingModeWarning` naming it. Every submodule's ``training`` flag is restored on exit, also after
+    an exception."""
     if not isinstance(model, nn.Module):
         yield
         return
@@ -32,11 +44,12 @@ def eval_semantics(model: Any, what: str = "explained") -> Iterator[None]:
         yield
         return
     modes = [(module, module.training) for module in model.modules()]
-    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    training = [name or type(model).__name__ for name, module in model.named_modules() if _mode_matters(module)]
     shown = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3 else "")
-    warnings.warn(f"{type(model).__name__} is in training mode ({shown}: dropout and batch statistics on): it is "
-                  f"{what} in eval mode, as after model.eval(), and its modes are restored afterwards; call "
-                  "model.eval() first to silence this warning", TrainingModeWarning, stacklevel=4)
+    if training:
+        warnings.warn(f"{type(model).__name__} is in training mode ({shown}: dropout and batch statistics on): it "
+                      f"is {what} in eval mode, as after model.eval(), and its modes are restored afterwards; call "
+                      "model.eval() first to silence this warning", TrainingModeWarning, stacklevel=4)
     model.eval()
     try:
         yield
