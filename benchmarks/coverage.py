@@ -854,9 +854,14 @@ def explain_family(model_type: str, candidates: list[tuple[str, str]], conn: Any
         inputs = call.get("pixel_values", call.get("input_ids"))
         # A head without logits (a backbone-style output): explain the sum of its main output per row.
         target = None if _has_logits(model, call) else lxt_fx.targets.Function(_summed_main_output)
+        # A masked LM explains the token at its [MASK]; the sweep's random ids have none: the last real token.
+        mask = call.get("attention_mask")
+        position = None
+        if type(model).__name__.endswith("ForMaskedLM") and isinstance(inputs, torch.Tensor) and inputs.dim() == 2:
+            position = mask.sum(-1) - 1 if mask is not None else inputs.shape[1] - 1
         try:
-            att = lxt_fx.explain(model, inputs, attention_mask=call.get("attention_mask"), decoder_inputs=decoder,
-                                 target=target)
+            att = lxt_fx.explain(model, inputs, attention_mask=mask, decoder_inputs=decoder, target=target,
+                                 position=position)
         except lxt_fx.CaptureError as exc:
             row.captured = False
             row.error = f"capture: {_short(exc.cause)}; what to try: {exc.hint}"

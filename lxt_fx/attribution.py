@@ -31,6 +31,15 @@ def _not_captured(what: str, name: str, captured: dict[str, Tensor] | None, meth
     return f"no {what} captured at {name!r} (captured: {have}); pass explain(..., capture=[{name!r}])"
 
 
+class RowIndexError(LXTError, IndexError):
+    """A row the attribution does not have (``row(i)``, ``top(i=...)`` with ``i`` outside its batch)."""
+
+
+class ViewArgumentError(LXTError, ValueError):
+    """An argument of an attribution view of the wrong kind (``top(k)`` with a ``k`` that is not a
+    non-negative int)."""
+
+
 @dataclass
 class Attribution:
     """Relevance of every input token for one explained scalar per row.
@@ -105,15 +114,35 @@ class Attribution:
         raise NoTokensError(f"{what}: this attribution has no tokens ({self.report.model_class} explained without "
                             f"text); {where}: read those, or draw them with show() / to_html()")
 
+    def kept(self, i: int = 0) -> Tensor:
+        """The positions of row ``i`` that hold its tokens: where ``attention_mask`` is 1 (left or right
+        padding and holes left out), in order."""
+        self._check_row(i)
+        return self.attention_mask[i].nonzero().flatten()
+
+    def _check_row(self, i: int) -> None:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise RowIndexError(f"row index {i!r} is a {type(i).__name__}: give an int in 0..{len(self) - 1}")
+        if not 0 <= i < len(self):
+            raise RowIndexError(f"row {i} does not exist: this attribution has {len(self)} row(s), "
+                                f"0..{len(self) - 1}")
+
     def row(self, i: int = 0) -> list[tuple[str, float]]:
-        """(token, relevance) pairs of row ``i``, padding left out; :class:`NoTokensError` without tokens."""
+        """(token, relevance) pairs of row ``i``, padding left out (the positions where the mask is 1);
+        :class:`NoTokensError` without tokens."""
+        self._check_row(i)
         self._require_tokens(f"row({i})")
-        n = int(self.attention_mask[i].sum())
-        return list(zip(self.tokens[i], self.relevance[i, :n].tolist(), strict=True))
+        keep = self.kept(i)
+        return list(zip(self.tokens[i], self.relevance[i][keep].tolist(), strict=True))
 
     def top(self, k: int = 5, i: int = 0) -> list[tuple[str, float]]:
-        """The ``k`` most relevant tokens of row ``i``, most relevant first (for an encoder-decoder model the
-        decoder's tokens too, named ``"decoder: <token>"``); :class:`NoTokensError` without tokens."""
+        """The ``k`` most relevant tokens of row ``i``, most relevant first (``k`` a non-negative int; a ``k``
+        larger than the row gives the whole row; for an encoder-decoder model the decoder's tokens too, named
+        ``"decoder: <token>"``); :class:`NoTokensError` without tokens."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ViewArgumentError(f"top(k={k!r}): k is how many tokens to list, a non-negative int; for "
+                                    "every token of the row use row(i)")
+        self._check_row(i)
         self._require_tokens(f"top({k})")
         pairs = self.row(i) + self.decoder_row(i)
         return sorted(pairs, key=lambda tv: tv[1], reverse=True)[:k]
@@ -128,14 +157,15 @@ class Attribution:
         return [(f"decoder: {t}", v) for t, v in zip(tokens, values, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python (JSON-ready) form."""
+        """Plain Python (JSON-ready) form: per row its tokens, ids and relevance at the positions where the
+        mask is 1."""
         rows = []
         for i in range(len(self)):
-            n = int(self.attention_mask[i].sum())
+            keep = self.kept(i)
             rows.append({
                 "tokens": self.tokens[i],
-                "input_ids": self.input_ids[i, :n].tolist(),
-                "relevance": self.relevance[i, :n].tolist() if self.relevance.dim() == 2 else [],
+                "input_ids": self.input_ids[i][keep].tolist(),
+                "relevance": self.relevance[i][keep].tolist() if self.relevance.dim() == 2 else [],
                 "target_id": int(self.target_ids[i]),
                 "target_token": self.target_tokens[i] if self.target_tokens else None,
                 "target_score": float(self.target_scores[i]),

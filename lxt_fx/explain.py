@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -15,9 +16,19 @@ from .composites.composite import Composite
 from .composites.registry import resolve_composite
 from .render.common import named_tokens
 from .rewrite import recording_places
-from .session import InputError, check_model, embed, input_embeddings, mask_like, rewritten_graph
-from .targets import Function, Target, TokenSpec, as_target
+from .session import (
+    InputError,
+    UnsupportedCallError,
+    check_model,
+    embed,
+    input_embeddings,
+    mask_like,
+    rewritten_graph,
+    unsupported_argument,
+)
+from .targets import Function, Target, TokenSpec, as_target, classifier_labels
 from .tracing.errors import LXTError
+from .tracing.modes import in_eval_mode
 from .tracing.offload import execution_device, is_dispatched
 from .tracing.spliced import graph_inputs, splices_images
 
@@ -123,9 +134,33 @@ def vocab_size(model: nn.Module) -> int:
 
 def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask: Tensor | None,
            vocab_size: int) -> tuple[Tensor, Tensor]:
-    """``(input_ids, attention_mask)``, right-padded, validated against the vocabulary."""
-    if isinstance(inputs, str):
+    """``(input_ids, attention_mask)``, right-padded, validated against the vocabulary. Text pairs carry
+    ``token_type_ids`` that these two do not: they are refused here (:func:`encode_text` keeps them)."""
+    ids, mask, extra = encode_text(inputs, tokenizer, attention_mask, vocab_size)
+    if extra and (_is_pair(inputs) or (isinstance(inputs, list) and any(_is_pair(t) for t in inputs))):
+        raise InputError(f"text pairs encode {sorted(extra)} besides the ids, which this function does not pass "
+                         "to the model: explain them with lxt_fx.explain(model, (text, text_pair), tokenizer=...), "
+                         "or pass the tokenizer's whole output as keyword arguments of the model call")
+    return ids, mask
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item)
+
+
+def encode_text(inputs: str | Sequence[str] | Sequence[tuple[str, str]] | tuple[str, str] | Tensor, tokenizer: Any,
+                attention_mask: Tensor | None, vocab_size: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """``(input_ids, attention_mask, other inputs)``, right-padded, validated against the vocabulary.
+
+    The tokenizer's convention: a str is one row, a tuple ``(text, text_pair)`` one pair-encoded row, a list a
+    batch (of texts or of pairs). The other inputs are what the tokenizer returns besides ids and mask
+    (``token_type_ids`` of a pair, padded with 0)."""
+    if isinstance(inputs, str) or _is_pair(inputs):
         inputs = [inputs]
+    extra: dict[str, Tensor] = {}
+    if isinstance(inputs, tuple) and all(isinstance(t, str) for t in inputs):
+        raise InputError(f"a tuple of {len(inputs)} texts: a tuple is one (text, text_pair) pair, as for the "
+                         "tokenizer; pass a list of texts for a batch")
     if isinstance(inputs, Tensor):
         if inputs.is_floating_point():
             raise InputError("input_ids must be integer token ids, got a float tensor (pass token ids)")
@@ -135,29 +170,74 @@ def encode(inputs: str | Sequence[str] | Tensor, tokenizer: Any, attention_mask:
                              f"ids.reshape(-1, ids.shape[-1]) if the extra dimensions are really rows")
         ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
         mask = mask_like(ids, attention_mask)
-    elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+    elif isinstance(inputs, list) and inputs and (all(isinstance(t, str) for t in inputs)
+                                                  or all(_is_pair(t) for t in inputs)):
         if tokenizer is None:
             raise InputError("text inputs need a tokenizer: explain(model, text, tokenizer=tokenizer)")
         if attention_mask is not None:
             raise InputError("attention_mask was given with text inputs, whose mask is built from the text: "
                              "drop attention_mask, or pass input_ids [batch, seq] together with their mask")
-        empty = [i for i, t in enumerate(inputs) if not t.strip()]
+        empty = [i for i, t in enumerate(inputs) if not all(p.strip() for p in ((t,) if isinstance(t, str) else t))]
         if empty:
             raise InputError(f"input text {empty} is empty: give at least one token of text")
-        rows = [tokenizer(t)["input_ids"] for t in inputs]
+        encoded = [tokenizer(t) if isinstance(t, str) else tokenizer(*t) for t in inputs]
+        rows = [e["input_ids"] for e in encoded]
         width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        types = [e.get("token_type_ids") if hasattr(e, "get") else None for e in encoded]
+        if all(t is not None and len(t) == len(r) for t, r in zip(types, rows, strict=True)):
+            extra["token_type_ids"] = torch.tensor([t + [0] * (width - len(t)) for t in types], dtype=torch.long)
     else:
-        raise InputError(f"inputs must be a str, a list of str or input_ids [batch, seq]; got {type(inputs).__name__}")
+        raise InputError(f"inputs must be a str, a (text, text_pair) tuple, a list of those or input_ids "
+                         f"[batch, seq]; got {type(inputs).__name__}")
     if ids.numel() == 0 or (mask.sum(-1) == 0).any():
         raise InputError("an input row has no tokens: give at least one token per row")
     if (ids < 0).any() or (ids >= vocab_size).any():
         bad = ids[(ids < 0) | (ids >= vocab_size)].unique().tolist()
         raise InputError(f"token id(s) {bad} outside the vocabulary of {vocab_size}: was the input encoded with "
                          "this model's tokenizer?")
-    return ids, mask.to(torch.long)
+    return ids, mask.to(torch.long), extra
+
+
+# The inputs explain builds itself from ``inputs``, ``attention_mask`` and ``decoder_inputs``.
+_OWN_INPUTS = {"input_ids": "inputs", "inputs_embeds": "inputs (the ids; relevance is read at their embeddings)",
+               "attention_mask": "attention_mask=", "decoder_inputs_embeds": "decoder_inputs=",
+               "decoder_attention_mask": "decoder_inputs= (its mask is built from it)"}
+
+
+def forward_inputs(model: nn.Module, given: dict[str, Any], batch: int, device: torch.device
+                   ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensor inputs, other inputs)`` of the model call from the keyword arguments ``given`` to explain
+    (``token_type_ids``, ``position_ids``, …): each must be an input ``model.forward`` takes, tensors have one
+    row per input row."""
+    if not given:
+        return {}, {}
+    own = sorted(k for k in given if k in _OWN_INPUTS)
+    if own:
+        raise InputError(f"{own} are built by explain itself: give them as {[_OWN_INPUTS[k] for k in own]}")
+    params = inspect.signature(type(model).forward).parameters
+    unknown = sorted(k for k in given if k not in params)
+    if unknown:
+        raise InputError(f"{unknown} are neither options of explain nor inputs of {type(model).__name__}.forward "
+                         f"(which takes {[p for p in params if p != 'self']})")
+    problem = unsupported_argument(model, given)
+    if problem is not None:
+        raise UnsupportedCallError(type(model).__name__, *problem)
+    tensors: dict[str, Tensor] = {}
+    static: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, Tensor):
+            if value.dim() == 0 or value.shape[0] != batch:
+                raise InputError(f"{name} has shape {tuple(value.shape)}; it needs one row per input row "
+                                 f"({batch})")
+            tensors[name] = value.to(device)
+        else:
+            static[name] = value
+    return tensors, static
 
 
 def last_positions(mask: Tensor) -> Tensor:
@@ -167,17 +247,24 @@ def last_positions(mask: Tensor) -> Tensor:
 
 
 @outside_inference_mode
+@in_eval_mode
 def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None, *, tokenizer: Any = None,
             target: Target | TokenSpec = None, composite: Composite | str | None = None,
             attention_mask: Tensor | None = None, decoder_inputs: str | Sequence[str] | Tensor | None = None,
             strict: bool = False, checkpoint: str | None = None,
             capture: Sequence[str] | None = None, processor: Any = None, images: Any = None,
-            audio: Any = None) -> Attribution:
+            audio: Any = None, position: int | Sequence[int] | Tensor | None = None,
+            **model_inputs: Any) -> Attribution:
     """Explain one scalar per row of ``model``'s output with one backward pass through the rewritten graph.
 
-    ``inputs``: a str, a list of str (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image
-    models ``pixel_values`` ``[batch, channels, H, W]`` (the same result as ``images=pixel_values``: pixel
-    relevance in ``relevance`` and ``pixel_relevance``, per patch in ``image_relevance``, no tokens).
+    ``inputs``: a str, a tuple ``(text, text_pair)`` (one pair-encoded row, as the tokenizer takes it), a list
+    of those (right-padded batch), ``input_ids`` ``[batch, seq]``, or for image models ``pixel_values``
+    ``[batch, channels, H, W]`` (the same result as ``images=pixel_values``: pixel
+    relevance in ``relevance`` and ``pixel_relevance``, per patch in ``image_relevance``, no tokens). Any other input of the model's forward (``token_type_ids``, ``position_ids``,
+    ``decoder_input_ids``, …) is passed as a keyword argument and reaches the model as given; a pair's
+    ``token_type_ids`` come from the tokenizer.
+    ``position``: the sequence position whose output is explained (an int, or one per row); default the last
+    real token, and for a masked LM the ``[MASK]`` token of each row.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
     classifier), an int id, a str that is one token, one of those per row (``["blue", "sat"]``, ids), or a
     :class:`~lxt_fx.targets.Target`
@@ -199,6 +286,10 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     composite = resolve_composite(composite, model)
     goal = as_target(target)
     device = model_device(model)
+    if "decoder_input_ids" in model_inputs:  # the model's own name for decoder_inputs (ids)
+        if decoder_inputs is not None:
+            raise InputError("both decoder_inputs= and decoder_input_ids= were given: give the decoder's ids once")
+        decoder_inputs = model_inputs.pop("decoder_input_ids")
     if images is not None and audio is None and inputs is None and not splices_images(model):
         # an image alone: the same explanation as explain(model, pixel_values), one shape of result
         pixels = modalities.pixels(images, processor)
@@ -208,7 +299,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
             raise InputError("capture=... is not supported with images= / audio= yet: drop capture")
         return explain_mixed(model, inputs, tokenizer=tokenizer, processor=processor, images=images, audio=audio,
                              goal=goal, composite=composite, attention_mask=attention_mask, strict=strict,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, decoder_inputs=decoder_inputs, position=position,
+                             model_inputs=model_inputs)
     if inputs is None:
         raise InputError("nothing to explain: pass inputs (text or ids), images=... or audio=...")
     if tokenizer is None and processor is not None:
@@ -217,8 +309,11 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         return _explain_image(model, inputs.to(device), goal, composite, strict, checkpoint, capture)
     embedding = input_embeddings(model)
     vocab = vocab_size(model)
-    ids, mask = encode(inputs, tokenizer, attention_mask, vocab)
+    ids, mask, made = encode_text(inputs, tokenizer, attention_mask, vocab)
     ids, mask = ids.to(device), mask.to(device)
+    takes = inspect.signature(type(model).forward).parameters
+    given, static = forward_inputs(model, {**{k: v for k, v in made.items() if k in takes}, **model_inputs},
+                                   ids.shape[0], device)
     config = getattr(model, "config", None)
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     if not seq2seq:
@@ -228,7 +323,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
 
     with torch.enable_grad():
         embeds = embed(embedding, ids, model).detach().requires_grad_(True)
-        tensors = {"inputs_embeds": embeds, "attention_mask": mask}
+        tensors = {"inputs_embeds": embeds, "attention_mask": mask, **given}
         explained_mask = mask
         dec_ids = dec_embeds = None
         if seq2seq:
@@ -236,16 +331,15 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
             dec_ids, explained_mask = dec_ids.to(device), dec_mask.to(device)
             dec_embeds = _decoder_embedding(model)(dec_ids).detach().requires_grad_(True)
             tensors.update(decoder_inputs_embeds=dec_embeds, decoder_attention_mask=explained_mask)
-        graph = rewritten_graph(model, composite, tensors, {}, strict)
+        graph = rewritten_graph(model, composite, tensors, static, strict)
         outputs, latent = _run(graph, tensors, checkpoint, capture)
-        scores, target_ids, positions = target_scores(model, outputs, goal, explained_mask, tokenizer)
+        scores, target_ids, positions = target_scores(model, outputs, goal, explained_mask, tokenizer,
+                                                      ids=ids if dec_ids is None else dec_ids, position=position)
         leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
         grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
     relevance = token_relevance(embeds, grads[0], mask)
-    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
-    target_tokens = None
-    if tokenizer is not None and (target_ids >= 0).all():
-        target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
+    tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
+    target_tokens = explained_names(model, outputs, target_ids, tokenizer)
     att = Attribution(relevance.cpu(), tokens, ids.cpu(), mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
@@ -253,7 +347,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     if dec_ids is not None:
         att.decoder_relevance = token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
-        att.decoder_tokens = [token_strings(row[: int(m.sum())], tokenizer)
+        att.decoder_tokens = [token_strings(row[m.bool()], tokenizer)
                               for row, m in zip(dec_ids, explained_mask, strict=True)]
     return att
 
@@ -329,6 +423,22 @@ def model_call(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = N
             for k, v in call.items()}
 
 
+def explained_names(model: nn.Module, outputs: dict[str, Tensor], target_ids: Tensor, tokenizer: Any
+                    ) -> list[str] | None:
+    """What each row explains, as text: a classifier's label names (``config.id2label``), else the target
+    tokens (None without a tokenizer, or for function targets)."""
+    if (target_ids < 0).any():
+        return None
+    logits = outputs.get("logits")
+    labels = None if logits is None or logits.dim() != 2 else classifier_labels(getattr(model, "config", None),
+                                                                                  logits.shape[-1])
+    names = labels if labels is not None else tokenizer
+    if names is None:
+        return None
+    ids = target_ids.tolist()
+    return named_tokens(names.convert_ids_to_tokens(ids), ids)
+
+
 def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture: Sequence[str] | None
          ) -> tuple[dict[str, Tensor], Any]:
     """Run the rewritten graph, through the latent-relevance pass when ``capture`` names nodes."""
@@ -340,9 +450,12 @@ def _run(graph: Any, tensors: dict[str, Tensor], checkpoint: str | None, capture
     return latent(tensors), latent
 
 
-def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Tensor, tokenizer: Any
-            ) -> tuple[Tensor, Tensor, Tensor]:
-    """(explained scalar per row, target id per row, explained position per row)."""
+def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, mask: Tensor, tokenizer: Any,
+                  ids: Tensor | None = None, position: int | Sequence[int] | Tensor | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """(explained scalar per row, target id per row, explained position per row). ``position``: see
+    :func:`explained_positions` (``ids``: the rows' token ids, to find a masked LM's ``[MASK]``). A
+    classifier's str target names one of its labels (``config.id2label``)."""
     batch = mask.shape[0]
     positions = torch.full((batch,), -1, dtype=torch.long, device=mask.device)
     if isinstance(goal, Function):
@@ -356,10 +469,54 @@ def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, ma
         raise InputError(f"{type(model).__name__} returns no logits ({list(outputs)}): explain a "
                          "function of its outputs with target=lxt_fx.targets.Function(fn)")
     if logits.dim() == 3:
-        positions = last_positions(mask)
+        positions = explained_positions(model, mask, ids, tokenizer, position)
         logits = logits[torch.arange(batch, device=mask.device), positions]
+    else:
+        if position is not None:
+            raise InputError(f"{type(model).__name__} gives one output per row, not one per position: drop "
+                             "position=")
+        tokenizer = classifier_labels(getattr(model, "config", None), logits.shape[-1]) or tokenizer
     target_ids = goal.ids(logits.detach(), tokenizer)
     return goal.score(logits, target_ids, tokenizer), target_ids, positions
+
+
+def masked_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a masked language model (``*ForMaskedLM``): it predicts the token at a mask."""
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def explained_positions(model: nn.Module, mask: Tensor, ids: Tensor | None, tokenizer: Any,
+                        position: int | Sequence[int] | Tensor | None) -> Tensor:
+    """The sequence position explained in each row: ``position`` (an int for every row, or one per row) when
+    given, else the ``[MASK]`` token of each row for a masked LM, else the last real token."""
+    batch, width = mask.shape
+    if position is not None:
+        if isinstance(position, (bool, str)) or not isinstance(position, (int, Sequence, Tensor)):
+            raise InputError(f"position={position!r}: give an int or one int per row")
+        pos = torch.as_tensor(position, dtype=torch.long).flatten().to(mask.device)
+        if pos.numel() == 1:
+            pos = pos.expand(batch)
+        if pos.numel() != batch:
+            raise InputError(f"position= gives {pos.numel()} positions for {batch} rows: give one int, or one per row")
+        bad = [(r, int(p)) for r, p in enumerate(pos.tolist()) if not 0 <= p < width or not mask[r, p]]
+        if bad:
+            raise InputError(f"position(s) (row, position) {bad} are not tokens of their rows (each row has "
+                             f"positions 0..{width - 1}, padding left out): give the index of a real token")
+        return pos
+    if not masked_lm(model):
+        return last_positions(mask)
+    mask_id = getattr(tokenizer, "mask_token_id", None)
+    if mask_id is None or ids is None:
+        raise InputError(f"{type(model).__name__} predicts the token at a mask: pass tokenizer=... (to find its "
+                         "mask token) or position=... (the index to explain)")
+    found = (ids == mask_id) & mask.bool()
+    counts = found.sum(-1).tolist()
+    wrong = [r for r, c in enumerate(counts) if c != 1]
+    if wrong:
+        raise InputError(f"{type(model).__name__} predicts the token at a mask, but row(s) {wrong} hold "
+                         f"{[counts[r] for r in wrong]} {tokenizer.mask_token} tokens: put exactly one "
+                         f"{tokenizer.mask_token} in each row, or say which index to explain with position=...")
+    return found.to(torch.long).argmax(-1)
 
 
 def token_relevance(embeds: Tensor, grad: Tensor | None, mask: Tensor) -> Tensor:
@@ -440,9 +597,13 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
 
 def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None, *, tokenizer: Any,
                   processor: Any, images: Any, audio: Any, goal: Target, composite: Composite,
-                  attention_mask: Tensor | None, strict: bool, checkpoint: str | None = None) -> Attribution:
+                  attention_mask: Tensor | None, strict: bool, checkpoint: str | None = None,
+                  decoder_inputs: str | Sequence[str] | Tensor | None = None,
+                  position: int | Sequence[int] | Tensor | None = None,
+                  model_inputs: dict[str, Any] | None = None) -> Attribution:
     """Explain one scalar per row from text with ``images`` (pixel_values) and/or ``audio``
-    (input_features / input_values) in one backward pass; see :func:`lxt_fx.explain`."""
+    (input_features / input_values) in one backward pass; see :func:`lxt_fx.explain`. A speech-to-text model's
+    text is its decoder's: ``decoder_inputs`` (or ``inputs``; default its start token alone)."""
     tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
     device = model_device(model)
     config = getattr(model, "config", None)
@@ -461,10 +622,16 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         tensors[audio_key] = features.to(device, next(model.parameters()).dtype)
     text_key = mask_key = None
     ids = mask = None
+    if decoder_inputs is not None and not seq2seq:
+        raise InputError(f"{type(model).__name__} is not an encoder-decoder model: drop decoder_inputs")
     if seq2seq:  # speech-to-text: the text is the decoder's (default: its start token alone)
+        if inputs is not None and decoder_inputs is not None:
+            raise InputError(f"{type(model).__name__}'s text is its decoder's: give it once, as decoder_inputs= "
+                             "(or as inputs), not both")
         vocab = getattr(_decoder_embedding(model), "num_embeddings", None) or config.vocab_size
         batch = next(iter(tensors.values())).shape[0]
-        ids, mask = _decoder_ids(model, inputs, tokenizer, batch, vocab)
+        ids, mask = _decoder_ids(model, decoder_inputs if decoder_inputs is not None else inputs, tokenizer, batch,
+                                 vocab)
         text_key, mask_key, embedding = "decoder_inputs_embeds", "decoder_attention_mask", _decoder_embedding(model)
     elif inputs is not None:
         text_key = "inputs_embeds" if modalities.names(model, "inputs_embeds") else None
@@ -475,6 +642,9 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
             tensors["input_ids"] = ids.to(device)  # a dual encoder's text tower reads the ids themselves
     if mask_key is not None:
         tensors[mask_key] = mask.to(device)
+    batch_of = ids.shape[0] if ids is not None else next(iter(tensors.values())).shape[0]
+    given, given_static = forward_inputs(model, dict(model_inputs or {}), batch_of, device)
+    tensors.update(given)
     if spliced and text_key is None:
         raise InputError(f"{type(model).__name__} splices image features into its text: pass the text (with its "
                          "image tokens) as inputs, e.g. the processor's input_ids")
@@ -485,7 +655,7 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         if text_key is not None:
             leaves[text_key] = embedding(ids.to(device)).detach().requires_grad_(True)
         call: dict[str, Any] = {**tensors, **leaves}
-        static: dict[str, Any] = {}
+        static: dict[str, Any] = dict(given_static)
         if spliced:  # M-RoPE positions from the ids, the image grid as a constant (see tracing.spliced)
             call, static = graph_inputs(model, ids.to(device), call | ({} if grid is None else {"image_grid_thw": grid}),
                                         static)
@@ -499,7 +669,8 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         place_values = seen.get("inputs_embeds", []) if places else []
         explained = mask.to(device) if mask is not None else torch.ones(
             next(iter(leaves.values())).shape[0], 1, dtype=torch.long, device=device)
-        scores, target_ids, positions = target_scores(model, outputs, goal, explained, tokenizer)
+        scores, target_ids, positions = target_scores(model, outputs, goal, explained, tokenizer,
+                                                      ids=None if ids is None else ids.to(device), position=position)
         names = list(leaves)
         got = torch.autograd.grad(scores.sum(), [leaves[n] for n in names] + place_values, allow_unused=True)
         grads = dict(zip(names, got[:len(names)], strict=True))
@@ -512,10 +683,8 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     else:
         relevance = torch.zeros(batch, 0 if ids is None else ids.shape[1])
     tokens = [[] for _ in range(batch)] if ids is None else \
-        [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids, mask, strict=True)]
-    target_tokens = None
-    if tokenizer is not None and (target_ids >= 0).all():
-        target_tokens = tokenizer.convert_ids_to_tokens(target_ids.tolist())
+        [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
+    target_tokens = explained_names(model, outputs, target_ids, tokenizer)
     att = Attribution(relevance, tokens, torch.zeros(batch, 0, dtype=torch.long) if ids is None else ids.cpu(),
                       torch.zeros(batch, 0, dtype=torch.long) if mask is None else mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens)

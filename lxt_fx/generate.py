@@ -22,6 +22,7 @@ from .composites.composite import Composite
 from .explain import InputError, explain
 from .render.common import decoded_text, named_tokens
 from .targets import Function
+from .tracing.modes import in_eval_mode
 
 
 @dataclass
@@ -125,6 +126,7 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
     return [int(i) for i in tokenizer(prompt)["input_ids"]]
 
 
+@in_eval_mode
 def generate_and_explain(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, *,
                          per_token: bool = False, chat: bool = False, composite: Composite | str | None = None,
                          on_token: Callable[[int], None] | None = None) -> Generation:

@@ -33,6 +33,7 @@ from .render.common import decoded_text, named_tokens
 from .rewrite import RewriteReport
 from .session import check_model, input_embeddings, rewritten_graph
 from .tracing.errors import LXTError
+from .tracing.modes import in_eval_mode
 
 
 @dataclass
@@ -128,6 +129,7 @@ class GenerationAttribution:
         save_matrix_png(self, path, **options)
 
 
+@in_eval_mode
 def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor | Sequence[str | Sequence[int]], *,
                        tokenizer: Any, max_new_tokens: int, chat: bool = False,
                        composite: Composite | str | None = None, seeds_per_pass: int | None = None,
@@ -182,6 +184,7 @@ def explain_generation(model: nn.Module, prompt: str | Sequence[int] | Tensor | 
                                 seeds_per_pass=seeds_per_pass, strict=strict)
 
 
+@in_eval_mode
 def explain_continuation(model: nn.Module, prompt_ids: Sequence[int], continuation_ids: Sequence[int], *,
                          tokenizer: Any = None, composite: Composite | str | None = None, seeds_per_pass: int | None = None,
                          strict: bool = False) -> GenerationAttribution:

@@ -27,14 +27,7 @@ def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
     if token is None:
         return logits.argmax(-1)
     if isinstance(token, str):
-        if tokenizer is None:
-            raise TargetError(f"target {token!r} is a string: pass tokenizer=... to explain, or give the id")
-        pieces = tokenizer.encode(token, add_special_tokens=False)
-        if len(pieces) != 1:
-            names = tokenizer.convert_ids_to_tokens(pieces)
-            raise TargetError(f"target {token!r} is {len(pieces)} tokens {names} (ids {pieces}), not one: "
-                              "pick one of those pieces (e.g. the first) or pass its id")
-        ids = torch.full((batch,), pieces[0], dtype=torch.long)
+        ids = torch.full((batch,), single_token_id(token, tokenizer), dtype=torch.long)
     elif isinstance(token, int):
         ids = torch.full((batch,), token, dtype=torch.long)
     elif isinstance(token, (list, tuple)) and any(isinstance(t, str) for t in token):
@@ -50,6 +43,55 @@ def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
     if (ids < 0).any() or (ids >= vocab).any():
         raise TargetError(f"target id(s) {ids.tolist()} outside the {vocab} outputs of the model")
     return ids
+
+
+def single_token_id(token: str, tokenizer: Any) -> int:
+    """The id of ``token``, a str that ``tokenizer`` encodes as exactly one token of its vocabulary;
+    :class:`TargetError` for several tokens, or for a word the vocabulary does not hold (encoded as the unknown
+    token)."""
+    if tokenizer is None:
+        raise TargetError(f"target {token!r} is a string: pass tokenizer=... to explain, or give the id")
+    pieces = tokenizer.encode(token, add_special_tokens=False)
+    if len(pieces) != 1:
+        names = tokenizer.convert_ids_to_tokens(pieces)
+        raise TargetError(f"target {token!r} is {len(pieces)} tokens {names} (ids {pieces}), not one: "
+                          "pick one of those pieces (e.g. the first) or pass its id")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and pieces[0] == unk and token.strip() != getattr(tokenizer, "unk_token", None):
+        raise TargetError(f"target {token!r} is not in the vocabulary: the tokenizer encodes it as its unknown "
+                          f"token {tokenizer.unk_token!r} (id {unk}), which would be explained instead; give a "
+                          "word of the vocabulary (or its id)")
+    return int(pieces[0])
+
+
+class LabelNames:
+    """A classifier's labels (``config.id2label``) in the place of a tokenizer: a str target names a label,
+    by its name or as ``"LABEL_<i>"``; ids read back as label names."""
+
+    def __init__(self, id2label: dict[Any, str]) -> None:
+        self.id2label = {int(k): str(v) for k, v in id2label.items()}
+        self.label2id = {v: k for k, v in self.id2label.items()}
+        self.unk_token_id = None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if text in self.label2id:
+            return [self.label2id[text]]
+        if text.startswith("LABEL_") and text[6:].isdigit() and int(text[6:]) in self.id2label:
+            return [int(text[6:])]
+        raise TargetError(f"target {text!r} is not a label of this classifier: its labels are "
+                          f"{[self.id2label[i] for i in sorted(self.id2label)]} (or LABEL_0 … "
+                          f"LABEL_{len(self.id2label) - 1}, or the class id as an int)")
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.id2label.get(int(i), f"LABEL_{int(i)}") for i in ids]
+
+
+def classifier_labels(config: Any, outputs: int) -> LabelNames | None:
+    """The labels of a classifier with ``outputs`` classes (``config.id2label``, when it names every class)."""
+    id2label = getattr(config, "id2label", None)
+    if not isinstance(id2label, dict) or len(id2label) != outputs:
+        return None
+    return LabelNames(id2label)
 
 
 class Target:

@@ -112,6 +112,12 @@ def test_target_that_is_not_one_token(tiny: Path) -> None:
     assert "not one" in line
 
 
+def test_target_outside_the_vocabulary(tiny: Path) -> None:
+    """A word the word-level vocabulary does not hold is refused by name, not explained as [UNK]."""
+    one_line_error(lxt_fx("explain", "--model", str(tiny), "--prompt", "the capital of france is",
+                          "--target", "berlin"), "'berlin' is not in the vocabulary")
+
+
 # ---- in process (same code path, cheaper) ------------------------------------------------------------------
 
 

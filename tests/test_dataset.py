@@ -164,3 +164,59 @@ def test_cli_target_invalid_for_every_row_exits_non_zero(tiny, tmp_path, capsys)
     assert "none of the 3 rows" in err and "'sky blue' is 2 tokens" in err
     index = [json.loads(line) for line in (tmp_path / "out" / INDEX).read_text().splitlines()]
     assert len(index) == 3 and all("2 tokens" in r["error"] for r in index)  # the reason is recorded per row too
+
+
+def test_a_resumed_run_is_keyed_by_composite_weights_and_version(loaded, tmp_path) -> None:
+    """Every thing that changes a row's result keys the run: another composite or other weights of the same class
+    are refused by name instead of keeping the earlier run's shards; the same ones resume."""
+    import copy
+
+    model, tok = loaded
+    data, out = tmp_path / "rows.jsonl", tmp_path / "out"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in GOOD[:3]) + "\n")
+    attribute(model, tok, data, out, progress=False)
+    with pytest.raises(DatasetError, match="composite"):
+        attribute(model, tok, data, out, composite=lxt_fx.cp_lrp, progress=False)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.5)
+    with pytest.raises(DatasetError, match="weights_sha256"):
+        attribute(other, tok, data, out, progress=False)
+    again = attribute(copy.deepcopy(model), tok, data, out, progress=False)  # equal weights, another object
+    assert (again.explained, again.resumed) == (0, 3)
+    fresh = attribute(model, tok, data, tmp_path / "cp", composite=lxt_fx.cp_lrp, progress=False)
+    assert fresh.explained == 3
+    index = [json.loads(line) for line in (tmp_path / "cp" / INDEX).read_text().splitlines()]
+    for record, text in zip(index, GOOD[:3], strict=True):
+        alone = lxt_fx.explain(model, text, tokenizer=tok, composite=lxt_fx.cp_lrp)
+        torch.testing.assert_close(load_relevance(tmp_path / "cp", record), alone.relevance[0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_weights_digest_is_computed_once_per_checkpoint(tiny, loaded, monkeypatch, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lxt_fx.dataset import weights
+
+    monkeypatch.setenv("LXT_FX_CACHE", str(tmp_path / "cache"))
+    model, _ = loaded
+    first = weights.weights_digest(model, tiny)  # computed, stored for the checkpoint folder
+    calls = []
+    real = weights._hash
+    monkeypatch.setattr(weights, "_hash", lambda tensors: calls.append(1) or real(tensors))
+    assert weights.weights_digest(model, tiny) == first and not calls  # cached in the process
+    reloaded = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    assert weights.weights_digest(reloaded, tiny) == first and not calls  # cached on disk for the checkpoint
+    third = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    assert weights.weights_digest(third) == first and calls == [1]  # without the folder: computed, the same
+    with torch.no_grad():
+        third.lm_head.weight.add_(1.0)
+    assert weights.weights_digest(third) != first and calls == [1, 1]  # a weight changed in place: anew
+
+
+def test_a_row_target_outside_the_vocabulary_is_a_bad_row(loaded, tmp_path) -> None:
+    model, tok = loaded
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"text": "the sky is", "target": "berlin"}) + "\n")
+    attribute(model, tok, data, tmp_path / "out", progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / INDEX).read_text().splitlines()]
+    assert "not in the vocabulary" in record["error"] and record["shard"] is None

@@ -151,8 +151,9 @@ def run_explain(model: torch.nn.Module, case: str, composite: Composite | None =
     ids, mask = text_inputs()
     target = lxt_fx.targets.Function(pooled_score) if case == "bert-model" else None
     decoder = DECODER_IDS if case.startswith("t5") else None
+    position = mask.sum(-1) - 1 if case == "bert-mlm" else None  # no [MASK] in random ids: the last token
     return lxt_fx.explain(model, ids, attention_mask=mask, target=target, decoder_inputs=decoder,
-                          composite=composite, strict=True)
+                          composite=composite, strict=True, position=position)
 
 
 def reference(model: torch.nn.Module, case: str, att: lxt_fx.Attribution, composite: Composite,

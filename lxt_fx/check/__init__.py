@@ -54,6 +54,7 @@ from ..taps import (
 from ..targets import Function, Target, TokenSpec, as_target
 from ..tracing import accepts_kwarg
 from ..tracing.meta import block_index, module_path
+from ..tracing.modes import in_eval_mode
 from .conservation import (
     Conservation,
     MagnitudeRecorder,
@@ -74,6 +75,7 @@ __all__ = ["CheckReport", "LatentPass", "check", "latent_pass"]
 
 
 @outside_inference_mode
+@in_eval_mode
 def check(model: nn.Module, inputs: str | Sequence[str] | Tensor | Mapping[str, Any] | None = None, *,
           composite: Composite | str | None = None, target: Target | TokenSpec = None, tokenizer: Any = None,
           attention_mask: Tensor | None = None, zero_bias: bool = True, processor: Any = None, images: Any = None,

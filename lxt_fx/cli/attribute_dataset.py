@@ -58,7 +58,8 @@ def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Consol
     try:
         summary = attribute(model, tokenizer, args.data, args.out, target=target, batch_size=args.batch_size,
                             shard_size=args.shard_size, max_length=args.max_length,
-                            composite=_composite(args.composite), progress=rank == 0)
+                            composite=_composite(args.composite), progress=rank == 0,
+                            checkpoint=getattr(model, "name_or_path", None))
     except DatasetError as exc:
         raise CLIError(str(exc), "see 'lxt-fx attribute-dataset --help'") from exc
     except LXTError as exc:

@@ -13,8 +13,10 @@ row once and each finished row never again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..composites.registry import for_model
 from ..explain import explain
+from ..targets import TargetError, single_token_id
 from ..tracing.errors import LXTError
 from . import shards
 from .rows import DatasetError, Row, read_rows
+from .weights import weights_digest
 
 
 @dataclass
@@ -101,29 +106,48 @@ def _target_id(row: Row, default: int | str | None, tokenizer: Any) -> tuple[int
         return target, None
     if target.strip().isdigit() and row.target is None:
         return int(target), None
-    pieces = tokenizer.encode(target, add_special_tokens=False)
-    if len(pieces) != 1:
-        return None, f"target {target!r} is {len(pieces)} tokens, not one"
-    return pieces[0], None
+    try:
+        return single_token_id(target, tokenizer), None
+    except TargetError as exc:  # several tokens, or a word outside the vocabulary: a bad row, said why
+        return None, str(exc).split(":")[0]
+
+
+def _composite_key(model: nn.Module, composite: Any) -> dict[str, Any]:
+    """The composite a run explains with, by name and by a digest of its rules (patterns and parameters)."""
+    composite = for_model(model) if composite is None else composite
+    if isinstance(composite, str):  # a registered name: its rules are fixed by the lxt-fx version
+        return {"composite": composite, "composite_rules": None}
+    rules = hashlib.sha256(repr(composite.describe()).encode()).hexdigest()
+    return {"composite": composite.name, "composite_rules": rules}
+
+
+def _version() -> str:
+    """The lxt-fx version (of the package this module belongs to, imported before it)."""
+    return str(sys.modules[__name__.split(".")[0]].__version__)
 
 
 def attribute(model: nn.Module, tokenizer: Any, data: str | os.PathLike[str], out: str | os.PathLike[str], *,
               target: int | str | None = None, batch_size: int = 8, shard_size: int = 64,
               max_length: int | None = None, composite: Any = None, progress: bool = True,
-              on_shard: Callable[[Path], None] | None = None) -> Summary:
+              on_shard: Callable[[Path], None] | None = None,
+              checkpoint: str | os.PathLike[str] | None = None) -> Summary:
     """Explain every row of the JSONL file ``data`` with AttnLRP and write safetensors shards of relevance and
     ``index.jsonl`` into ``out`` (see the module docstring; one record per row: ``id``, ``position``, ``tokens``,
     ``target`` id, ``target_token``, ``score``, ``shard``, ``offset``, ``length``, or ``error`` for a bad row).
 
     ``target``: default next token to explain (a token string or id; None: the argmax); a row's own ``target``
     wins. ``max_length``: rows with more tokens are bad rows (default the model's ``max_position_embeddings``).
-    A folder from an earlier run with the same data and options is resumed. Returns a :class:`Summary`.
+    A folder from an earlier run is resumed when everything that changes a row's result is the same: the data,
+    the composite and its rules, a digest of all the weights (:func:`~lxt_fx.dataset.weights.weights_digest`;
+    ``checkpoint``: the local folder the model was just loaded from, to cache it on disk), the target, the
+    length limit and the lxt-fx version; anything else is a :class:`DatasetError` naming what differs.
+    Returns a :class:`Summary`.
     """
     param = next(model.parameters(), None)
     rank, world, created = _group(param.device if param is not None else torch.device("cpu"))
     try:
         return _attribute(model, tokenizer, Path(data), Path(out), target, batch_size, shard_size, max_length,
-                          composite, progress, on_shard, rank, world)
+                          composite, progress, on_shard, rank, world, checkpoint)
     finally:
         if created:
             import torch.distributed as dist
@@ -133,7 +157,8 @@ def attribute(model: nn.Module, tokenizer: Any, data: str | os.PathLike[str], ou
 
 def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: Any, batch_size: int,
                shard_size: int, max_length: int | None, composite: Any, progress: bool,
-               on_shard: Callable[[Path], None] | None, rank: int, world: int) -> Summary:
+               on_shard: Callable[[Path], None] | None, rank: int, world: int,
+               checkpoint: str | os.PathLike[str] | None = None) -> Summary:
     if batch_size < 1 or shard_size < 1:
         raise DatasetError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be at least 1")
     start = time.perf_counter()
@@ -145,7 +170,9 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
         except OSError as exc:
             raise DatasetError(f"output folder {str(out)!r} cannot be made: {exc.strerror or exc}") from exc
         shards.check_manifest(out, {"data_sha256": digest, "rows": len(rows), "target": target,
-                                    "max_length": limit, "model": type(model).__name__})
+                                    "max_length": limit, "model": type(model).__name__,
+                                    "weights_sha256": weights_digest(model, checkpoint),
+                                    "lxt_fx_version": _version(), **_composite_key(model, composite)})
         shards.remove_partial(out)
     _barrier(world)
     finished = {r["position"] for r in shards.done_rows(out)}

@@ -121,6 +121,11 @@ def write_index(folder: Path, total: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:17] + "…"
+
+
 def check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Write the run's manifest (data digest, options), or check that a resumed folder was made by the same
     run: another data file or other options would mix two runs' rows (:class:`DatasetError`)."""
@@ -132,8 +137,9 @@ def check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
             raise DatasetError(f"{path} cannot be read ({exc}): use a new --out folder") from exc
         if old != manifest:
             diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            raise DatasetError(f"{folder} holds a run with other {', '.join(diff)}: resume it with the same data "
-                               "and options, or give a new --out folder")
+            said = ", ".join(f"{k} ({_short(old.get(k))} there, {_short(manifest.get(k))} now)" for k in diff)
+            raise DatasetError(f"{folder} holds a run with other {said}: resume it with the same data, model "
+                               "weights and options (--composite, --target, --max-length), or give a new --out folder")
         return
     fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".tmp", dir=folder)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tracing.errors import LXTError
+from ..tracing.modes import in_eval_mode
 from .perturbation import model_scores, row_generator, takes_kwarg
 
 
@@ -265,6 +266,7 @@ def register(name: str, fn: Callable[..., Tensor], description: str = "", option
     METHODS[name.lower()] = Entry(fn, tuple(options), description or name)
 
 
+@in_eval_mode
 def attribute_many(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, target_ids: Tensor,
                    positions: Tensor, methods: Sequence[str], *, options: Mapping[str, Any] | None = None,
                    timings: dict[str, float] | None = None) -> dict[str, Tensor]:

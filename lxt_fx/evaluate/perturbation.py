@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tracing.errors import LXTError
+from ..tracing.modes import in_eval_mode
 
 Order = Literal["morf", "lerf", "random"]
 ScoreKind = Literal["logit", "prob", "logprob"]
@@ -247,6 +248,7 @@ def _check(input_ids: Tensor, attention_mask: Tensor, target_ids: Tensor, positi
         raise EvaluationError(f"steps must be ≥ 1, got {steps}")
 
 
+@in_eval_mode
 def compare(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, target_ids: Tensor, positions: Tensor,
             relevances: Mapping[str, Tensor], *, steps: int = 20, orders: Sequence[str] = ("morf", "lerf"),
             perturbation: str | int = "zero", tokenizer: Any = None, score: str = "logit",
@@ -290,6 +292,7 @@ def compare(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, target_
     return result
 
 
+@in_eval_mode
 def perturbation_curves(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, relevance: Tensor,
                         target_ids: Tensor, positions: Tensor, *, steps: int = 20,
                         orders: Sequence[str] = ("morf", "lerf", "random"), perturbation: str | int = "zero",

@@ -29,6 +29,7 @@ from ..render.common import named_tokens
 from ..session import Rewritten, check_model, input_embeddings, rewritten_graph
 from ..taps import fresh_rewritten, resolve
 from ..targets import as_target
+from ..tracing.modes import in_eval_mode
 from .places import PlaceError
 
 __all__ = ["Grip", "conditional", "masked_graph"]
@@ -91,6 +92,7 @@ def _concepts(neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, channel
     return masks
 
 
+@in_eval_mode
 def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: str,
                 neurons: Sequence[int] | Sequence[Sequence[int]] | Tensor, target: Any = None,
                 composite: Any = None, attention_mask: Tensor | None = None, processor: Any = None) -> Attribution:
@@ -140,7 +142,7 @@ def conditional(model: nn.Module, inputs: Any, *, tokenizer: Any = None, place: 
         (grad,) = torch.autograd.grad(held, [embeds], grad_outputs=g, allow_unused=True)
         at_place = (held.detach().float() * g.float()).reshape(rows, -1, g.shape[-1])
     relevance = token_relevance(embeds, grad, mask_all)
-    tokens = [token_strings(row[: int(m.sum())], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
+    tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids_all, mask_all, strict=True)]
     target_tokens = None
     if tokenizer is not None and (target_ids >= 0).all():
         target_tokens = named_tokens(tokenizer.convert_ids_to_tokens(target_ids.tolist()), target_ids.tolist())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .. import modalities
 from ..explain import explain
+from ..tracing.modes import in_eval_mode
 from .places import PlaceError, attention_places, graph_for
 
 __all__ = ["head_relevance", "heads"]
@@ -22,6 +23,7 @@ def head_relevance(relevance: Tensor, heads: int, batch: int) -> Tensor:
     return r.reshape(batch, r.shape[1], heads, -1).sum((1, 3))
 
 
+@in_eval_mode
 def heads(model: nn.Module, inputs: Any = None, *, tokenizer: Any = None, target: Any = None,
           composite: Any = None, attention_mask: Tensor | None = None, images: Any = None,
           processor: Any = None) -> Tensor:

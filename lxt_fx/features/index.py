@@ -31,6 +31,7 @@ from ..explain import explain
 from ..render.common import named_tokens
 from ..targets import Function
 from ..tracing.errors import LXTError
+from ..tracing.modes import in_eval_mode
 from .places import INPUT_SUFFIX, PlaceError, module_at
 
 __all__ = ["FeatureIndex", "IndexMismatchError", "Snippet", "build_index"]
@@ -101,6 +102,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+@in_eval_mode
 def build_index(model: nn.Module, tokenizer: Any, place: str, out: str | os.PathLike[str],
                 texts: Sequence[str | Sequence[int]] | None = None, *, length: int = 32, chunk_size: int = 8,
                 top: int = 8, progress: bool = True, model_name: str = "",

@@ -23,6 +23,7 @@ from ..explain import model_call
 from ..session import Rewritten, check_model, rewritten_graph, split_inputs
 from ..taps import INPUT_SUFFIX, CaptureNameError, original_call, resolve
 from ..tracing.errors import LXTError
+from ..tracing.modes import in_eval_mode
 
 __all__ = ["INPUT_SUFFIX", "AttentionPlace", "PlaceError", "attention_places", "graph_for", "module_at",
            "resolve_places"]
@@ -33,6 +34,7 @@ class PlaceError(LXTError, ValueError):
     that hold its channels), or a neuron index outside the place."""
 
 
+@in_eval_mode
 def graph_for(model: nn.Module, inputs: Any = None, tokenizer: Any = None, composite: Any = None, *,
               attention_mask: Tensor | None = None, images: Any = None, audio: Any = None,
               processor: Any = None) -> Rewritten:

@@ -235,9 +235,9 @@ def _row_values(attribution: Attribution, row: int, decoder: bool) -> tuple[list
         values = attribution.decoder_relevance[row, :n].tolist()
         ids = attribution.decoder_input_ids[row, :n].tolist() if attribution.decoder_input_ids is not None else []
         return named_tokens(tokens, ids), values, ids
-    n = int(attribution.attention_mask[row].sum())
-    ids = attribution.input_ids[row, :n].tolist()
-    return named_tokens(attribution.tokens[row][:n], ids), attribution.relevance[row, :n].tolist(), ids
+    keep = attribution.attention_mask[row].bool()  # the real tokens: left / right padding and holes left out
+    ids = attribution.input_ids[row][keep].tolist()
+    return named_tokens(attribution.tokens[row], ids), attribution.relevance[row][keep].tolist(), ids
 
 
 def unknown_id(token_id: int | str) -> str:
@@ -270,6 +270,14 @@ def decoded_text(tokenizer: Any, ids: Sequence[int]) -> str:
     return "".join(parts)
 
 
+def check_labels(attribution: Attribution, labels: Sequence[str] | None) -> None:
+    """:class:`RenderError` unless ``labels`` is None or one label per row of ``attribution``."""
+    if labels is not None and (isinstance(labels, str) or len(labels) != len(attribution)):
+        got = "one str" if isinstance(labels, str) else f"{len(labels)}"
+        raise RenderError(f"labels= gives {got} label(s) for {len(attribution)} row(s): give one label per row "
+                          "(a list of str), or leave labels out for the explained tokens")
+
+
 def rows(attribution: Attribution, *, tokenizer: Any = None, skip_first: bool = False,
          labels: Sequence[str] | None = None, mark_from: Sequence[int | None] | int | None = None) -> list[Row]:
     """Every row of a token attribution, normalized to [-1, 1] by its max|R| (see the module doc).
@@ -278,6 +286,10 @@ def rows(attribution: Attribution, *, tokenizer: Any = None, skip_first: bool = 
     ``mark_from``: the index from which tokens are marked (e.g. generated tokens), one per row or one for all.
     """
     require_tokens(attribution, "this renderer")
+    check_labels(attribution, labels)
+    if isinstance(mark_from, Sequence) and len(mark_from) != len(attribution):
+        raise RenderError(f"mark_from= gives {len(mark_from)} value(s) for {len(attribution)} row(s): give one "
+                          "per row, or one int for all")
     out = []
     for r in range(len(attribution)):
         parts = [("", *_row_values(attribution, r, False))]

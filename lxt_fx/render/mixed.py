@@ -43,20 +43,20 @@ def modality_maps(attribution: Attribution, row: int = 0) -> ModalityMaps:
                           "audio=..., or use show / to_html / save_png for token relevance")
     if not 0 <= row < len(attribution.target_scores):
         raise RenderError(f"row {row} does not exist: the attribution has {len(attribution.target_scores)} row(s)")
-    n = int(attribution.attention_mask[row].sum()) if attribution.attention_mask.numel() else 0
-    values = attribution.relevance[row, :n].float() if n else torch.zeros(0)
+    keep = attribution.attention_mask[row].bool() if attribution.attention_mask.numel() else None
+    values = attribution.relevance[row][keep].float() if keep is not None and keep.any() else torch.zeros(0)
     patches = None if attribution.image_relevance is None else attribution.image_relevance[row].float()
     frames = None if attribution.audio_relevance is None else attribution.audio_relevance[row].float()
     every = [t.abs().max() for t in (values, patches, frames) if t is not None and t.numel()]
     scale = float(max(every)) if every else 0.0
     div = scale if scale > 0 else 1.0
-    totals = {"text": float(values.sum())} if n else {}
+    totals = {"text": float(values.sum())} if values.numel() else {}
     if patches is not None:
         totals["image"] = float(patches.sum())
     if frames is not None:
         totals["audio"] = float(frames.sum())
     tokens = [(token_text(t), max(-1.0, min(1.0, float(v) / div)))
-              for t, v in zip(attribution.tokens[row][:n], values.tolist(), strict=True)]
+              for t, v in zip(attribution.tokens[row], values.tolist(), strict=True)]
     return ModalityMaps(tokens, None if patches is None else (patches / div).clamp(-1, 1),
                         None if frames is None else (frames / div).clamp(-1, 1), scale, totals)
 

@@ -32,8 +32,14 @@ def matplotlib_parts() -> dict[str, Any]:
 
 
 def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
+    """Write ``fig`` as PNG to exactly ``path`` (no suffix added); a suffix other than ``.png`` is a
+    :class:`RenderError`, since the file would not be what its name says."""
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix and suffix.lower() != ".png":
+        raise RenderError(f"{os.fspath(path)!r} ends in {suffix!r}, but this writes a PNG: give a path ending in "
+                          "'.png' (or without a suffix, written as given)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")
 
 
 def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenizer: Any = None,

@@ -14,6 +14,7 @@ from rich.text import Text
 from .common import (
     NO_TOKENS,
     Row,
+    check_labels,
     has_maps,
     has_tokens,
     is_image,
@@ -124,6 +125,7 @@ def renderable(attribution: Attribution, *, tokenizer: Any = None, skip_first: b
                labels: Sequence[str] | None = None, mark_from: Sequence[int | None] | int | None = None,
                score_label: str = "logit", k: int = 5, top: bool = True) -> RenderableType:
     """What :func:`show` prints, as one rich renderable."""
+    check_labels(attribution, labels)
     parts: list[RenderableType] = []
     if not is_image(attribution) and not has_tokens(attribution):  # audio (or other) maps, no tokens
         from .mixed import mixed_renderable

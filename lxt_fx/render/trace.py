@@ -189,23 +189,23 @@ def relevance_trace(attribution: Attribution, row: int = 0, *, tokenizer: Any = 
     if not blocks:
         raise RenderError("no block-boundary relevance was captured: explain with "
                           "capture=lxt_fx.render.trace_capture(model) (the input embeddings and every block)")
-    n = int(attribution.attention_mask[row].sum())
+    keep = attribution.attention_mask[row].bool()
     width = attribution.relevance.shape[1]
     layers, values = [], []
     if EMBEDDINGS in latents:
         layers.append("embeddings")
-        values.append(latents[EMBEDDINGS][row].float().reshape(width, -1).sum(-1)[:n])
+        values.append(latents[EMBEDDINGS][row].float().reshape(width, -1).sum(-1)[keep])
     else:
         layers.append("input")
-        values.append(attribution.relevance[row, :n].float())
+        values.append(attribution.relevance[row][keep].float())
     for index, name in blocks:
         latent = latents[name]
         if latent.dim() < 2 or latent.shape[0] != len(attribution) or latent.shape[1] != width:
             continue  # not a [batch, seq, ...] tensor over the input tokens (e.g. a decoder stack)
         layers.append(f"block {index}")
-        values.append(latent[row].float().reshape(width, -1).sum(-1)[:n])
-    ids = attribution.input_ids[row, :n].tolist()
-    tokens = display_tokens(named_tokens(attribution.tokens[row][:n], ids), ids, tokenizer)
+        values.append(latent[row].float().reshape(width, -1).sum(-1)[keep])
+    ids = attribution.input_ids[row][keep].tolist()
+    tokens = display_tokens(named_tokens(attribution.tokens[row], ids), ids, tokenizer)
     return Trace(tokens, layers, torch.stack(values), target_label(attribution, row, tokenizer),
                  float(attribution.target_scores[row]), normalize, skip_first)
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from . import disk_cache
 from .errors import CaptureError, LXTError, capture_hint, failing_location
 from .guards import InputSpec, spec_of
+from .modes import eval_semantics
 from .offload import Placeholders, opened, placeholders
 from .quantized import dequantizing
 from .spliced import shape_keyed
@@ -248,6 +249,14 @@ def _dynamic_shapes(tensors: Mapping[str, Tensor], auto: bool) -> dict[str, dict
 
 def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None
             ) -> CapturedGraph:
+    """:func:`_capture` in eval semantics: a model in training mode is captured as after ``model.eval()``
+    (a :class:`~lxt_fx.tracing.modes.TrainingModeWarning` says so), its modes restored afterwards."""
+    with eval_semantics(model, "captured"):
+        return _capture(model, tensors, static)
+
+
+def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None
+             ) -> CapturedGraph:
     """Return the cached capture of ``model`` for these inputs, exporting it on first use.
 
     ``tensors``: the tensor keyword arguments (e.g. ``inputs_embeds``, ``attention_mask``);

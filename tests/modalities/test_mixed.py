@@ -192,3 +192,20 @@ def test_whisper_audio_of_the_wrong_shape_is_named_before_the_capture(shape, cap
     assert capfd.readouterr().err == ""  # nothing from a failed capture on stderr
     with pytest.raises(InputError, match=r"num_mel_bins=8"):
         lxt_fx.check(model("whisper"), {"input_features": audio, "decoder_input_ids": torch.tensor([[1]])})
+
+
+def test_whisper_honours_decoder_inputs() -> None:
+    """decoder_inputs= (and the model's own name decoder_input_ids=) explain the token after the given decoder
+    ids, as for T5: the score is the model's own logit there."""
+    m = model("whisper")
+    feats = features(1)
+    dec = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        own = m(input_features=feats, decoder_input_ids=dec).logits[0, -1]
+    for att in (lxt_fx.explain(m, decoder_inputs=dec, audio=feats),
+                lxt_fx.explain(m, decoder_input_ids=dec, audio=feats)):
+        assert att.relevance.shape == (1, 4) and int(att.positions[0]) == 3
+        assert int(att.target_ids[0]) == int(own.argmax())
+        torch.testing.assert_close(att.target_scores[0], own.max(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(lxt_fx.InputError, match="not both"):
+        lxt_fx.explain(m, dec, decoder_inputs=dec, audio=feats)

@@ -61,3 +61,24 @@ def test_data_dependent_control_flow_raises_capture_error_with_file_and_line() -
     line = next(i for i, text in enumerate(open(__file__), 1) if "the line CaptureError must name" in text)
     assert err.location.startswith(f"{os.path.abspath(__file__)}:{line}")
     assert "DataDependent" in str(err) and "torch.where" in str(err)
+
+
+def test_a_model_in_training_mode_is_captured_without_dropout() -> None:
+    """The context calls the model itself: its capture is made in eval mode (dropout off), with a named warning,
+    and the model's own mode comes back; the output equals the model's own in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lxt_fx.tracing.modes import TrainingModeWarning
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=1, n_head=4,
+                                       resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5))
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with pytest.warns(TrainingModeWarning), lxt_fx.attnlrp.context(model):
+        first = model(input_ids=ids).logits.detach()
+        second = model(input_ids=ids).logits.detach()
+    assert all(m.training for m in model.modules())
+    with torch.no_grad():
+        reference = model.eval()(input_ids=ids).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first, reference)
