@@ -144,9 +144,9 @@ class TonesWhisper(Task):
 
     # --- LRP --------------------------------------------------------------------------------------------
     def explain(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
-        import lxt_fx
+        from ...explain import explain
 
-        att = lxt_fx.explain(model, sample.inputs["decoder_input_ids"], audio=sample.inputs["input_features"],
+        att = explain(model, sample.inputs["decoder_input_ids"], audio=sample.inputs["input_features"],
                              target=sample.target.tolist(), composite=composite)
         return {"frames": att.audio_relevance.detach().float()}
 
