@@ -1,3 +1,4 @@
 """Registers the built-in ground-truth tasks (one module per modality)."""
 
 from .audio import TonesWhisper  # noqa: F401
+from .vlm import ColourVLM  # noqa: F401
