@@ -1,1 +1,2 @@
 """Registers the built-in ground-truth tasks (one module per modality)."""
+from . import text  # noqa: F401
