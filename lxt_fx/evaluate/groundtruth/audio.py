@@ -150,6 +150,21 @@ class TonesWhisper(Task):
                              target=sample.target.tolist(), composite=composite)
         return {"frames": att.audio_relevance.detach().float()}
 
+    def absorption(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """AttnLRP's shares per row from one ``explain``: ``"first"`` — the decoder start token's ``|R|`` over
+        ``|R|`` of it and every frame (the decoder's only token, where a sink would show); ``"kept"`` — the
+        frames' and the decoder token's relevance summed, over the explained logit. The encoder's sinusoidal
+        positions are added after the convolutions, past the leaves, so what they absorb is in
+        ``1 − kept`` with the biases and the softmax rule's bias term (``lxt_fx.check`` splits it by cause)."""
+        from ...explain import explain
+
+        att = explain(model, sample.inputs["decoder_input_ids"], audio=sample.inputs["input_features"],
+                      target=sample.target.tolist(), composite=composite)
+        frames, decoder = att.audio_relevance.double(), att.relevance.double().sum(1)
+        total = decoder.abs() + frames.abs().sum(1)
+        return {"first": decoder.abs() / total.clamp_min(1e-30),
+                "kept": (decoder + frames.sum(1)) / att.target_scores.double()}
+
     # --- gradient methods -------------------------------------------------------------------------------
     def leaves(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
         return {"frames": sample.inputs["input_features"].detach().clone()}
