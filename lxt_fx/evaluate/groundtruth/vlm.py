@@ -1,7 +1,7 @@
 """colour-vlm: a Qwen2-VL-shaped model answers "what colour is the <shape> ?" about an image of several objects.
 
-The image is 32×32 pixels of grey textured noise with three objects of 8×8 pixels, each filling one of the
-sixteen 2×2 blocks of 4-pixel patches that the model merges into one image token, at random, each a different
+The image is 24×24 pixels of grey textured noise with three objects of 8×8 pixels, each filling one of the
+nine 2×2 blocks of 4-pixel patches that the model merges into one image token, at random, each a different
 shape out of *square* (filled), *ring* (hollow), *cross* (both diagonals) and *plus* and a different colour
 out of six. The question names one of the three shapes; the answer is the
 colour word of that object. The label is set by a binding — the colour *of the named shape* — not by any
@@ -10,14 +10,14 @@ shape alone says nothing about the colour. Colours are distinct within an image,
 leaves no object of the answer's colour.
 
 The model is a :class:`~transformers.Qwen2VLForConditionalGeneration` (a ViT with 2-D rotary positions over
-4-pixel patches, merged 2×2 into 16 image tokens, and a two-layer Qwen2 language model with M-RoPE); the
-prompt is ``<s> what colour is the <shape> ? <|vision_start|> <image>×16 <|vision_end|>`` and the explained
+4-pixel patches, merged 2×2 into 9 image tokens, and a two-layer Qwen2 language model with M-RoPE); the
+prompt is ``<s> what colour is the <shape> ? <|vision_start|> <image>×9 <|vision_end|>`` and the explained
 scalar is the logit of the answer's colour word at the last position.
 
-Ground truth: the named object's four patches (``"patches"`` ``[n, 8, 8]``) and the shape word in the
-question (``"tokens"`` ``[n, L]``). Evidence could have been at any patch and, in the text, only at the shape
-word (``region``). Ablation paints patches with the plain background grey and replaces the shape word by
-``<unk>``.
+Ground truth: the named object's four patches (``"patches"`` ``[n, 6, 6]``) and the shape word in the
+question (``"tokens"`` ``[n, L]``). ``region``: every patch, and the question's words (``what colour is the
+<shape> ?``), so the random control of the evidence check blanks as many patches elsewhere and one other
+question word. Ablation paints patches with the plain background grey and replaces words by ``<unk>``.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ STENCILS = _stencils()
 
 
 def draw(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(pixels [n, 3, 32, 32], ids [n, L], label colour [n], object patches [n, 8, 8] bool)``."""
-    blocks = GRID // MERGE                             # 4×4 blocks of 2×2 patches (one image token each)
+    """``(pixels [n, 3, 24, 24], ids [n, L], label colour [n], object patches [n, 6, 6] bool)``."""
+    blocks = GRID // MERGE                             # 3×3 blocks of 2×2 patches (one image token each)
     x = GREY + TEXTURE * torch.randn(n, 3, SIZE, SIZE, generator=generator)
     shapes = torch.argsort(torch.rand(n, len(SHAPES), generator=generator), dim=1)[:, :OBJECTS]
     colours = torch.argsort(torch.rand(n, len(COLOURS), generator=generator), dim=1)[:, :OBJECTS]
@@ -122,9 +122,10 @@ class ColourVLM(Task):
         x, ids, colour, patches = draw(n, torch.Generator().manual_seed(seed))
         tokens = torch.zeros(ids.shape, dtype=torch.bool)
         tokens[:, SHAPE_AT] = True
+        question = torch.zeros(ids.shape, dtype=torch.bool)
+        question[:, 1:SHAPE_AT + 2] = True                # what colour is the <shape> ?
         return Sample({"input_ids": ids, "pixel_values": x}, colour + FIRST_COLOUR,
-                      {"patches": patches, "tokens": tokens},
-                      {"patches": torch.ones_like(patches), "tokens": tokens.clone()})
+                      {"patches": patches, "tokens": tokens}, {"patches": torch.ones_like(patches), "tokens": question})
 
     def ablate(self, sample: Sample, mask: dict[str, Tensor]) -> dict[str, Tensor]:
         pixels = mask["patches"].repeat_interleave(PATCH, 1).repeat_interleave(PATCH, 2)
@@ -150,7 +151,7 @@ class ColourVLM(Task):
             return model(**self.call(inputs)).logits[:, -1].argmax(-1)
 
     def train(self, model: nn.Module, *, seed: int = 0, log: Any = print, steps: int = 1500,
-              batch: int = 32) -> dict[str, float]:
+              batch: int = 64) -> dict[str, float]:
         generator = torch.Generator().manual_seed(1000 + seed)
         torch.manual_seed(seed)
         model.train()
@@ -182,6 +183,20 @@ class ColourVLM(Task):
         att = explain(model, sample.inputs["input_ids"], images=sample.inputs["pixel_values"],
                              target=sample.target.tolist(), composite=composite)
         return {"patches": att.image_relevance.detach().float(), "tokens": att.relevance.detach().float()}
+
+    def absorption(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """AttnLRP's shares per row from one ``explain``: ``"first"`` — the ``<s>`` token's ``|R|`` over ``|R|``
+        of every token and patch; ``"kept"`` — tokens' and patches' relevance summed, over the explained logit.
+        Positions are rotary (M-RoPE in the language model, 2-D RoPE in the vision tower): nothing is added,
+        so no position share."""
+        from ...explain import explain
+
+        att = explain(model, sample.inputs["input_ids"], images=sample.inputs["pixel_values"],
+                      target=sample.target.tolist(), composite=composite)
+        tokens, patches = att.relevance.double(), att.image_relevance.double().flatten(1)
+        total = tokens.abs().sum(1) + patches.abs().sum(1)
+        return {"first": tokens[:, 0].abs() / total.clamp_min(1e-30),
+                "kept": (tokens.sum(1) + patches.sum(1)) / att.target_scores.double()}
 
     # --- gradient methods -------------------------------------------------------------------------------
     def leaves(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
