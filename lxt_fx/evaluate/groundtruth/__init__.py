@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .methods import METHODS, deletion_abpc, methods_for, run_method, run_methods
 from .scores import MaskShapeError, mass_accuracy, pointing_game, rank_accuracy, score
 from .task import WEIGHTS, Sample, Task
+from .verify import Evidence, verify_evidence
 
 _TASKS: dict[str, Callable[[], Task]] = {}
 
@@ -70,5 +72,6 @@ def load(name: str) -> tuple[nn.Module, Task]:
     return model.eval(), task
 
 
-__all__ = ["WEIGHTS", "MaskShapeError", "MissingWeightsError", "Sample", "Task", "UnknownTaskError", "get", "load",
+__all__ = ["METHODS", "WEIGHTS", "Evidence", "MaskShapeError", "MissingWeightsError", "Sample", "Task", "UnknownTaskError", "get", "load",
            "mass_accuracy", "pointing_game", "rank_accuracy", "register", "save", "score", "tasks"]
+__all__ += ["deletion_abpc", "methods_for", "run_method", "run_methods", "verify_evidence"]

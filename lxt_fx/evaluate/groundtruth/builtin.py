@@ -1,3 +1,3 @@
 """Registers the built-in ground-truth tasks (one module per modality)."""
 
-from . import vision  # noqa: F401
+from . import text, vision  # noqa: F401
