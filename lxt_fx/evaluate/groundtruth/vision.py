@@ -11,13 +11,16 @@ alone gives the answer: the answer is a *binding* of a colour to a shape.
   four register tokens): exactly one object is red; the class is its shape. Training also shows scenes with
   no red object, class ``none``, so a scene whose red object is removed has a defined answer. Ground truth:
   the four patches of the red object's cell.
-* ``clip-shapes`` (``CLIPModel``): a caption ``<bos> colour shape <eos>`` against a scene; the pair matches
-  when an object of that colour *and* that shape is in the scene (the scene's objects have distinct
-  (colour, shape) pairs, and negatives name a colour and a shape that are both present, on different
-  objects). The model is trained with a sigmoid loss on ``logits_per_image``, so a pair matches when its
-  similarity logit is positive. The explained scalar is the similarity of a matching pair
-  (:class:`lxt_fx.targets.Similarity`); ground truth: the matching object's four patches and the caption's
-  colour and shape tokens.
+* ``clip-shapes`` (``CLIPModel``, 8 × 8-pixel patches: one object cell is one patch of a 4 × 4 grid): a
+  caption ``<bos> w w colour shape w w <eos>`` (six words, the filler words ``a``, ``the``, ``photo`` … and
+  the pair at a random place) against a scene; the pair matches when an object of that colour *and* that
+  shape is in the scene. The scene's objects have distinct (colour, shape) pairs, and the held-out
+  negatives name a colour and a shape that are both present, on different objects. The model is trained
+  with a sigmoid loss on ``logits_per_image`` (every scene against every caption of the batch and all 24
+  pairs), so a pair matches when its similarity logit is positive; a caption with ``<pad>`` for its colour
+  or shape never matches, one with ``<pad>`` for a filler word matches as before. The explained scalar is
+  the similarity of a matching pair (:class:`lxt_fx.targets.Similarity`); ground truth: the matching
+  object's patch and the caption's colour and shape tokens.
 
 Removing evidence means repainting patches with the scene's own background (kept in ``Sample.extra``) and,
 for captions, replacing a token by ``<pad>``.
@@ -107,17 +110,18 @@ def normalize(image: Tensor) -> Tensor:
     return (image - 0.5) / 0.5
 
 
-def cell_mask(cells: Tensor) -> Tensor:
-    """``[n, 8, 8]`` boolean: the four patches of each row's cell."""
-    n = cells.shape[0]
+def cell_mask(cells: Tensor, patch: int = PATCH) -> Tensor:
+    """``[n, 32/patch, 32/patch]`` boolean: the patches of each row's cell (four for 4-pixel patches)."""
+    n, per = cells.shape[0], CELL // patch
     mask = torch.zeros(n, CELLS, CELLS, dtype=torch.bool)
     mask[torch.arange(n), cells // CELLS, cells % CELLS] = True
-    return mask.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    return mask.repeat_interleave(per, 1).repeat_interleave(per, 2)
 
 
 def repaint(pixels: Tensor, bg: Tensor, patches: Tensor) -> Tensor:
-    """``pixels`` with the patches marked in ``patches`` ``[n, 8, 8]`` replaced by ``bg`` (both normalized)."""
-    where = patches.repeat_interleave(PATCH, 1).repeat_interleave(PATCH, 2)[:, None]
+    """``pixels`` with the patches marked in ``patches`` ``[n, h, w]`` replaced by ``bg`` (both normalized)."""
+    patch = SIZE // patches.shape[-1]
+    where = patches.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
     return torch.where(where.to(pixels.device), bg.to(pixels.device, pixels.dtype), pixels)
 
 
@@ -176,7 +180,7 @@ def absorbers(model: nn.Module) -> dict[str, Tensor]:
         vis, text = model.vision_model.embeddings, model.text_model.embeddings
         return {"position": vis.position_embedding.weight, "cls": vis.class_embedding,
                 "text_position": text.position_embedding.weight}
-    emb = model.vit.embeddings if hasattr(model, "vit") else model.dinov2.embeddings
+    emb = getattr(model, model.base_model_prefix).embeddings
     out = {"position": emb.position_embeddings, "cls": emb.cls_token}
     if getattr(emb, "register_tokens", None) is not None:
         out["registers"] = emb.register_tokens
@@ -225,7 +229,7 @@ class RedShapeTask(Task):
     modalities = ("patches",)
     has_attention_rollout = True
     labels = (*SHAPES, "none")
-    steps = 1500
+    steps = 400
     batch = 64
     lr = 2e-3
     log_every = 250
@@ -384,12 +388,17 @@ class ClipShapes(Task):
                    "(similarity logit > 0)")
     modalities = ("tokens", "patches")
     has_attention_rollout = True
-    steps = 2000
+    steps = 800
     batch = 64
     lr = 2e-3
     log_every = 250
     padded = 0.1               # share of training captions with <pad> for the colour or shape: never a match
+    patch = 8                  # one object per patch: a 4 × 4 grid
     dropped = 0.15             # share of filler words replaced by <pad> in training (no change of the label)
+
+    @property
+    def grid(self) -> int:
+        return SIZE // self.patch
 
     def build(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
@@ -397,7 +406,7 @@ class ClipShapes(Task):
                       dropout=0.0, attention_dropout=0.0)
         cfg = tf.CLIPConfig(text_config=dict(vocab_size=VOCAB, max_position_embeddings=WORDS + 2, eos_token_id=EOS,
                                              bos_token_id=BOS, pad_token_id=PAD, **common),
-                            vision_config=dict(image_size=SIZE, patch_size=PATCH, **common), projection_dim=32)
+                            vision_config=dict(image_size=SIZE, patch_size=self.patch, **common), projection_dim=32)
         return tf.CLIPModel(cfg).eval()
 
     def scenes(self, n: int, g: torch.Generator) -> dict[str, Tensor]:
@@ -446,8 +455,8 @@ class ClipShapes(Task):
         words = torch.zeros(n, WORDS + 2, dtype=torch.bool)
         words[:, 1:-1] = True
         return Sample({"input_ids": ids, "pixel_values": s["pixels"]}, torch.ones(n, dtype=torch.long),
-                      {"tokens": tokens, "patches": cell_mask(s["cells"][:, 0])},
-                      {"tokens": words, "patches": torch.ones(n, GRID, GRID, dtype=torch.bool)},
+                      {"tokens": tokens, "patches": cell_mask(s["cells"][:, 0], self.patch)},
+                      {"tokens": words, "patches": torch.ones(n, self.grid, self.grid, dtype=torch.bool)},
                       {"background": s["background"], "cells": s["cells"], "colours": s["colours"],
                        "shapes": s["shapes"], "active": s["active"]})
 
@@ -497,7 +506,7 @@ class ClipShapes(Task):
     def to_map(self, modality: str, leaf_relevance: Tensor) -> Tensor:
         if modality == "tokens":
             return leaf_relevance.sum(-1)
-        return patch_grid(leaf_relevance.sum(1), PATCH)
+        return patch_grid(leaf_relevance.sum(1), self.patch)
 
     def rollout(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
         """Each tower's rollout: the ``<eos>`` row over the caption, the CLS row over the patches."""
@@ -509,12 +518,16 @@ class ClipShapes(Task):
         tj = rollout_rows(text.attentions)
         vj = rollout_rows(vision.attentions)
         return {"tokens": tj[torch.arange(ids.shape[0]), eos].float(),
-                "patches": vj[:, 0, 1:].reshape(-1, GRID, GRID).float()}
+                "patches": vj[:, 0, 1:].reshape(-1, self.grid, self.grid).float()}
 
     def train(self, model: nn.Module, *, seed: int = 0, log: Any = print) -> dict[str, float]:
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.05)
+        # training aid, not shipped: a multi-label probe on the image embedding that names every present
+        # (colour, shape) pair, so the image tower learns bound codes before the captions can match them
+        pairs = len(COLOURS) * len(SHAPES)
+        probe = nn.Linear(model.config.projection_dim, pairs)
+        opt = torch.optim.AdamW([*model.parameters(), *probe.parameters()], lr=self.lr, weight_decay=0.05)
         warm = self.steps // 20
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, self.steps) / self.steps)))
@@ -544,8 +557,10 @@ class ClipShapes(Task):
             # every image against every caption: a match where the caption's pair is in the scene
             labels = s["present"][:, colour, shape].float()                     # [images, captions]
             labels[:, pad] = 0.0
-            logits = model(input_ids=ids, pixel_values=s["pixels"]).logits_per_image
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            out = model(input_ids=ids, pixel_values=s["pixels"])
+            loss = F.binary_cross_entropy_with_logits(out.logits_per_image, labels)
+            aid = probe(out.image_embeds * 10.0)
+            loss = loss + F.binary_cross_entropy_with_logits(aid, s["present"].reshape(-1, pairs).float())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
