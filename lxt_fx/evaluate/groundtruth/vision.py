@@ -214,7 +214,7 @@ def absorbed(model: nn.Module, task: Task, sample: Sample, composite: Any = None
             leaves = [call["pixel_values"], *places, *params.values()]
             grads = torch.autograd.grad(score, leaves, allow_unused=True)
         parts = [float((x.detach() * g).sum()) if g is not None else 0.0 for x, g in zip(leaves, grads, strict=True)]
-        rows["score"].append(float(score))
+        rows["score"].append(float(score.detach()))
         rows["inputs"].append(sum(parts[:1 + len(places)]))
         for k, v in zip(params, parts[1 + len(places):], strict=True):
             rows[k].append(v)
