@@ -36,7 +36,8 @@ from lxt_fx.evaluate.groundtruth import methods as gtm  # noqa: E402
 
 SEED = 7
 NAMES = {"attnlrp": "AttnLRP", "cp_lrp": "CP-LRP", "ixg": "Input×Gradient", "gradient": "Gradient",
-         "ig": "Integrated Gradients", "rollout": "Attention rollout", "random": "Random"}
+         "ig": "Integrated Gradients", "rollout": "Attention rollout", "random": "Random",
+         "attnlrp_pos": "AttnLRP, position–token pairs"}
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -51,7 +52,7 @@ def evaluate_task(name: str, n: int, figures: Path | None, log: Any = print) -> 
     model, task = gt.load(name)
     sample = task.sample(n, seed=SEED)
     start = time.perf_counter()
-    maps = gtm.run_methods(model, task, sample, batch_size=64)
+    maps = gtm.run_methods(model, task, sample, gtm.methods_for(task, extra=True), batch_size=64)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"task": name, "family": task.family, "description": task.description, "n": n,
                               "methods": {}, "seconds_methods": seconds}
@@ -63,7 +64,7 @@ def evaluate_task(name: str, n: int, figures: Path | None, log: Any = print) -> 
         mass[method] = scores["mass"]
         result["methods"][method] = {k: mean_se(v) for k, v in {**scores, "abpc": abpc}.items()}
         log(f"  {name} {method}: mass {result['methods'][method]['mass'][0]:.3f}")
-    others = [k for k in mass if k != "attnlrp"]
+    others = [k for k in mass if not k.startswith("attnlrp")]
     best = max(others, key=lambda k: float(mass[k].mean()))
     result["best_baseline"] = best
     result["attnlrp_minus_best"] = mean_se(mass["attnlrp"] - mass[best])
