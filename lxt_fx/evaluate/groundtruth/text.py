@@ -402,6 +402,7 @@ class TriggerBert(TextTask):
     words = 16
     train_batch = 128
     max_steps = 1500
+    lr = 1e-3
 
     @property
     def vocab_size(self) -> int:
