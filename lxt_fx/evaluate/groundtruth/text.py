@@ -235,7 +235,7 @@ class TextTask(Task):
         return {"steps": step, "seconds": seconds, "accuracy": accuracy}
 
 
-def sinusoid_init(table: nn.Embedding, scale: float = 0.2) -> None:
+def sinusoid_init(table: nn.Embedding, scale: float = 0.05) -> None:
     """Start a learned position table from sinusoids (it then trains like any weight): a previous-token
     head is one linear map away, so bindings to the neighbouring token form in a few hundred steps."""
     n, d = table.weight.shape
@@ -351,7 +351,7 @@ class RecallGPT2(Recall):
     name = "recall-gpt2"
     family = "gpt2"
     max_steps = 900
-    lr = 2e-3
+    blank_rates = (0.08, 0.1, 0.04)
     description = "associative recall on a 2-layer GPT-2 (learned positions)"
 
     def build(self, seed: int = 0) -> nn.Module:
@@ -359,7 +359,8 @@ class RecallGPT2(Recall):
 
         torch.manual_seed(seed)
         config = GPT2Config(n_embd=128, n_layer=2, n_head=4, n_positions=64, n_inner=256, resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager", **self.config_kwargs())
+                            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, attn_implementation="eager",
+                            **self.config_kwargs())
         model = GPT2LMHeadModel(config)
         sinusoid_init(model.transformer.wpe)
         return model.eval()
@@ -403,7 +404,7 @@ class TriggerBert(TextTask):
     words = 16
     train_batch = 128
     max_steps = 1500
-    lr = 1e-3
+    lr = 3e-3
 
     @property
     def vocab_size(self) -> int:
