@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # The capture cache on disk (lxt_fx/tracing/disk_cache.py) stays inside the checkout; the test suite turns it off.
 export LXT_FX_CACHE := $(CURDIR)/.cache/lxt-fx
 
-.PHONY: venv test test-docs test-gemma coverage-sweep demo lint bench clean docs
+.PHONY: venv test test-docs test-gemma coverage-sweep demo lint bench clean docs groundtruth-models bench-groundtruth
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,16 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/overhead.py
+
+# Rebuild the ground-truth models (lxt_fx/evaluate/groundtruth/weights/): build, train from fixed seeds, verify
+# the evidence, save; `make groundtruth-models TASKS="recall-llama copy-t5"` rebuilds some.
+groundtruth-models: venv
+	$(PY) -m lxt_fx.evaluate.groundtruth.build $(TASKS)
+
+# Every ground-truth task × method (mass, rank, pointing, ABPC) → benchmarks/results/groundtruth.md and
+# docs/_static/groundtruth/<task>.png.
+bench-groundtruth: venv
+	$(PY) benchmarks/groundtruth.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

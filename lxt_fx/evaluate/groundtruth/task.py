@@ -114,6 +114,13 @@ class Task(abc.ABC):
         """Attention rollout maps, where the task defines it."""
         raise NotImplementedError(f"{self.name}: no attention rollout")
 
+    def absorption(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
+        """``{share name: [n]}``: where the AttnLRP relevance of each row goes besides the maps — e.g.
+        ``"position"`` (learned / absolute position embeddings added into the residual stream), ``"first"``
+        (the first token: a sink, BOS or [CLS]), ``"kept"`` (the maps' sum over the explained score). Tasks
+        that define none return ``{}``."""
+        return {}
+
     # --- shipped weights ------------------------------------------------------------------------------
     @property
     def weights_dir(self) -> Path:
