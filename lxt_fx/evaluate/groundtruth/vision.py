@@ -191,14 +191,17 @@ def absorbed(model: nn.Module, task: Task, sample: Sample, composite: Any = None
     """Per row, the relevance that reaches each of :func:`absorbers` (``Σ p ⊙ ∂s/∂p`` through the rewritten
     graph, one row at a time), beside ``score`` (the explained scalar) and ``inputs`` (what reaches the
     explained inputs: pixels, and the caption's token embeddings). Whatever is left, ``score − inputs −
-    Σ absorbers``, went to the biases and the softmax rule's term."""
+    Σ absorbers``, went to the biases and the softmax rule's term. ``<name>_abs`` holds the same per
+    position in magnitude, ``Σ_i |Σ_d p_id ∂s/∂p_id|`` (``inputs_abs``: ``Σ |R|`` over patches and tokens)."""
     from ...composites import for_model
     from ...rewrite import recording_places
     from ...session import rewritten_graph
 
     composite = composite if composite is not None else for_model(model)
     params = absorbers(model)
-    rows: dict[str, list[float]] = {k: [] for k in ("score", "inputs", *params)}
+    rows: dict[str, list[float]] = {k: [] for k in ("score", "inputs", "inputs_abs", *params,
+                                                     *(f"{k}_abs" for k in params))}
+    patch = task.patch if isinstance(task, ClipShapes) else PATCH
     for i in range(len(sample)):
         call = {k: v[i:i + 1].clone() for k, v in sample.inputs.items()}
         with torch.enable_grad():
@@ -213,12 +216,30 @@ def absorbed(model: nn.Module, task: Task, sample: Sample, composite: Any = None
             places = seen.get("inputs_embeds", []) if graph.plan.places else []
             leaves = [call["pixel_values"], *places, *params.values()]
             grads = torch.autograd.grad(score, leaves, allow_unused=True)
-        parts = [float((x.detach() * g).sum()) if g is not None else 0.0 for x, g in zip(leaves, grads, strict=True)]
+        rel = [(x.detach() * g).double() if g is not None else torch.zeros(()) for x, g in zip(leaves, grads,
+                                                                                               strict=True)]
         rows["score"].append(float(score.detach()))
-        rows["inputs"].append(sum(parts[:1 + len(places)]))
-        for k, v in zip(params, parts[1 + len(places):], strict=True):
-            rows[k].append(v)
+        rows["inputs"].append(float(sum(r.sum() for r in rel[:1 + len(places)])))
+        magnitude = patch_grid(rel[0].sum(1), patch).abs().sum()
+        magnitude = magnitude + sum((r.sum(-1).abs().sum() for r in rel[1:1 + len(places)]), torch.zeros(()))
+        rows["inputs_abs"].append(float(magnitude))
+        for k, r in zip(params, rel[1 + len(places):], strict=True):
+            rows[k].append(float(r.sum()))
+            rows[f"{k}_abs"].append(float(r.sum(-1).abs().sum()) if r.dim() else 0.0)
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()}
+
+
+def absorption_shares(model: nn.Module, task: Task, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+    """Per row: each absorber's share of the embedding layer's relevance in magnitude, ``|R_a| / (Σ_a |R_a| +
+    Σ_i |R_i|)`` with ``R_a`` per position of an absorber (position embedding rows, the CLS token, each
+    register) and ``R_i`` per patch / token; ``"first"`` is the CLS token's (the first position); ``"kept"``
+    is ``Σ R / f``, what reaches the patches and tokens over the explained score."""
+    r = absorbed(model, task, sample, composite)
+    names = [k[:-4] for k in r if k.endswith("_abs") and k != "inputs_abs"]
+    total = (r["inputs_abs"] + sum(r[f"{k}_abs"] for k in names)).clamp_min(1e-30)
+    out = {("first" if k == "cls" else k): r[f"{k}_abs"] / total for k in names}
+    out["kept"] = r["inputs"] / r["score"]
+    return out
 
 
 # --- shapes: which shape is the red object? --------------------------------------------------------------
@@ -282,6 +303,10 @@ class RedShapeTask(Task):
 
     def to_map(self, modality: str, leaf_relevance: Tensor) -> Tensor:
         return patch_grid(leaf_relevance.sum(1), PATCH)
+
+    def absorption(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """See :func:`absorption_shares`: ``position``, ``first`` (the CLS token), ``registers``, ``kept``."""
+        return absorption_shares(model, self, sample, composite)
 
     def rollout(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
         with torch.no_grad(), eager_attention(model):
@@ -507,6 +532,11 @@ class ClipShapes(Task):
         if modality == "tokens":
             return leaf_relevance.sum(-1)
         return patch_grid(leaf_relevance.sum(1), self.patch)
+
+    def absorption(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """See :func:`absorption_shares`: ``position`` (vision), ``first`` (the vision CLS token),
+        ``text_position``, ``kept``."""
+        return absorption_shares(model, self, sample, composite)
 
     def rollout(self, model: nn.Module, sample: Sample) -> dict[str, Tensor]:
         """Each tower's rollout: the ``<eos>`` row over the caption, the CLS row over the patches."""

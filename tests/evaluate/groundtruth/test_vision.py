@@ -89,3 +89,17 @@ def test_rows_slices_the_per_row_extras() -> None:
     # so ablating a part equals the same rows of the whole sample ablated
     whole = task.ablate(sample, sample.mask)["pixel_values"][2:5]
     torch.testing.assert_close(task.ablate(part, part.mask)["pixel_values"], whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["shapes-dinov2", "clip-shapes"])
+def test_absorption_kept_share_is_the_maps_sum_over_the_score(name: str) -> None:
+    model, task = gt.load(name)
+    sample = task.sample(3, seed=9)
+    shares = task.absorption(model, sample)
+    maps = task.explain(model, sample)
+    kept = sum(m.reshape(3, -1).double().sum(1) for m in maps.values())
+    with torch.no_grad():
+        score = task.score(model, sample.inputs, sample.target).double()
+    torch.testing.assert_close(shares["kept"], kept / score, rtol=1e-4, atol=1e-5)
+    names = {"position", "first"} | ({"registers"} if name == "shapes-dinov2" else {"text_position"})
+    assert names <= set(shares) and all(((v >= 0) & (v <= 1)).all() for k, v in shares.items() if k != "kept")
