@@ -36,7 +36,8 @@ from lxt_fx.evaluate.groundtruth import methods as gtm  # noqa: E402
 
 SEED = 7
 NAMES = {"attnlrp": "AttnLRP", "cp_lrp": "CP-LRP", "ixg": "Input×Gradient", "gradient": "Gradient",
-         "ig": "Integrated Gradients", "rollout": "Attention rollout", "random": "Random"}
+         "ig": "Integrated Gradients", "rollout": "Attention rollout", "random": "Random",
+         "attnlrp_pos": "AttnLRP, position–token pairs"}
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -51,7 +52,10 @@ def evaluate_task(name: str, n: int, figures: Path | None, log: Any = print) -> 
     model, task = gt.load(name)
     sample = task.sample(n, seed=SEED)
     start = time.perf_counter()
-    maps = gtm.run_methods(model, task, sample, batch_size=64)
+    maps = gtm.run_methods(model, task, sample, gtm.methods_for(task, extra=True), batch_size=64)
+    if "attnlrp_pos" in maps and all(torch.allclose(maps["attnlrp_pos"][k], maps["attnlrp"][k], rtol=1e-4, atol=1e-6)
+                                    for k in maps["attnlrp"]):
+        del maps["attnlrp_pos"]  # nothing is added to the token embeddings: the same map
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"task": name, "family": task.family, "description": task.description, "n": n,
                               "methods": {}, "seconds_methods": seconds}
@@ -63,7 +67,7 @@ def evaluate_task(name: str, n: int, figures: Path | None, log: Any = print) -> 
         mass[method] = scores["mass"]
         result["methods"][method] = {k: mean_se(v) for k, v in {**scores, "abpc": abpc}.items()}
         log(f"  {name} {method}: mass {result['methods'][method]['mass'][0]:.3f}")
-    others = [k for k in mass if k != "attnlrp"]
+    others = [k for k in mass if not k.startswith("attnlrp")]
     best = max(others, key=lambda k: float(mass[k].mean()))
     result["best_baseline"] = best
     result["attnlrp_minus_best"] = mean_se(mass["attnlrp"] - mass[best])
@@ -169,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "groundtruth.md"))
     p.add_argument("--figures", default=str(ROOT / "docs" / "_static" / "groundtruth"))
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from the stored JSONs")
     args = p.parse_args(argv)
     names = [t for t in args.tasks.split(",") if t] or [t for t in gt.tasks()
                                                           if (gt.get(t).weights_dir / "model.safetensors").is_file()]
+    names = [] if args.report_only else names
     out = Path(args.out)
     store = out.parent / "groundtruth"
     store.mkdir(parents=True, exist_ok=True)

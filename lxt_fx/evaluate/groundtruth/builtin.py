@@ -1,5 +1,5 @@
 """Registers the built-in ground-truth tasks (one module per modality)."""
 
-from . import text  # noqa: F401
+from . import text, vision  # noqa: F401
 from .audio import TonesWhisper  # noqa: F401
 from .vlm import ColourVLM  # noqa: F401

@@ -14,6 +14,9 @@ Each method returns, for a :class:`~.task.Sample` of ``n`` rows, one relevance m
 * ``rollout`` — ``task.rollout(model, sample)`` (attention rollout, Abnar & Zuidema 2020), only for tasks
   with ``has_attention_rollout``.
 * ``random`` — uniform noise in [0, 1), seeded by ``seed`` and the row index: the chance level.
+* ``attnlrp_pos`` (optional, not in :data:`METHODS`) — AttnLRP read per position–token pair, for tasks
+  that define ``explain_positions`` (the text tasks): the relevance of token plus added position
+  embedding, which the plain token map leaves to the position table as an absorbed constant.
 
 :func:`deletion_abpc` adds the perturbation score: the positions of ``region | mask`` are removed with
 :meth:`Task.ablate` most-relevant-first (MoRF) and least-relevant-first (LeRF) in ``steps`` equal
@@ -43,9 +46,11 @@ class MethodNotApplicableError(LXTError, ValueError):
     """A method the task cannot run (attention rollout on a task without attention probabilities)."""
 
 
-def methods_for(task: Task) -> list[str]:
-    """The methods that apply to ``task`` (all of :data:`METHODS`, less ``rollout`` where it has none)."""
-    return [m for m in METHODS if m != "rollout" or task.has_attention_rollout]
+def methods_for(task: Task, extra: bool = False) -> list[str]:
+    """The methods that apply to ``task`` (all of :data:`METHODS`, less ``rollout`` where it has none;
+    with ``extra`` also ``attnlrp_pos`` where the task defines ``explain_positions``)."""
+    names = [m for m in METHODS if m != "rollout" or task.has_attention_rollout]
+    return names + (["attnlrp_pos"] if extra and hasattr(task, "explain_positions") else [])
 
 
 def _detach(maps: Mapping[str, Tensor]) -> Maps:
@@ -114,7 +119,10 @@ def run_method(name: str, model: nn.Module, task: Task, sample: Sample, *, ig_st
         return _detach(task.rollout(model, sample))
     if name == "random":
         return random_maps(task, sample, seed)
-    raise UnknownGroundTruthMethodError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if name == "attnlrp_pos" and hasattr(task, "explain_positions"):
+        return _detach(task.explain_positions(model, sample))
+    raise UnknownGroundTruthMethodError(f"unknown method {name!r} for {task.name}; choose from "
+                                        f"{', '.join(methods_for(task, extra=True))}")
 
 
 def run_methods(model: nn.Module, task: Task, sample: Sample, methods: Sequence[str] | None = None, *,

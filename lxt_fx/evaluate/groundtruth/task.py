@@ -44,11 +44,15 @@ class Sample:
         return int(self.target.shape[0])
 
     def rows(self, index: slice | Tensor) -> Sample:
-        """The rows ``index`` of every tensor (inputs, target, masks)."""
+        """The rows ``index`` of every tensor (inputs, target, masks, and the per-row tensors of ``extra``:
+        those whose first dimension is the row count; anything else in ``extra`` is kept as it is)."""
         pick = (lambda t: t[index]) if isinstance(index, slice) else (lambda t: t.index_select(0, index))
+        n = len(self)
+        extra = {k: pick(v) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+                 for k, v in self.extra.items()}
         return Sample({k: pick(v) for k, v in self.inputs.items()}, pick(self.target),
                       {k: pick(v) for k, v in self.mask.items()}, {k: pick(v) for k, v in self.region.items()},
-                      dict(self.extra))
+                      extra)
 
 
 class Task(abc.ABC):

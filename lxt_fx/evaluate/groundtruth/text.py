@@ -48,7 +48,7 @@ class TextTask(Task):
     train_batch = 64
     lr = 3e-3
     max_steps = 3000
-    max_seconds = 900.0
+    max_seconds = 3000.0
     target_accuracy = 0.995
 
     # --- subclasses --------------------------------------------------------------------------------------
@@ -135,6 +135,34 @@ class TextTask(Task):
         position and token-type embeddings), or None (rotary or relative positions add nothing there)."""
         return None
 
+    def _embedding_pass(self, model: nn.Module, sample: Sample, composite: Any
+                        ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """(leaves, gradients at them through the rewritten graph, explained scores)."""
+        from ...composites import for_model
+
+        composite = composite if composite is not None else for_model(model)
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.leaves(model, sample).items()}
+        with composite.context(model), torch.enable_grad():
+            scores = self.forward_leaves(model, sample, leaves)
+            grads = torch.autograd.grad(scores.sum(), list(leaves.values()))
+        return ({k: v.detach() for k, v in leaves.items()}, dict(zip(leaves, grads, strict=True)),
+                scores.detach())
+
+    def explain_positions(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
+        """LRP read per position–token pair: ``R_i = Σ_d (x_id + p_id) g_id`` — the relevance of the residual
+        stream's input ``h_i = x_i + p_i`` (token plus added position / token-type embedding) instead of the
+        token embedding ``x_i`` alone. The embedding sum passes the gradient ``g`` unchanged to both terms,
+        so this is the token map plus the relevance the position embedding would otherwise absorb as a
+        constant; with no added position embedding (rotary, relative) it equals :meth:`explain`."""
+        leaves, grads, _ = self._embedding_pass(model, sample, composite)
+        pos = self.position_embeddings(model, sample)
+        maps = {k: (leaves[k] * grads[k]).sum(-1) for k in leaves}
+        if pos is not None:
+            maps["tokens"] = maps["tokens"] + (pos.detach() * grads["tokens"]).sum(-1)
+        if "decoder_tokens" in maps:
+            maps["decoder_tokens"] = maps["decoder_tokens"] * sample.inputs["decoder_attention_mask"].float()
+        return {k: v.detach() for k, v in maps.items()}
+
     def absorption(self, model: nn.Module, sample: Sample, composite: Any = None) -> dict[str, Tensor]:
         """AttnLRP's shares per row, from one backward through the rewritten graph with the gradient ``g``
         at the token embeddings ``x`` and the added position embeddings ``p`` (same ``g``: they are summed):
@@ -144,14 +172,7 @@ class TextTask(Task):
         * ``"first"`` — ``|R_0| / Σ_i |R_i|`` of the source token map (BOS / [CLS] / first token);
         * ``"kept"`` — ``Σ R / f``: the maps' sum over the explained score ``f``.
         """
-        from ...composites import for_model
-
-        composite = composite if composite is not None else for_model(model)
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.leaves(model, sample).items()}
-        with composite.context(model), torch.enable_grad():
-            scores = self.forward_leaves(model, sample, leaves)
-            grads = torch.autograd.grad(scores.sum(), list(leaves.values()))
-        grad = dict(zip(leaves, grads, strict=True))
+        leaves, grad, scores = self._embedding_pass(model, sample, composite)
         rel = {k: (leaves[k] * grad[k]).sum(-1).detach() for k in leaves}
         tok = rel["tokens"].double()
         out = {"first": tok[:, 0].abs() / tok.abs().sum(1).clamp_min(1e-30),
@@ -212,6 +233,17 @@ class TextTask(Task):
         held = self.sample(1024, seed=seed + 1_000_003)
         accuracy = float((self.predict(model, held.inputs) == held.target).float().mean())
         return {"steps": step, "seconds": seconds, "accuracy": accuracy}
+
+
+def sinusoid_init(table: nn.Embedding, scale: float = 0.05) -> None:
+    """Start a learned position table from sinusoids (it then trains like any weight): a previous-token
+    head is one linear map away, so bindings to the neighbouring token form in a few hundred steps."""
+    n, d = table.weight.shape
+    with torch.no_grad():
+        pos = torch.arange(n, dtype=torch.float32)[:, None]
+        freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (4.0 / d))
+        table.weight[:, 0::2] = scale * torch.sin(pos * freq)
+        table.weight[:, 1::2] = scale * torch.cos(pos * freq)
 
 
 # --- associative recall -------------------------------------------------------------------------------------
@@ -319,6 +351,7 @@ class RecallGPT2(Recall):
     name = "recall-gpt2"
     family = "gpt2"
     max_steps = 900
+    blank_rates = (0.08, 0.1, 0.04)
     description = "associative recall on a 2-layer GPT-2 (learned positions)"
 
     def build(self, seed: int = 0) -> nn.Module:
@@ -326,8 +359,11 @@ class RecallGPT2(Recall):
 
         torch.manual_seed(seed)
         config = GPT2Config(n_embd=128, n_layer=2, n_head=4, n_positions=64, n_inner=256, resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager", **self.config_kwargs())
-        return GPT2LMHeadModel(config).eval()
+                            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, attn_implementation="eager",
+                            **self.config_kwargs())
+        model = GPT2LMHeadModel(config)
+        sinusoid_init(model.transformer.wpe)
+        return model.eval()
 
     def position_embeddings(self, model: nn.Module, sample: Sample) -> Tensor | None:
         ids = sample.inputs["input_ids"]
@@ -368,6 +404,7 @@ class TriggerBert(TextTask):
     words = 16
     train_batch = 128
     max_steps = 1500
+    lr = 3e-3
 
     @property
     def vocab_size(self) -> int:
@@ -429,7 +466,9 @@ class TriggerBert(TextTask):
                             intermediate_size=256, max_position_embeddings=32, num_labels=3,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD,
                             attn_implementation="eager")
-        return BertForSequenceClassification(config).eval()
+        model = BertForSequenceClassification(config)
+        sinusoid_init(model.bert.embeddings.position_embeddings)
+        return model.eval()
 
     def position_embeddings(self, model: nn.Module, sample: Sample) -> Tensor | None:
         ids = sample.inputs["input_ids"]
