@@ -1,8 +1,8 @@
 """More families, eager and SDPA: T5 (v1.0 ReLU and v1.1 gated-GELU, encoder *and* decoder maps),
 Mixtral and Qwen3-MoE, GPT-2, BERT (sequence classification, masked LM, bare ``BertModel`` with a
-function target), RoBERTa and ViT (the registered vision composite and AttnLRP); and families the generic
-composite covers through ops of their own: BLOOM (ALiBi via ``baddbmm``), Mamba (exp-made SSM decays),
-CTRL (scales ``inputs_embeds`` in place).
+function target), RoBERTa and ViT (AttnLRP, its default, and the LXT-style vision composite); and families
+the generic composite covers through ops of their own: BLOOM (ALiBi via ``baddbmm``), Mamba (exp-made SSM
+decays), CTRL (scales ``inputs_embeds`` in place).
 
 For each: the forward inside the context equals the untouched model and leaves it bit-identical;
 strict coverage passes; relevance equals the explicit-form reference (:mod:`lxt_fx.reference`) seeded
@@ -145,7 +145,7 @@ def model_call(model: torch.nn.Module, case: str) -> dict:
     return call
 
 
-def run_explain(model: torch.nn.Module, case: str, composite: Composite | None = None) -> lxt_fx.Attribution:
+def run_explain(model: torch.nn.Module, case: str, composite: Composite | str | None = None) -> lxt_fx.Attribution:
     if case == "vit":
         return lxt_fx.explain(model, pixels(), composite=composite, strict=True)
     ids, mask = text_inputs()
@@ -217,10 +217,7 @@ def test_relevance_equals_explicit_reference(case: str, attn: str) -> None:
     att = run_explain(model, case)
     assert att.report.unhandled == []
     assert att.report.composite == for_model(model).name
-    # the vision composite's γ-rule divides by a sign-split z_γ (x⁺, x⁻ against W↑, W↓) + b_γ, which float32
-    # resolves less finely than y: its reference runs in the graph's own dtype (the float64 one agrees to ~1e-4, see below)
-    dtype = None if case == "vit" else torch.float64
-    ref = reference(model, case, att, for_model(model), dtype)
+    ref = reference(model, case, att, for_model(model))
     if case == "vit":
         assert att.relevance.shape == (2, IMAGE, IMAGE)
         assert relative_error(att.relevance.double(), ref["pixel_values"].double().sum(1)) < 1e-5
@@ -238,22 +235,40 @@ def test_relevance_equals_explicit_reference(case: str, attn: str) -> None:
     assert_restored(model, before)
 
 
-def test_vit_attnlrp_and_float64_reference() -> None:
-    model = build("vit", "sdpa")
-    att = run_explain(model, "vit", lxt_fx.attnlrp)
-    ref = reference(model, "vit", att, lxt_fx.attnlrp)["pixel_values"].sum(1)
-    assert relative_error(att.relevance.double(), ref) < 1e-5
-    vision = run_explain(model, "vit")
-    ref64 = reference(model, "vit", vision, for_model(model))["pixel_values"].sum(1)
-    assert relative_error(vision.relevance.double(), ref64) < 1e-3
-    assert relative_error(vision.relevance.double(), ref) > 1e-3  # γ + CP-LRP is a different map
+@pytest.mark.parametrize("attn", ATTN)
+def test_vit_vision_composite_equals_explicit_reference(attn: str) -> None:
+    # the LXT-style vision composite (CP-LRP + γ on Linear + z⁺ on the patch embedding), chosen explicitly:
+    # the forward inside its context equals the model and leaves it bit-identical, and its relevance equals
+    # the explicit form
+    model = build("vit", attn)
+    vision = lxt_fx.composites.vision
+    call = model_call(model, "vit")
+    before = snapshot(model)
+    with torch.no_grad():
+        plain = main_outputs(model(**call))
+    with vision.context(model, strict=True), torch.no_grad():
+        inside = main_outputs(model(**call))
+    torch.testing.assert_close(inside["logits"], plain["logits"], atol=1e-5, rtol=0)
+    att = run_explain(model, "vit", vision)
+    assert att.report.unhandled == [] and att.report.composite == vision.name
+    assert att.relevance.shape == (2, IMAGE, IMAGE)
+    # the γ-rule divides by a sign-split z_γ (x⁺, x⁻ against W↑, W↓) + b_γ, which float32 resolves less
+    # finely than y: the reference in the graph's own dtype agrees to rounding, the float64 one to ~1e-4
+    ref = reference(model, "vit", att, vision, dtype=None)["pixel_values"].sum(1)
+    assert relative_error(att.relevance.double(), ref.double()) < 1e-5
+    ref64 = reference(model, "vit", att, vision)["pixel_values"].sum(1)
+    assert relative_error(att.relevance.double(), ref64) < 1e-3
+    default = run_explain(model, "vit")
+    assert relative_error(att.relevance.double(), default.relevance.double()) > 1e-3  # a different map
+    assert_restored(model, before)
 
 
-def test_vit_default_composite_is_the_registered_vision_one() -> None:
+def test_vit_default_is_attnlrp_and_vision_is_selectable() -> None:
     model = build("vit", "sdpa")
-    assert for_model(model) is lxt_fx.composites.vision
-    rules = {r.rule for r in run_explain(model, "vit").report.rewritten}
-    assert {"gamma", "attention", "norm_identity"} <= rules
+    assert for_model(model) is lxt_fx.attnlrp
+    assert run_explain(model, "vit").report.composite == lxt_fx.attnlrp.name
+    rules = {r.rule for r in run_explain(model, "vit", "vision").report.rewritten}
+    assert {"gamma", "zplus", "attention", "norm_identity"} <= rules
     custom = lxt_fx.composites.cp_lrp_gamma(linear_gamma=0.0, conv_gamma=100.0)
     att = run_explain(model, "vit", custom)
     ref = reference(model, "vit", att, custom, dtype=None)["pixel_values"].sum(1)

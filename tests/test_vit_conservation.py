@@ -1,12 +1,13 @@
 """ViT's books close: a tiny random ``ViTForImageClassification`` (hidden 64, 2 layers, 32×32 image, patch 8)
-explained with the vision composite, CP-LRP and AttnLRP, bookkept by :func:`lxt_fx.check.check`.
+explained with AttnLRP (its default), CP-LRP and the LXT-style vision composite (chosen explicitly), bookkept
+by :func:`lxt_fx.check.check`.
 
 Where the relevance goes (zero-bias mode): almost all of the score to the two learned inputs added on the
 relevance path — the position embeddings (booked ``embedding``) and the class token concatenated in front
 of the patches (booked ``constant``) — and the rest to the pixels; AttnLRP's softmax term besides. What no
 cause accounts for must be float rounding (< 1e-4 of the score). The classic γ-rule on signed pixels and
 LayerNorm outputs let its denominators cross zero, so that relevance grew to ~1e3 × the score inside the
-graph (image 1 below): the generalized γ / signed z⁺ default keeps Σ|R| near the score."""
+graph (image 1 below): the vision composite's generalized γ / signed z⁺ keeps Σ|R| near the score."""
 
 from __future__ import annotations
 
