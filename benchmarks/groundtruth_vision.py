@@ -4,8 +4,9 @@
 
 For shapes-vit, shapes-dinov2 and clip-shapes (the shipped weights), on ``--rows`` held-out rows (seed 1):
 
-* mass accuracy of the ViT composites, to split the registered ViT default (CP-LRP + γ on Linear + z⁺ on
-  the patch embedding) into its parts against the generic AttnLRP, paired per row;
+* mass accuracy of the ViT composites, to split the LXT-style vision composite (CP-LRP + γ on Linear + z⁺ on
+  the patch embedding, ``lxt_fx.composites.vision``) into its parts against the generic AttnLRP (the ViT
+  default), paired per row;
 * where each map's positive relevance lies: the evidence cell, the distractor cells, the background;
 * what the position embeddings, the CLS token and the register tokens absorb (``vision.absorbed``), as
   ``Σ_rows absorbed / Σ_rows score``.
@@ -20,7 +21,7 @@ import argparse
 
 import torch
 
-from lxt_fx.composites import Composite, attnlrp, cp_lrp, cp_lrp_gamma
+from lxt_fx.composites import Composite, attnlrp, cp_lrp, cp_lrp_gamma, vision
 from lxt_fx.composites.vision import CONV_OPS, input_carries_only
 from lxt_fx.evaluate import groundtruth as gt
 from lxt_fx.evaluate.groundtruth.methods import integrated_gradients
@@ -28,7 +29,7 @@ from lxt_fx.evaluate.groundtruth.vision import absorbed, cell_mask
 from lxt_fx.rules.gamma import ZPlus
 
 COMPOSITES = {
-    "vit default: CP-LRP, γ=0.05 Linear, z⁺ patch embedding": cp_lrp_gamma(),
+    "vision (LXT-style): CP-LRP, γ=0.05 Linear, z⁺ patch embedding": cp_lrp_gamma(),
     "CP-LRP, γ=0 Linear, z⁺ patch embedding": cp_lrp_gamma(0.0),
     "CP-LRP, γ=0.05 Linear, ε patch embedding": cp_lrp_gamma(0.05, 0.0),
     "CP-LRP (ε everywhere)": cp_lrp,
@@ -45,8 +46,8 @@ def maps_of(model, task, sample, composite, chunk: int = 100) -> dict[str, torch
 
 
 def composites(model, task, sample, label: str) -> None:
-    print(f"\n### {label}: mass accuracy per composite (paired difference to the registered default)\n")
-    print("| composite | mass | Δ vs default |\n|---|---|---|")
+    print(f"\n### {label}: mass accuracy per composite (paired difference to the vision composite)\n")
+    print("| composite | mass | Δ vs vision |\n|---|---|---|")
     masses = {k: gt.score(maps_of(model, task, sample, c), sample.mask)["mass"] for k, c in COMPOSITES.items()}
     ig = integrated_gradients(model, task, sample, 32)
     masses["Integrated Gradients (baseline)"] = gt.score(ig, sample.mask)["mass"]
@@ -67,6 +68,8 @@ def where(model, task, sample, label: str) -> None:
     print(f"\n### {label}: where the positive relevance lies (mean share per row)\n")
     print("| method | evidence cell | distractor cells | background | negative share of Σ\\|R\\| |\n|---|---|---|---|---|")
     runs = {"registered default": None, "AttnLRP (generic)": attnlrp, "CP-LRP": cp_lrp}
+    if task.name == "shapes-vit":
+        runs["vision (LXT-style)"] = vision
     maps = {k: maps_of(model, task, sample, c)["patches"] for k, c in runs.items()}
     maps["Integrated Gradients"] = integrated_gradients(model, task, sample, 32)["patches"]
     for k, r in maps.items():
@@ -85,7 +88,10 @@ def where(model, task, sample, label: str) -> None:
 def absorption(model, task, sample, label: str) -> None:
     print(f"\n### {label}: Σ absorbed / Σ score\n")
     rows = []
-    for name, comp in (("registered default", None), ("CP-LRP", cp_lrp)):
+    runs = [("registered default", None), ("CP-LRP", cp_lrp)]
+    if task.name == "shapes-vit":
+        runs.append(("vision (LXT-style)", vision))
+    for name, comp in runs:
         r = absorbed(model, task, sample, comp)
         total = r["score"].sum()
         rows.append((name, {k: float(v.sum() / total) for k, v in r.items() if k != "score"}))
