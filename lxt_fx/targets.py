@@ -74,6 +74,8 @@ class LabelNames:
         self.unk_token_id = None
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """``[class id]`` of a label name or ``"LABEL_<i>"``; :class:`TargetError` listing the labels otherwise
+        (``add_special_tokens`` is accepted for the tokenizer interface and ignored)."""
         if text in self.label2id:
             return [self.label2id[text]]
         if text.startswith("LABEL_") and text[6:].isdigit() and int(text[6:]) in self.id2label:
@@ -83,6 +85,7 @@ class LabelNames:
                           f"LABEL_{len(self.id2label) - 1}, or the class id as an int)")
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """The label name of each class id (``"LABEL_<i>"`` for an id without a name)."""
         return [self.id2label.get(int(i), f"LABEL_{int(i)}") for i in ids]
 
 
