@@ -56,7 +56,7 @@ def modality_maps(attribution: Attribution, row: int = 0) -> ModalityMaps:
     if frames is not None:
         totals["audio"] = float(frames.sum())
     tokens = [(token_text(t), max(-1.0, min(1.0, float(v) / div)))
-              for t, v in zip(attribution.tokens[row], values.tolist(), strict=True)]
+              for t, v in zip(attribution.tokens[row] if values.numel() else [], values.tolist(), strict=True)]
     return ModalityMaps(tokens, None if patches is None else (patches / div).clamp(-1, 1),
                         None if frames is None else (frames / div).clamp(-1, 1), scale, totals)
 
