@@ -83,15 +83,16 @@ def evaluate_task(name: str, n: int, figures: Path | None, log: Any = print) -> 
 
 def figure(task: gt.Task, sample: gt.Sample, maps: dict[str, dict[str, torch.Tensor]], best: str, path: Path,
            rows: int = 6) -> None:
-    """AttnLRP beside ``best``: per modality, 1-D maps as the first ``rows`` rows stacked, 2-D maps as the
-    first row's grid; each row scaled by its largest |value|; ground truth outlined in black."""
+    """AttnLRP beside ``best``: per modality, 1-D maps as the first ``rows`` rows stacked (each row scaled by
+    its largest |value| over the 1-D modalities), 2-D maps as the first row's grid (scaled by its largest
+    |value|); ground truth outlined in black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    keys = [k for k in sorted(sample.mask) if sample.mask[k][:rows].any() or sample.region[k][:rows].any()]
+    keys = sorted(sample.mask)
     fig, axes = plt.subplots(len(keys), 2, figsize=(10, 1.2 + 1.6 * len(keys)), squeeze=False)
     for col, method in enumerate(["attnlrp", best]):
         for row, key in enumerate(keys):
@@ -101,8 +102,12 @@ def figure(task: gt.Task, sample: gt.Sample, maps: dict[str, dict[str, torch.Ten
                 img, box = rel[:rows].double(), mask[:rows]
             else:
                 img, box = rel[0].double().reshape(rel.shape[1], -1), mask[0].reshape(rel.shape[1], -1)
-            img = img / img.abs().amax(-1, keepdim=True).clamp_min(1e-12) if rel.dim() == 2 else \
-                img / img.abs().max().clamp_min(1e-12)
+            if rel.dim() == 2:  # one scale per row across the 1-D modalities, so they compare
+                scale = torch.stack([maps[method][k][:rows].double().abs().amax(-1) for k in keys
+                                     if maps[method][k].dim() == 2]).amax(0)
+                img = img / scale[:, None].clamp_min(1e-12)
+            else:
+                img = img / img.abs().max().clamp_min(1e-12)
             ax.imshow(img.numpy(), cmap="bwr", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
             for y, x in box.nonzero().tolist():
                 ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))

@@ -350,15 +350,17 @@ class RecallLlama(Recall):
 class RecallGPT2(Recall):
     name = "recall-gpt2"
     family = "gpt2"
-    max_steps = 900
+    max_steps = 2000
+    max_seconds = 840.0
+    lr = 1e-3
     blank_rates = (0.08, 0.1, 0.04)
-    description = "associative recall on a 2-layer GPT-2 (learned positions)"
+    description = "associative recall on a 3-layer GPT-2 (learned positions)"
 
     def build(self, seed: int = 0) -> nn.Module:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(seed)
-        config = GPT2Config(n_embd=128, n_layer=2, n_head=4, n_positions=64, n_inner=256, resid_pdrop=0.0,
+        config = GPT2Config(n_embd=128, n_layer=3, n_head=4, n_positions=64, n_inner=256, resid_pdrop=0.0,
                             embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, attn_implementation="eager",
                             **self.config_kwargs())
         model = GPT2LMHeadModel(config)
