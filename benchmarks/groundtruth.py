@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def figure(task: gt.Task, sample: gt.Sample, maps: dict[str, dict[str, torch.Ten
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{NAMES.get(method, method)} — {key}", fontsize=9)
-    fig.suptitle(f"{task.name}: {task.description} (red +, blue −; outlined: ground truth)", fontsize=10)
+    title = f"{task.name}: {task.description} (red +, blue −; outlined: ground truth)"
+    fig.suptitle(textwrap.fill(title, 120), fontsize=10)  # wrapped: a long description is never cut at the edges
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
