@@ -9,9 +9,10 @@ evaluation rows carry no blanks.
 * **recall-llama / recall-gpt2 / recall-mixtral** — ``<bos> k₁ v₁ … k_P v_P <?> k_q`` → ``v_q``: keys
   distinct, values distinct, the queried pair at a random slot. Mask: the queried pair and the query key
   (the binding the answer is read through). Region: the ``2P`` context tokens.
-* **trigger-bert** — ``[CLS] w₁ … w_L``: fillers, one trigger word (class A or B), "not" tokens scattered
-  as distractors; a "not" *directly before* the trigger flips its class. Mask: the trigger and, when it is
-  negated, its "not". Region: the ``L`` words.
+* **trigger-bert** — ``[CLS] w₁ … w_L`` (``L = 12``): fillers, one trigger word (class A or B) and, in half
+  the rows, one "not", each at a random position; the label is the trigger's class XOR "a not is present"
+  (a binding of two words: neither alone predicts it), "none" when no trigger is left. Mask: the trigger
+  and, when present, the "not". Region: the ``L`` words.
 * **copy-t5** — source ``x₁ … x_L``, target ``f(x₁) … f(x_L)`` with ``f`` a planted permutation of the
   symbols; the explained step ``t`` is random per row (decoder input ``<s> f(x₁) … f(x_{t−1})``). Mask: the
   source token ``x_t``. Region: the source tokens.
@@ -394,48 +395,44 @@ CLS, NOT = 4, 5
 
 
 class TriggerBert(TextTask):
-    """``[CLS] w₁ … w_L``: one trigger (class A or B) among fillers and stray "not"s; a "not" directly before
-    the trigger flips the class; class "none" (2) when no trigger is left (see the module docstring)."""
+    """``[CLS] w₁ … w_L``: one trigger (class A or B) among fillers, at most one "not" anywhere; the label is
+    the trigger's class XOR "a not is present"; class "none" (2) when no trigger is left (see the module
+    docstring)."""
 
     name = "trigger-bert"
     family = "bert"
-    description = "negatable trigger word on a 2-layer BERT classifier"
+    description = "trigger word whose class a 'not' anywhere flips, on a 2-layer BERT classifier"
     kind = "classifier"
     triggers = 4           # per class
-    fillers = 24
-    words = 16
+    fillers = 16
+    words = 12
     train_batch = 128
-    max_steps = 1500
-    lr = 3e-3
+    max_steps = 2000
+    max_seconds = 300.0
+    lr = 2e-3
 
     @property
     def vocab_size(self) -> int:
         return 6 + 2 * self.triggers + self.fillers
 
-    def _draw(self, n: int, g: torch.Generator, blank: float, none: float
+    def _draw(self, n: int, g: torch.Generator, blank: float, none: float, negation: float = 0.5
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         L = self.words
         ids = torch.randint(0, self.fillers, (n, L + 1), generator=g) + 6 + 2 * self.triggers
         ids[:, 0] = CLS
         rows = torch.arange(n)
-        where = torch.randint(2, L + 1, (n,), generator=g)           # trigger position (a word before it)
+        # trigger and "not" at two distinct random word positions
+        slots = torch.argsort(torch.rand(n, L, generator=g), 1)[:, :2] + 1
+        where, neg_at = slots[:, 0], slots[:, 1]
         cls = torch.randint(0, 2, (n,), generator=g)
         word = 6 + cls * self.triggers + torch.randint(0, self.triggers, (n,), generator=g)
-        negated = torch.rand(n, generator=g) < 0.5
-        # stray negations: up to two, never directly before the trigger
-        for _ in range(2):
-            at = torch.randint(1, L + 1, (n,), generator=g)
-            ok = (at != where - 1) & (at != where) & (torch.rand(n, generator=g) < 0.7)
-            ids[rows[ok], at[ok]] = NOT
+        negated = torch.rand(n, generator=g) < negation
         ids[rows, where] = word
-        ids[rows[negated], where[negated] - 1] = NOT
-        # a "not" that is not negating the trigger must not sit right before it
-        plain = ~negated & (ids[rows, where - 1] == NOT)
-        ids[rows[plain], where[plain] - 1] = 6 + 2 * self.triggers
+        ids[rows[negated], neg_at[negated]] = NOT
         label = cls ^ negated.long()
         mask = torch.zeros(n, L + 1, dtype=torch.bool)
         mask[rows, where] = True
-        mask[rows[negated], where[negated] - 1] = True
+        mask[rows[negated], neg_at[negated]] = True
         if blank > 0 or none > 0:
             blanked = torch.rand(n, L + 1, generator=g) < blank
             blanked[:, 0] = False
@@ -443,7 +440,7 @@ class TriggerBert(TextTask):
             blanked[rows[drop], where[drop]] = True
             ids = ids.masked_fill(blanked, BLANK)
             gone = blanked[rows, where]
-            unnegated = negated & blanked[rows, where - 1]
+            unnegated = negated & blanked[rows, neg_at]
             label = torch.where(unnegated, cls, label)
             label = torch.where(gone, torch.full_like(label, 2), label)
         return ids, label, mask, where
@@ -457,15 +454,18 @@ class TriggerBert(TextTask):
                       {"tokens": region}, {"trigger_at": where})
 
     def training_batch(self, n: int, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
-        ids, label, _, _ = self._draw(n, generator, 0.08, 0.15)
+        # training negates a third of the rows (held-out rows: half): the label then carries the trigger's
+        # class on its own, attention learns to read the trigger first, and the flip is learnt on top of it
+        # (at exactly one half neither word alone predicts the label, and training stalls at the "none" split)
+        ids, label, _, _ = self._draw(n, generator, 0.08, 0.15, negation=1 / 3)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, label
 
     def build(self, seed: int = 0) -> nn.Module:
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(seed)
-        config = BertConfig(vocab_size=self.vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=256, max_position_embeddings=32, num_labels=3,
+        config = BertConfig(vocab_size=self.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=16, num_labels=3,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD,
                             attn_implementation="eager")
         model = BertForSequenceClassification(config)

@@ -13,7 +13,7 @@ from lxt_fx.evaluate.groundtruth import text
 from lxt_fx.targets import Function
 
 # AttnLRP mass-accuracy floors: about 0.1 under the mean measured on 256 held-out rows (benchmarks/results/groundtruth.md)
-FLOORS = {"recall-llama": 0.8, "recall-gpt2": 0.85, "recall-mixtral": 0.68, "copy-t5": 0.75}
+FLOORS = {"recall-llama": 0.8, "recall-gpt2": 0.85, "recall-mixtral": 0.68, "trigger-bert": 0.5, "copy-t5": 0.75}
 TASKS = list(FLOORS)
 
 
@@ -66,17 +66,33 @@ def test_recall_mask_is_the_queried_pair_and_the_query() -> None:
     assert not (sample.region["tokens"][:, [0, -2, -1]]).any()
 
 
-def test_trigger_label_is_the_triggers_class_flipped_by_a_directly_preceding_not() -> None:
+def test_trigger_label_is_the_triggers_class_flipped_by_a_not_anywhere() -> None:
     task = gt.get("trigger-bert")
     sample = task.sample(64, seed=5)
+    negated_rows = 0
     for row, m, label in zip(sample.inputs["input_ids"], sample.mask["tokens"], sample.target, strict=True):
         trig = [i for i in range(1, row.numel()) if 6 <= int(row[i]) < 6 + 2 * task.triggers]
-        assert len(trig) == 1
-        at = trig[0]
-        cls = (int(row[at]) - 6) // task.triggers
-        negated = int(row[at - 1]) == text.NOT
-        assert int(label) == cls ^ int(negated)
-        assert m.nonzero().flatten().tolist() == ([at - 1, at] if negated else [at])
+        nots = [i for i in range(1, row.numel()) if int(row[i]) == text.NOT]
+        assert len(trig) == 1 and len(nots) <= 1 and int(row[0]) == text.CLS
+        cls = (int(row[trig[0]]) - 6) // task.triggers
+        assert int(label) == cls ^ len(nots)
+        assert m.nonzero().flatten().tolist() == sorted(trig + nots)
+        negated_rows += len(nots)
+    assert 16 <= negated_rows <= 48
+    assert not sample.region["tokens"][:, 0].any() and sample.region["tokens"][:, 1:].all()
+
+
+def test_trigger_without_its_trigger_is_none_and_without_its_not_is_unflipped() -> None:
+    model, task = gt.load("trigger-bert")
+    sample = task.sample(32, seed=9)
+    ids = sample.inputs["input_ids"]
+    trigger = (ids >= 6) & (ids < 6 + 2 * task.triggers)
+    no_trigger = {**sample.inputs, "input_ids": ids.masked_fill(trigger, text.BLANK)}
+    assert (task.predict(model, no_trigger) == 2).all()
+    no_not = {**sample.inputs, "input_ids": ids.masked_fill(ids == text.NOT, text.BLANK)}
+    negated = (ids == text.NOT).any(1)
+    unflipped = torch.where(negated, 1 - sample.target, sample.target)
+    assert (task.predict(model, no_not) == unflipped).all()
 
 
 def test_copy_target_is_the_mapped_source_token_at_the_explained_step() -> None:
