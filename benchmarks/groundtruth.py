@@ -145,7 +145,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for r in results:
         t = r.get("training") or {}
         ev = t.get("evidence", {})
-        train = f"{t['seconds']:.0f} s, {t['steps']} steps" if t else "—"
+        train = f"{t['seconds']:.0f} s, {int(t['steps'])} steps" if t else "—"
         evid = f"{ev['gt_rate']:.3f} / {ev['random_rate']:.3f}" if ev else "—"
         acc = f"{t['accuracy']:.3f}" if t else "—"
         best = r["best_baseline"]
