@@ -20,7 +20,6 @@ The explained scalar is the logit of the label token at the decoder's first step
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register
-from .task import Sample, Task
+from .task import Sample, Task, fit_one_cycle
 
 MEL, FRAMES, EVENT, EVENTS, PITCHES, LOWEST = 16, 64, 6, 5, 8, 4
 PAD, START, EOS = 0, 1, 2
@@ -120,24 +119,13 @@ class TonesWhisper(Task):
               batch: int = 64) -> dict[str, float]:
         generator = torch.Generator().manual_seed(1000 + seed)
         torch.manual_seed(seed)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1,
-                                                    three_phase=False) if steps > 20 else None
-        begin = time.perf_counter()
-        for step in range(steps):
+
+        def batch_loss() -> Tensor:
             x, pitch, _ = draw(batch, generator, ABSENT)
             logits = model(**self._inputs(x)).logits[:, -1]
-            loss = nn.functional.cross_entropy(logits, pitch + FIRST_LABEL)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if step % 100 == 0 or step == steps - 1:
-                log(f"  {self.name} step {step}: loss {loss.item():.3f}")
-        model.eval()
-        seconds = time.perf_counter() - begin
+            return nn.functional.cross_entropy(logits, pitch + FIRST_LABEL)
+
+        seconds = fit_one_cycle(model, steps, 2e-3, batch_loss, log=log, name=self.name)
         held = self.sample(512, seed=10_000 + seed)
         accuracy = float((self.predict(model, held.inputs) == held.target).double().mean())
         return {"steps": steps, "seconds": seconds, "accuracy": accuracy}

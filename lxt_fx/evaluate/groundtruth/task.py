@@ -15,10 +15,13 @@ relevance (e.g. input × gradient) to the modality's map.
 from __future__ import annotations
 
 import abc
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -125,3 +128,26 @@ class Task(abc.ABC):
     @property
     def weights_dir(self) -> Path:
         return WEIGHTS / self.name
+
+
+def fit_one_cycle(model: nn.Module, steps: int, lr: float, batch_loss: Callable[[], Tensor], *, log: Any = print,
+                  name: str = "") -> float:
+    """Train ``model`` for ``steps`` AdamW steps (weight decay 0.01) on ``batch_loss()`` — which draws a fresh
+    batch and returns its loss — under a one-cycle schedule peaking at ``lr`` (10 % warm-up; a constant
+    ``lr`` for 20 steps or fewer); leaves the model in eval mode and returns the seconds spent."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1,
+                                                three_phase=False) if steps > 20 else None
+    begin = time.perf_counter()
+    for step in range(steps):
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  {name} step {step}: loss {loss.item():.3f}")
+    model.eval()
+    return time.perf_counter() - begin

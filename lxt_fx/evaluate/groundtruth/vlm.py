@@ -22,7 +22,6 @@ question word. Ablation paints patches with the plain background grey and replac
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from ... import modalities
 from . import register
-from .task import Sample, Task
+from .task import Sample, Task, fit_one_cycle
 
 SIZE, PATCH, MERGE, TEMPORAL, OBJECT, OBJECTS = 24, 4, 2, 2, 8, 3
 GRID = SIZE // PATCH                                   # 6 patches a side
@@ -154,24 +153,13 @@ class ColourVLM(Task):
               batch: int = 64) -> dict[str, float]:
         generator = torch.Generator().manual_seed(1000 + seed)
         torch.manual_seed(seed)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.1,
-                                                    three_phase=False) if steps > 20 else None
-        begin = time.perf_counter()
-        for step in range(steps):
+
+        def batch_loss() -> Tensor:
             x, ids, colour, _ = draw(batch, generator)
             logits = model(**self.call({"input_ids": ids, "pixel_values": x})).logits[:, -1]
-            loss = nn.functional.cross_entropy(logits, colour + FIRST_COLOUR)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if step % 100 == 0 or step == steps - 1:
-                log(f"  {self.name} step {step}: loss {loss.item():.3f}")
-        model.eval()
-        seconds = time.perf_counter() - begin
+            return nn.functional.cross_entropy(logits, colour + FIRST_COLOUR)
+
+        seconds = fit_one_cycle(model, steps, LR, batch_loss, log=log, name=self.name)
         held = self.sample(512, seed=10_000 + seed)
         accuracy = float((self.predict(model, held.inputs) == held.target).double().mean())
         return {"steps": steps, "seconds": seconds, "accuracy": accuracy}
