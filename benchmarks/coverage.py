@@ -748,6 +748,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
                 try:
                     with torch.no_grad():
                         plain = _main_output(model(**{**extra, **call}))  # a call's own use_cache wins
+                    if degenerate(plain):  # a vanishing random init: PyTorch's own layer init instead (the
+                        plain = standard_init(model, {**extra, **call})  # sweep's model, never the library)
                     return model, name, task, call, plain
                 except Exception:
                     if i == len(variants) - 1:
@@ -755,6 +757,33 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
         except Exception as exc:  # noqa: BLE001 - a family that does not build is a row, not a crash
             errors.append(f"{name}: {_short(exc)}")
     raise RuntimeError("; ".join(errors)[:300])
+
+
+# A plain output whose largest magnitude is below this is degenerate: the random init's signal vanished on
+# the way (conv stacks whose norm scales and conv weights are drawn at std 0.02: EfficientNet's logits are
+# exactly 0, PP-LCNet's 1e-37), so every relevance is 0 and zero-bias conservation divides 0 by 0.
+DEGENERATE = 1e-6
+
+
+def degenerate(plain: torch.Tensor) -> bool:
+    """Whether the tiny model's plain output vanished (:data:`DEGENERATE`) or is not finite."""
+    return plain.is_floating_point() and bool(not torch.isfinite(plain).all() or plain.abs().max() < DEGENERATE)
+
+
+def standard_init(model: Any, call: dict[str, Any]) -> torch.Tensor:
+    """Re-initialize a degenerate tiny model with PyTorch's own layer initialization: every module with a
+    ``reset_parameters`` (convolutions and Linear: Kaiming-uniform by fan-in; norm layers: scale 1, shift 0,
+    running statistics reset) but the embeddings gets it, in place of transformers' std-0.02 normal draws, so
+    the signal no longer vanishes. Seeded; returns the new plain output (the sweep's model only, never the
+    library)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and not isinstance(module, nn.Embedding):
+                module.reset_parameters()
+        return _main_output(model(**call))
 
 
 def _config_for(cls: Any, config: Any) -> Any:
