@@ -748,8 +748,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
                 try:
                     with torch.no_grad():
                         plain = _main_output(model(**{**extra, **call}))  # a call's own use_cache wins
-                    if degenerate(plain):  # a vanishing random init: PyTorch's own layer init instead (the
-                        plain = standard_init(model, {**extra, **call})  # sweep's model, never the library)
+                    if degenerate(plain):  # a vanishing random init: rescaled layer by layer (the sweep's
+                        plain = unit_variance(model, {**extra, **call})  # model only, never the library)
                     return model, name, task, call, plain
                 except Exception:
                     if i == len(variants) - 1:
@@ -770,19 +770,41 @@ def degenerate(plain: torch.Tensor) -> bool:
     return plain.is_floating_point() and bool(not torch.isfinite(plain).all() or plain.abs().max() < DEGENERATE)
 
 
-def standard_init(model: Any, call: dict[str, Any]) -> torch.Tensor:
-    """Re-initialize a degenerate tiny model with PyTorch's own layer initialization: every module with a
-    ``reset_parameters`` (convolutions and Linear: Kaiming-uniform by fan-in; norm layers: scale 1, shift 0,
-    running statistics reset) but the embeddings gets it, in place of transformers' std-0.02 normal draws, so
-    the signal no longer vanishes. Seeded; returns the new plain output (the sweep's model only, never the
-    library)."""
+def unit_variance(model: Any, call: dict[str, Any]) -> torch.Tensor:
+    """Re-initialize a degenerate tiny model by its structure: every norm layer's scale gets its standard value
+    1 (the random init draws it at std 0.02), then layer-sequential unit variance (Mishkin & Matas, ICLR 2016):
+    in one forward on the sweep's own inputs, every convolution and Linear layer, in the order it runs, has
+    its weight and bias divided by the standard deviation of its output, so each layer hands on unit-variance
+    activations and the output no longer vanishes. A layer run twice is rescaled once. Returns the new plain
+    output (the parameters change in place: the sweep's model, never the library's)."""
     from torch import nn
 
-    torch.manual_seed(0)
+    seen: set[int] = set()
+
+    def rescale(module: nn.Module, _: Any, out: Any) -> Any:
+        if id(module) in seen or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        seen.add(id(module))
+        std = float(out.std())
+        if not math.isfinite(std) or std == 0.0:
+            return None
+        module.weight.div_(std)
+        if getattr(module, "bias", None) is not None:
+            module.bias.div_(std)
+        return out / std
+
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     with torch.no_grad():
         for module in model.modules():
-            if hasattr(module, "reset_parameters") and not isinstance(module, nn.Embedding):
-                module.reset_parameters()
+            if isinstance(module, norms) and isinstance(getattr(module, "weight", None), torch.Tensor):
+                module.weight.fill_(1.0)
+        handles = [m.register_forward_hook(rescale) for m in model.modules() if isinstance(m, layers)]
+        try:
+            model(**call)
+        finally:
+            for handle in handles:
+                handle.remove()
         return _main_output(model(**call))
 
 
