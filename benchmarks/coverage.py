@@ -737,6 +737,7 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             config._attn_implementation = "eager"
             torch.manual_seed(0)
             model = cls(config).eval()
+            draw_zero_layers(model)
             if getattr(model.config, "_experts_implementation", None) == "eager" and hasattr(
                     model, "set_experts_implementation"):  # OpenAI-Privacy-Filter defaults to the eager experts
                 # loop (data-dependent, not traceable): the grouped one gives the same outputs and captures
@@ -768,6 +769,26 @@ DEGENERATE = 1e-6
 def degenerate(plain: torch.Tensor) -> bool:
     """Whether the tiny model's plain output vanished (:data:`DEGENERATE`) or is not finite."""
     return plain.is_floating_point() and bool(not torch.isfinite(plain).all() or plain.abs().max() < DEGENERATE)
+
+
+def draw_zero_layers(model: Any, std: float = 0.02) -> list[str]:
+    """Draw every Linear / convolution weight that the random init left exactly zero (a router or gate
+    zero-initialized by design for training: AFMoE's token-choice router) from ``N(0, std²)``, seeded. All its
+    outputs would be exactly 0 — ties everywhere in top-k, and an activation at exactly 0 whose identity-rule
+    ratio ``f(0)/0`` is infinite once the zero-bias check sets ε = 0. Returns the layers drawn (the sweep's
+    model, never the library)."""
+    from torch import nn
+
+    drawn = []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(weight, torch.Tensor) \
+                    and weight.numel() and not weight.any():
+                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+                drawn.append(name)
+    return drawn
 
 
 def unit_variance(model: Any, call: dict[str, Any]) -> torch.Tensor:

@@ -299,3 +299,15 @@ def test_a_vanishing_init_is_rescaled_layer_by_layer(coverage) -> None:
         h.remove()
     assert len(stds) == 13 and all(abs(s - 1.0) < 1e-4 for s in stds), stds
     assert not coverage.degenerate(torch.tensor([0.5, -1e-3])) and coverage.degenerate(torch.zeros(3))
+
+
+def test_a_zero_initialized_layer_is_drawn(coverage) -> None:
+    """A router whose weight the init left exactly zero (AFMoE) is drawn at std 0.02; other layers are kept."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    nn.init.zeros_(model[1].weight)
+    kept = model[0].weight.detach().clone()
+    assert coverage.draw_zero_layers(model) == ["1"]
+    assert torch.equal(model[0].weight, kept) and model[1].weight.all()
+    assert 0.005 < float(model[1].weight.std()) < 0.06
