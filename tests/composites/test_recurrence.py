@@ -84,3 +84,17 @@ def test_wkv_books_close_with_no_unhandled_op() -> None:
     report = lxt_fx.check(model, {"x": torch.randn(2, 5, 6)})
     assert not report.unhandled
     assert report.zero_bias.verdict().status == "closes", report.zero_bias.verdict().reason
+
+
+def test_a_tiny_rwkv_has_no_unhandled_op() -> None:
+    """RWKV-4 (transformers' CPU WKV loop): every exp and the division are covered (before: the first step's
+    ``exp`` and its division were unhandled, the zero initial state being a constant)."""
+    import transformers as tf
+
+    config = tf.RwkvConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                           intermediate_size=48, context_length=16)  # two layers: its init divides by layers − 1
+    torch.manual_seed(0)
+    model = tf.RwkvForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    att = lxt_fx.explain(model, ids, strict=True)
+    assert att.report.unhandled == [] and torch.isfinite(att.relevance).all()
