@@ -92,9 +92,9 @@ def shares(maps: dict[str, torch.Tensor], cats: dict[str, dict[str, torch.Tensor
 
 def maps_of(model: torch.nn.Module, task: gt.Task, sample: gt.Sample, method: str, chunk: int = 64
             ) -> dict[str, torch.Tensor]:
-    if method in METHODS:
+    composite = CANDIDATES.get(method) or named().get(method)
+    if composite is None:
         return run_methods(model, task, sample, [method], batch_size=chunk)[method]
-    composite = CANDIDATES.get(method) or named()[method]
     parts = [task.explain(model, sample.rows(slice(i, i + chunk)), composite=composite)
              for i in range(0, len(sample), chunk)]
     return {k: torch.cat([p[k].detach().float() for p in parts]) for k in sample.mask}

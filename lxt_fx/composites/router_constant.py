@@ -25,8 +25,8 @@ Chosen by ground truth (:mod:`lxt_fx.evaluate.groundtruth`, task ``recall-mixtra
 v_P <?> k_q → v_q``, the mask the queried pair and the query key; mass accuracy ``Σ_{i∈mask} R_i⁺ /
 Σ_i R_i⁺``, paired per row): the rule was found on the shipped model (6 pairs, seed 7) and checked on data
 held out while choosing it — the same model on 4 pairs (128 rows, seed 99): 0.785 → 0.843, paired
-+0.058 ± 0.014; and a model trained from seed 1 with the task's own training code (see
-``docs/groundtruth.md`` for the figures). Registered for ``model_type == "mixtral"``
++0.058 ± 0.014; a model trained from seed 1 with the task's own training code (128 rows): 0.787 → 0.846,
+paired +0.058 ± 0.016 (``benchmarks/groundtruth_text_rules.py``, ``docs/groundtruth.md``). Registered for ``model_type == "mixtral"``
 (:func:`~.registry.register_defaults`); the LXT-style generic ``attnlrp`` stays selectable by object or by
 name (``composite="attnlrp"``) — LXT itself has no Mixtral rules to compare against.
 """
