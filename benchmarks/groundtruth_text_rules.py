@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lxt_fx.composites import Composite, attnlrp, cp_lrp, named, router_constant  # noqa: E402
 from lxt_fx.composites.vision import LINEAR_OPS, input_carries_only  # noqa: E402
 from lxt_fx.evaluate import groundtruth as gt  # noqa: E402
-from lxt_fx.evaluate.groundtruth.methods import METHODS, run_methods  # noqa: E402
+from lxt_fx.evaluate.groundtruth.methods import run_methods  # noqa: E402
 from lxt_fx.evaluate.groundtruth.text import NOT  # noqa: E402
 from lxt_fx.rules import Gamma, Gradient  # noqa: E402
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from helpers import graph_gxi
+from helpers import ToyMoE, graph_gxi
 from torch import nn
 
 import lxt_fx
@@ -35,25 +35,9 @@ class SoftmaxRouter(nn.Module):
         return (top.detach() if self.hold else top), index
 
 
-class ToyMoE(nn.Module):
-    """One MoE layer with linear experts and a linear head, no biases: ``head(Σ_j ŵ_j W_j x)``."""
-
-    def __init__(self, dim: int = 8, experts: int = 4, k: int = 2) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.router = SoftmaxRouter(dim, experts, k)
-        self.experts = nn.Parameter(torch.randn(experts, dim, dim) / dim**0.5)
-        self.head = nn.Linear(dim, 3, bias=False)
-
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        weights, index = self.router(inputs_embeds)
-        outs = torch.einsum("...kij,...j->...ki", self.experts[index], inputs_embeds)
-        return self.head((weights.unsqueeze(-1) * outs).sum(-2))
-
-
 def test_router_constant_equals_the_closed_form_with_the_routing_weights_detached() -> None:
     x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    model = ToyMoE().double().eval()
+    model = ToyMoE(SoftmaxRouter, seed=3).double().eval()
     r, score, graph = graph_gxi(model, x, router_constant, (0, -1, 1))
     assert [row.rule for row in graph.report.rewritten if "softmax" in row.op] == ["stop"]
     # the independent reference: plain autograd through the same function with ŵ detached
