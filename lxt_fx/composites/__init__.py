@@ -14,7 +14,9 @@ from .registry import (
            resolve_composite,
            unregister,
 )
+from .router_constant import router_constant
 from .vision import cp_lrp_gamma, vision
 
 __all__ = ["AnyOf", "Composite", "NodeInfo", "UnknownCompositeError", "attnlrp", "cp_lrp", "cp_lrp_gamma",
-           "dynamic_mask", "for_model", "named", "register", "registered", "resolve_composite", "unregister", "vision"]
+           "dynamic_mask", "for_model", "named", "register", "registered", "resolve_composite", "router_constant", "unregister",
+           "vision"]
