@@ -252,32 +252,41 @@ def main() -> None:
     for task, pairs in tasks.items():
         print(f"{task}: {len(pairs)} pairs", flush=True)
         results[task] = run_task(model, tokenizer, task, pairs, head_layers, args.batch)
+        _write(args, name, head_layers, layers, results, [], time.perf_counter() - started)
+    cost_lines: list[str] = []
+    if args.cost:
+        cost_lines = _cost(model, tokenizer, next(iter(tasks.values()))[0], args.batch)
+    print(_write(args, name, head_layers, layers, results, cost_lines, time.perf_counter() - started))
+
+
+def _cost(model: Any, tokenizer: Any, pair: tuple[Any, Any, Any], batch: int) -> list[str]:
+    """The whole table (every head and MLP) for one pair: RelP, AtP, activation patching (second of two runs)."""
+    clean, corrupt, target = pair
+    for _rep in range(2):
+        est = patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=("heads", "mlp"))
+        ap = activation_patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
+                                 components=est.components, batch_size=batch)
+    return ["| method | wall s | components |", "|---|---:|---:|",
+            f"| RelP (2 forwards + 1 LRP backward) | {est.seconds['relp']:.2f} | {len(est.components)} |",
+            f"| AtP (2 forwards + 1 backward) | {est.seconds['atp']:.2f} | {len(est.components)} |",
+            f"| activation patching ({batch} per forward) | {ap.seconds['activation']:.2f} | {len(ap.components)} |",
+            f"| ratio activation / RelP | {ap.seconds['activation'] / est.seconds['relp']:.1f}× | |"]
+
+
+def _write(args: argparse.Namespace, name: str, head_layers: set[int], layers: int, results: dict[str, Any],
+           cost_lines: list[str], total: float) -> str:
     lines, stats = _table(results, args.boots)
     timing = ["| task | RelP s / pair | AtP s / pair | activation patching s / pair | components |", "|---|---:|---:|---:|---:|"]
     for task, res in results.items():
         sec = res["seconds"]
         timing.append(f"| {task} | {_median(sec['relp']):.2f} | {_median(sec['atp']):.2f} | "
                       f"{_median(sec['activation']):.2f} | {len(res['components'])} |")
-    cost_lines: list[str] = []
-    if args.cost:
-        clean, corrupt, target = next(iter(tasks.values()))[0]
-        for _rep in range(2):
-            est = patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=("heads", "mlp"))
-            ap = activation_patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
-                                     components=est.components, batch_size=args.batch)
-        cost_lines = ["| method | wall s | components |", "|---|---:|---:|",
-                      f"| RelP (2 forwards + 1 LRP backward) | {est.seconds['relp']:.2f} | {len(est.components)} |",
-                      f"| AtP (2 forwards + 1 backward) | {est.seconds['atp']:.2f} | {len(est.components)} |",
-                      f"| activation patching ({args.batch} per forward) | {ap.seconds['activation']:.2f} | "
-                      f"{len(ap.components)} |",
-                      f"| ratio activation / RelP | {ap.seconds['activation'] / est.seconds['relp']:.1f}× | |"]
-    total = time.perf_counter() - started
     header = ["# Circuits: RelP and AtP against activation patching", "",
               f"Model: {name}; {args.pairs} pairs per task; direction: noise (clean run, one component set to its "
               f"corrupted value); components: MLP output of every layer, heads of layers "
               f"{sorted(head_layers) if len(head_layers) < layers else 'all'}, residual stream after every layer at "
               f"the last position. Statistics over components of the pair-mean scores; 95 % bootstrap over pairs "
-              f"({args.boots} draws). torch threads: 1. Total wall: {total:.0f} s.", "",
+              f"({args.boots} draws). torch threads: 1. Total wall: {total:.0f} s (tasks done: {', '.join(results)}).", "",
               "Command: `python benchmarks/circuits.py " + " ".join(sys.argv[1:]) + "`", ""]
     text = "\n".join(header + lines + ["", "## Wall time per pair (median)", ""] + timing +
                      (["", "## Cost: the whole table, all heads and MLPs, one pair", ""] + cost_lines if cost_lines else [])
@@ -290,7 +299,7 @@ def main() -> None:
             t: r["seconds"] for t, r in results.items()}, "scores": {
             t: {m: v.tolist() for m, v in r["scores"].items()} for t, r in results.items()},
             "components": {t: r["components"] for t, r in results.items()}}, indent=1))
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
