@@ -185,7 +185,7 @@ def attribution_graph(model: nn.Module, inputs: Any, *, tokenizer: Any = None, t
             rel = {n: values[n] * (torch.zeros_like(values[n]) if grads[n] is None else grads[n]) for n in nodes}
             r_comp = [_sum(c, rel[c.node]) for c in comps]
             kept = [comps[i] for i in _keep_by_coverage(r_comp, coverage, max_nodes)]
-            total = float(score.sum())
+            total = float(score.detach().sum())
             out_nodes, edges = [], []
             for b in kept:
                 g_b = grads[b.node] * _mask(b, grads[b.node])
@@ -212,7 +212,7 @@ def attribution_graph(model: nn.Module, inputs: Any, *, tokenizer: Any = None, t
                        methods=("relp",), composite=composite)
         for n, s in zip(out_nodes, est.scores["relp"].tolist(), strict=True):
             n.patching = s
-    return CircuitGraph(out_nodes, edges, float(score.sum()), tokens, coverage)
+    return CircuitGraph(out_nodes, edges, total, tokens, coverage)
 
 
 # ---- the HTML view ------------------------------------------------------------------------------------
@@ -237,6 +237,7 @@ function show(id) {
   panel.innerHTML = h + '</ul>';
 }
 document.querySelectorAll('.node').forEach(e => e.addEventListener('click', () => show(e.dataset.id)));
+if (location.hash) show(decodeURIComponent(location.hash.slice(1)));  // page.html#L3.H2 opens that node
 """
 
 
