@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..composites.registry import resolve_composite
 from ..explain import model_call, model_device, token_strings
+from ..render.common import display_tokens
 from ..session import check_model, embed, input_embeddings, rewritten_graph
 from ..targets import as_target
 from ..tracing.modes import in_eval_mode
@@ -107,7 +108,7 @@ class CircuitGraph:
 
 def _top_tokens(rel: Tensor, tokens: list[str], k: int) -> list[tuple[str, float]]:
     order = torch.argsort(rel.abs(), descending=True)[:k]
-    return [(f"{tokens[i]}@{int(i)}", float(rel[i])) for i in order]
+    return [(f"{tokens[i].strip() or tokens[i]}@{int(i)}", float(rel[i])) for i in order]
 
 
 def _keep_by_coverage(values: Sequence[float], coverage: float, limit: int) -> list[int]:
@@ -169,7 +170,7 @@ def attribution_graph(model: nn.Module, inputs: Any, *, tokenizer: Any = None, t
     nodes = sorted({c.node for c in comps})
     gm, probes = probed_graph(graph, nodes, lrp=True)
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    tokens = token_strings(ids[0], tokenizer)
+    tokens = display_tokens(token_strings(ids[0], tokenizer), ids[0].tolist(), tokenizer)
     for p in probes.values():
         p.keep = True
     try:
@@ -252,8 +253,9 @@ def _html(g: CircuitGraph, title: str) -> str:
     for r, layer in enumerate(sorted(rows, key=lambda v: -1 if v is None else v)):
         members = rows[layer]
         y = height - 40 - r * row_h
+        shift = ((r % 3) - 1) * 90 if len(members) == 1 else 0  # lone nodes staggered: edges do not run through
         for i, n in enumerate(members):
-            pos[n.id] = ((i + 1) * width / (len(members) + 1), y)
+            pos[n.id] = ((i + 1) * width / (len(members) + 1) + shift, y)
     top = max((abs(e.share) for e in g.edges), default=1.0) or 1.0
     parts = []
     for e in g.edges:
@@ -270,7 +272,7 @@ def _html(g: CircuitGraph, title: str) -> str:
                      f'stroke="#333"/><text x="{x:.0f}" y="{y + 5:.0f}" text-anchor="middle" '
                      f'font-size="12">{html.escape(n.id)}</text></g>')
     data = json.dumps(g.to_dict()).replace("</", "<\\/")
-    text = html.escape(" ".join(g.tokens))
+    text = html.escape("".join(g.tokens))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:12px}} #wrap{{display:flex;gap:16px}}

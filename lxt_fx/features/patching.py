@@ -266,25 +266,30 @@ def _estimate(pair: _Pair, comps: list[Component], direction: str, lrp: bool) ->
     for p in probes.values():
         p.keep = True
     try:
-        with torch.no_grad():
-            out = _run(gm, pair.embeds["clean"], pair.masks["clean"])
-            clean_score, ids = _score(out, pair.goal, pair.masks["clean"], None, pair.tokenizer)
-            if other == "corrupt":
-                out = _run(gm, pair.embeds["corrupt"], pair.masks["corrupt"])
-                corrupt_score, _ = _score(out, pair.goal, pair.masks["corrupt"], ids, pair.tokenizer)
+        ids = None
+        if base == "corrupt":  # the metric's ids come from the clean run
+            with torch.no_grad():
+                out = _run(gm, pair.embeds["clean"], pair.masks["clean"])
+                clean_score, ids = _score(out, pair.goal, pair.masks["clean"], None, pair.tokenizer)
             other_values = {n: probes[n].value for n in nodes}
         with torch.enable_grad():
             leaf = pair.embeds[base].clone().requires_grad_(True)
             out = _run(gm, leaf, pair.masks[base])
-            score, _ = _score(out, pair.goal, pair.masks[base], ids, pair.tokenizer)
+            score, ids = _score(out, pair.goal, pair.masks[base], ids, pair.tokenizer)
             held = [probes[n].last for n in nodes]
             missing = [n for n, h in zip(nodes, held, strict=True) if h is None]
             if missing:
                 raise PlaceError(f"nodes {missing} carry no gradient from the input: nothing flows through them")
             grads = torch.autograd.grad(score.sum(), held, allow_unused=True)
-        if other == "clean":
-            corrupt_score = score
         base_values = {n: probes[n].value for n in nodes}
+        if base == "clean":
+            clean_score = score.detach()
+            with torch.no_grad():
+                out = _run(gm, pair.embeds["corrupt"], pair.masks["corrupt"])
+                corrupt_score, _ = _score(out, pair.goal, pair.masks["corrupt"], ids, pair.tokenizer)
+            other_values = {n: probes[n].value for n in nodes}
+        else:
+            corrupt_score = score.detach()
     finally:
         for p in probes.values():
             p.keep, p.last, p.value = False, None, None
