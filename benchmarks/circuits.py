@@ -4,6 +4,7 @@
     python benchmarks/circuits.py --pairs 12 --head-layers 0,5,10,15,20,25
     python benchmarks/circuits.py --cost                # also: the whole table for all heads and MLPs, one pair
     python benchmarks/circuits.py --tiny --pairs 2      # a random tiny LLaMA: a smoke run, seconds
+    python benchmarks/circuits.py --ablate --pairs 8 --head-layers 0,6,12,18,24   # after a run: which rule
 
 Tasks (synthetic pairs, same token length for clean and corrupted, metric a logit difference):
 
@@ -19,6 +20,10 @@ patching (one forward per component, batched) for the MLP output of every layer,
 Pearson and Spearman of RelP and of AtP against activation patching over components, the scores averaged over
 the pairs (the patching of the pairs' mean metric), with a 95 % bootstrap interval over pairs; the top-k
 overlap of ``|score|``; the wall time of each method per pair. Results: ``benchmarks/results/circuits.{md,json}``.
+
+``--ablate`` reads the IOI activation-patching scores of the last run (``circuits.json``) and recomputes RelP on
+the same pairs with AttnLRP's rules for one op family at a time replaced by the plain gradient (attention,
+the gated-MLP and other products, the norms): which rule moves RelP away from activation patching.
 """
 
 from __future__ import annotations
@@ -214,6 +219,49 @@ def _table(results: dict[str, Any], boots: int) -> tuple[list[str], dict[str, An
     return lines, stats
 
 
+def ablate(model: Any, tokenizer: Any, pairs: list[tuple[Any, Any, Any]], head_layers: set[int], out: Path) -> str:
+    """RelP on the IOI pairs of the last run under AttnLRP with one op family's rule removed (plain gradient
+    there), against that run's activation patching."""
+    from lxt_fx.composites.attnlrp import attnlrp
+    from lxt_fx.composites.composite import Composite
+    from lxt_fx.rules import Attention, GatedUnit, NormIdentity, Stop, Uniform
+
+    saved = json.loads(out.with_suffix(".json").read_text())
+    truth = torch.tensor(saved["scores"]["ioi"]["activation"])[:len(pairs)]
+    kinds = [c[0] for c in saved["components"]["ioi"]]
+
+    def without(name: str, *rules: type) -> Composite:
+        return Composite([(p, r) for p, r in attnlrp.entries if not isinstance(r, rules)], name=name)
+
+    variants = {"AttnLRP (RelP)": attnlrp, "products (gate · up) plain": without("p", Uniform, GatedUnit),
+                "attention plain": without("a", Attention),
+                "attention and products plain": without("pa", Uniform, GatedUnit, Attention),
+                "norms plain": without("n", NormIdentity, Stop)}
+    lines = ["| RelP rules | heads Pearson | MLP Pearson | resid Pearson | heads Spearman | MLP Spearman | "
+             "resid Spearman |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, composite in variants.items():
+        rows = []
+        for clean, corrupt, target in pairs:
+            listed = patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
+                              components=("heads", "mlp", "resid"), methods=())
+            length = max(c.position for c in listed.components if c.kind == "resid") + 1
+            keep = _components(listed.components, head_layers, length)
+            rows.append(patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=keep,
+                                 methods=("relp",), composite=composite).scores["relp"])
+        est = torch.stack(rows)
+        cells = {}
+        for kind in ("head", "mlp", "resid"):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            cells[kind] = (pearson(est[:, idx].mean(0), truth[:, idx].mean(0)),
+                           spearman(est[:, idx].mean(0), truth[:, idx].mean(0)))
+        lines.append(f"| {name} | " + " | ".join(f"{cells[k][0]:.3f}" for k in ("head", "mlp", "resid")) + " | "
+                     + " | ".join(f"{cells[k][1]:.3f}" for k in ("head", "mlp", "resid")) + " |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    out.with_name(out.name + "_ablation.md").write_text(text)
+    return text
+
+
 def _median(xs: list[float]) -> float:
     return float(torch.tensor(xs).median()) if xs else float("nan")
 
@@ -227,6 +275,8 @@ def main() -> None:
     parser.add_argument("--boots", type=int, default=1000)
     parser.add_argument("--cost", action="store_true", help="also time the whole table (all heads and MLPs)")
     parser.add_argument("--tiny", action="store_true", help="a random tiny LLaMA (smoke run)")
+    parser.add_argument("--ablate", action="store_true", help="RelP with one rule family removed, on the IOI "
+                        "pairs of the last run (needs its circuits.json)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "circuits"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -247,6 +297,9 @@ def main() -> None:
         tasks = {t: make_pairs(t, tokenizer, args.pairs, seed=i) for i, t in enumerate(args.tasks.split(","))}
     layers = len(model.model.layers)
     head_layers = set(range(layers)) if args.head_layers == "all" else {int(x) for x in args.head_layers.split(",")}
+    if args.ablate:
+        print(ablate(model, tokenizer, make_pairs("ioi", tokenizer, args.pairs, seed=0), head_layers, Path(args.out)))
+        return
     started = time.perf_counter()
     results = {}
     for task, pairs in tasks.items():
