@@ -350,8 +350,9 @@ def _write(args: argparse.Namespace, name: str, head_layers: set[int], layers: i
         out.with_suffix(".md").write_text(text)
         out.with_suffix(".json").write_text(json.dumps({"stats": stats, "seconds": {
             t: r["seconds"] for t, r in results.items()}, "scores": {
-            t: {m: v.tolist() for m, v in r["scores"].items()} for t, r in results.items()},
-            "components": {t: r["components"] for t, r in results.items()}}, indent=1))
+            t: {m: [[float(f"{x:.6g}") for x in row] for row in v.tolist()] for m, v in r["scores"].items()}
+            for t, r in results.items()},
+            "components": {t: r["components"] for t, r in results.items()}}, separators=(",", ":")))
     return text
 
 
