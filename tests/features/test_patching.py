@@ -85,7 +85,7 @@ def test_activation_patching_equals_hooked_eager_forwards(setup, direction) -> N
     expected = torch.tensor(expected)
     assert expected.abs().max() > 1e-2  # the corruption matters
     torch.testing.assert_close(got.scores["activation"], expected, rtol=1e-4, atol=1e-5)
-    assert got.clean == pytest.approx(float(_metric(model, clean, target)), rel=1e-5)
+    assert got.clean == pytest.approx(float(_metric(model, clean, target).detach()), rel=1e-5)
 
 
 def test_atp_equals_the_eager_gradient_product(setup) -> None:
