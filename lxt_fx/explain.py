@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
+from .composites.palrp import PLACE_PREFIXES
 from .composites.registry import resolve_composite
 from .render.common import named_tokens
-from .composites.palrp import PLACE_PREFIXES
 from .rewrite import recording_places
 from .rules.position import position_relevance
 from .session import (

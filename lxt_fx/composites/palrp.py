@@ -172,6 +172,7 @@ def insert_position_places(gm: fx.GraphModule, inputs: Iterable[str]) -> dict[st
 
 def _takes(kind: str):
     def predicate(node: fx.Node) -> bool:
+        """Whether one of the node's operands is a positional table of this kind (a PA-LRP place)."""
         return any(a.meta.get("lxt_position") == kind for a in node.all_input_nodes)
 
     predicate.__name__ = f"takes_{kind}_position"
@@ -191,6 +192,7 @@ class PositionAware(Composite):
         return insert_position_places(gm, inputs)
 
     def extend(self, other: Composite | Iterable[tuple[Any, Any]], name: str | None = None) -> PositionAware:
+        """A new position-aware composite: this one's entries, then ``other``'s."""
         more = other.entries if isinstance(other, Composite) else tuple(other)
         other_name = other.name if isinstance(other, Composite) else "custom"
         return PositionAware(self.entries + more, name or f"{self.name}|{other_name}")

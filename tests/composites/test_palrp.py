@@ -18,6 +18,7 @@ import transformers as tf
 from torch.testing import assert_close
 
 import lxt_fx
+from lxt_fx.attribution import NoPositionsError
 from lxt_fx.check import check
 from lxt_fx.composites import palrp, resolve_composite
 from lxt_fx.reference import explicit_relevance
@@ -73,6 +74,8 @@ def test_text_positions_found_and_reported(kind: str, keys: set[str]) -> None:
     assert rules.get("pa_rotary" if kind == "llama" else "pa_additive", 0) >= 1
     plain = lxt_fx.explain(m, IDS, attention_mask=MASK, **given)
     assert plain.position_relevance is None
+    with pytest.raises(NoPositionsError):
+        plain.pair_relevance()
     if kind != "llama":  # an added table changes nothing upstream: the token map is AttnLRP's
         assert_close(att.relevance, plain.relevance, rtol=1e-5, atol=1e-6)
 
