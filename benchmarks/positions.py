@@ -32,6 +32,7 @@ from lxt_fx.composites import palrp
 from lxt_fx.evaluate import groundtruth as gt
 from lxt_fx.explain import explain, position_maps, position_tables
 from lxt_fx.rewrite import recording_places
+from lxt_fx.targets import Similarity
 
 RESULTS = Path(__file__).parent / "results" / "positions.md"
 
@@ -54,9 +55,10 @@ def fmt(values: torch.Tensor | None, pct: bool = False) -> str:
 def palrp_pass(model: Any, task: Any, sample: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                                 torch.Tensor]:
     """(maps per modality, positional tables ``{key: [n, positions]}``, explained scores) under PA-LRP."""
-    if task.name == "colour-vlm":  # its vision tower runs inside explain's call only
-        att = explain(model, sample.inputs["input_ids"], images=sample.inputs["pixel_values"],
-                      target=sample.target.tolist(), composite=palrp)
+    if task.name in ("colour-vlm", "clip-shapes"):  # their forward_leaves bypass the graph (a hook, a tower)
+        target = Similarity() if task.name == "clip-shapes" else sample.target.tolist()
+        att = explain(model, sample.inputs["input_ids"], images=sample.inputs["pixel_values"], target=target,
+                      composite=palrp)
         maps = {"patches": att.image_relevance.float(), "tokens": att.relevance.float()}
         return maps, att.position_maps or {}, att.target_scores.double()
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in task.leaves(model, sample).items()}
@@ -68,7 +70,7 @@ def palrp_pass(model: Any, task: Any, sample: Any) -> tuple[dict[str, torch.Tens
                                                                                   strict=False)}
     if "decoder_tokens" in maps:
         maps["decoder_tokens"] = maps["decoder_tokens"] * sample.inputs["decoder_attention_mask"].float()
-    return maps, position_maps(tables, grads[len(leaves):]), scores.detach().double()
+    return maps, position_maps(tables, grads[len(leaves):], len(sample)), scores.detach().double()
 
 
 def pair_maps(maps: dict[str, torch.Tensor], tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

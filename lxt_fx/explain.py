@@ -342,7 +342,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
                                                       ids=ids if dec_ids is None else dec_ids, position=position)
         leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
         grads = torch.autograd.grad(scores.sum(), leaves + [t for _, t in tables], allow_unused=True)
-        maps = position_maps(tables, grads[len(leaves):])
+        maps = position_maps(tables, grads[len(leaves):], ids.shape[0])
     relevance = token_relevance(embeds, grads[0], mask)
     tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = explained_names(model, outputs, target_ids, tokenizer)
@@ -537,11 +537,17 @@ def position_tables(seen: dict[str, list[Tensor]]) -> list[tuple[str, Tensor]]:
     return [(k, t) for k, values in seen.items() if k.startswith(PLACE_PREFIXES) for t in values]
 
 
-def position_maps(tables: Sequence[tuple[str, Tensor]], grads: Sequence[Tensor | None]) -> dict[str, Tensor]:
+def position_maps(tables: Sequence[tuple[str, Tensor]], grads: Sequence[Tensor | None], batch: int | None = None
+                  ) -> dict[str, Tensor]:
     """``{key: [batch, positions]}``: each table's relevance per row and position (PA-LRP Eq. 11), summed
-    over the places of one table (layers, queries and keys of a rotary table), on the CPU."""
+    over the places of one table (layers, queries and keys of a rotary table), on the CPU. A table without one
+    entry per row (``batch``; default the largest first axis) is left out: Qwen2-VL's vision tower rotates
+    its patches flattened over all images."""
     out: dict[str, Tensor] = {}
+    rows = max((t.shape[0] for _, t in tables), default=0) if batch is None else batch
     for (key, table), grad in zip(tables, grads, strict=True):
+        if table.shape[0] != rows:  # not one entry per row (a vision tower's patches flattened over images)
+            continue
         r = position_relevance(table, grad).detach().cpu()
         out[key] = r if key not in out else out[key] + r
     return out
@@ -631,7 +637,7 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
         mask = torch.ones(batch, 1, dtype=torch.long, device=pixels.device)
         scores, target_ids, positions = target_scores(model, outputs, goal, mask, None)
         grad, *table_grads = torch.autograd.grad(scores.sum(), [leaf] + [t for _, t in tables], allow_unused=True)
-        maps = position_maps(tables, table_grads)
+        maps = position_maps(tables, table_grads, batch)
     relevance = (leaf.detach().float() * grad.float()).sum(1).cpu()
     patch = modalities.patch_size(model)
     patch = patch if relevance.shape[-2] % patch == 0 and relevance.shape[-1] % patch == 0 else 1
@@ -726,7 +732,7 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         got = torch.autograd.grad(scores.sum(), [leaves[n] for n in names] + place_values + [t for _, t in tables],
                                   allow_unused=True)
         grads = dict(zip(names, got[:len(names)], strict=True))
-        maps = position_maps(tables, got[len(names) + len(place_values):])
+        maps = position_maps(tables, got[len(names) + len(place_values):], scores.shape[0])
         got = got[:len(names) + len(place_values)]
     batch = scores.shape[0]
     if text_key is not None:

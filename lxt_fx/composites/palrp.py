@@ -111,10 +111,11 @@ def _rotary_source(operand: fx.Node, gm: fx.GraphModule) -> str | None:
 
 
 def _reachable(gm: fx.GraphModule, inputs: Iterable[str]) -> set[fx.Node]:
+    """The float-valued nodes that depend on ``inputs`` (a size read off an input carries nothing)."""
     names = set(inputs)
     found: set[fx.Node] = set()
     for node in gm.graph.nodes:
-        if node.name in names or any(a in found for a in node.all_input_nodes):
+        if node.name in names or (_float(node) and any(a in found for a in node.all_input_nodes)):
             found.add(node)
     return found
 
