@@ -21,12 +21,12 @@ Per task, over the same held-out rows (``task.sample(n, seed)``):
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from groundtruth import mean_se  # benchmarks/groundtruth.py, beside this script
 
 from lxt_fx.composites import palrp
 from lxt_fx.evaluate import groundtruth as gt
@@ -35,14 +35,6 @@ from lxt_fx.rewrite import recording_places
 from lxt_fx.targets import Similarity
 
 RESULTS = Path(__file__).parent / "results" / "positions.md"
-
-
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    v = values.double().flatten()
-    v = v[torch.isfinite(v)]
-    if v.numel() < 2:
-        return (float(v.mean()) if v.numel() else math.nan), math.nan
-    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(v.numel()))
 
 
 def fmt(values: torch.Tensor | None, pct: bool = False) -> str:
