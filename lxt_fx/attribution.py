@@ -186,7 +186,7 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready) form: per row its tokens, ids and relevance at the positions where the
-        mask is 1."""
+        mask is 1 (with a position-aware composite also ``position_relevance``, the positions' share)."""
         rows = []
         for i in range(len(self)):
             keep = self.kept(i)
@@ -205,6 +205,8 @@ class Attribution:
                                 decoder_input_ids=None if self.decoder_input_ids is None
                                 else self.decoder_input_ids[i, :m].tolist(),
                                 decoder_relevance=self.decoder_relevance[i, :m].tolist())
+            if self.position_relevance is not None and self.relevance.dim() == 2:  # PA-LRP: the positions' share
+                rows[-1]["position_relevance"] = self.position_relevance[i][keep].tolist()
             for name in ("image_relevance", "pixel_relevance", "audio_relevance"):  # the maps of other modalities
                 value = getattr(self, name)
                 if value is not None:

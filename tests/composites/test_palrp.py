@@ -70,6 +70,7 @@ def test_text_positions_found_and_reported(kind: str, keys: set[str]) -> None:
     assert set(att.position_maps) == keys
     assert att.position_relevance.shape == IDS.shape
     assert_close(att.pair_relevance(), att.relevance + att.position_relevance)
+    assert att.to_dict()["rows"][0]["position_relevance"] == att.position_relevance[0].tolist()
     rules = att.report.rule_counts()
     assert rules.get("pa_rotary" if kind == "llama" else "pa_additive", 0) >= 1
     plain = lxt_fx.explain(m, IDS, attention_mask=MASK, **given)
