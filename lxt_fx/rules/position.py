@@ -21,13 +21,15 @@ of a rotated query or key goes to the token. PA-LRP makes the encoding an input 
 Which parts are written from the paper and which are derived here: the paper's text available to us (its
 abstract, and equation numbers and formulas quoted by a third-party reimplementation — no PDF) gives Eq. 5
 (the ε split of an additive encoding), Eq. 10 (½ of the rotated query's and key's relevance to the rotary
-table, by Lemma 3.2's uniform split), and Eq. 11 (positional relevance summed over features and layers and
-added to the token's). The authors' code splits RoPE's ``q ⊙ cos + rot(q) ⊙ sin`` with the ε-rule over the
-two summands and the uniform rule in each product, which is the rule below. Derived here, not from the paper:
-(1) Eq. 11's sum is kept signed, so that the books close (the authors' heat maps add ``|·|`` of each layer's
-positional map, separately normalized — a display choice that does not conserve); (2) a sinusoidal table
+table, by Lemma 3.2's uniform split), and Eq. 11 (the map per token: its embedding's relevance plus its
+position's, over features and layers, quoted with positive parts, ``R_i = Σ_d E_i[d]⁺ + Σ_k Σ_d P_{i,k}[d]⁺``).
+The authors' code splits RoPE's ``q ⊙ cos + rot(q) ⊙ sin`` with the ε-rule over the two summands and the
+uniform rule in each product, which is the rule below. Derived here, not from the paper: (1) Eq. 11's sum is
+kept signed, so that the books close (positive parts, or the ``|·|`` of each layer's map that the authors'
+demo adds after normalizing it, do not conserve; a user can clamp the signed maps); (2) a sinusoidal table
 (Whisper) takes Eq. 5 like a learned one — both are tensors added to the token embeddings; (3) M-RoPE is
-RoPE with a position id per section, so Eq. 10 applies to its tables unchanged.
+RoPE with a position id per section, so Eq. 10 applies to its tables unchanged; (4) BERT's token-type table
+is read like a position table (Eq. 5) but reported apart, as ``token_types``.
 """
 
 from __future__ import annotations
