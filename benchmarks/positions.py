@@ -47,6 +47,10 @@ def fmt(values: torch.Tensor | None, pct: bool = False) -> str:
 def palrp_pass(model: Any, task: Any, sample: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                                 torch.Tensor]:
     """(maps per modality, positional tables ``{key: [n, positions]}``, explained scores) under PA-LRP."""
+    if task.name == "tones-whisper":  # as task.explain: the decoder's token embeddings carry relevance too
+        att = explain(model, sample.inputs["decoder_input_ids"], audio=sample.inputs["input_features"],
+                      target=sample.target.tolist(), composite=palrp)
+        return {"frames": att.audio_relevance.float()}, att.position_maps or {}, att.target_scores.double()
     if task.name in ("colour-vlm", "clip-shapes"):  # their forward_leaves bypass the graph (a hook, a tower)
         target = Similarity() if task.name == "clip-shapes" else sample.target.tolist()
         att = explain(model, sample.inputs["input_ids"], images=sample.inputs["pixel_values"], target=target,
