@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 # this tuple only names the usual ones for callers that pick one).
 RELEVANCE_INPUTS = ("inputs_embeds", "decoder_inputs_embeds", "pixel_values")
 # A float input whose name contains one of these carries no relevance unless ``relevance_inputs`` names it.
-NON_CARRYING_PARTS = ("mask", "position", "cache")
+# ``bbox``: a layout model's token boxes (LayoutLM, BROS, UDOP) are 2-D page positions, embedded (often as
+# sinusoids of the coordinates) and added to the token embeddings like position ids: constants for relevance.
+NON_CARRYING_PARTS = ("mask", "position", "cache", "bbox")
 # Arguments that read or fill a key/value cache: the rewritten graph has none.
 CACHE_ARGUMENTS = ("past_key_values", "cache", "cache_position")
 # Keyword arguments the session handles itself (never passed to the captured graph).

@@ -15,7 +15,9 @@ from .registry import (
            resolve_composite,
            unregister,
 )
+from .router_constant import router_constant
 from .vision import cp_lrp_gamma, vision
 
-__all__ = ["AnyOf", "Composite", "NodeInfo", "PositionAware", "palrp", "UnknownCompositeError", "attnlrp", "cp_lrp", "cp_lrp_gamma",
-           "dynamic_mask", "for_model", "named", "register", "registered", "resolve_composite", "unregister", "vision"]
+__all__ = ["AnyOf", "Composite", "NodeInfo", "PositionAware", "UnknownCompositeError", "attnlrp", "cp_lrp",
+           "cp_lrp_gamma", "dynamic_mask", "for_model", "named", "palrp", "register", "registered", "resolve_composite",
+           "router_constant", "unregister", "vision"]
