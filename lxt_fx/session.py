@@ -436,7 +436,15 @@ def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str
         gm = captured.module()
         report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds)
         places = token_places(gm) if text else {}
-        decided = plan(gm, composite, [f"tensors_{name}" for name in inputs], places)
+        sources = [f"tensors_{name}" for name in inputs]
+        prepare = None
+        if hasattr(composite, "position_places"):  # PA-LRP: positional tables become relevance places
+            def prepare(fresh: fx.GraphModule, _c: Any = composite, _s: Any = (*sources, *places)) -> dict[str, str]:
+                return _c.position_places(fresh, _s)
+
+            places.update(prepare(gm))
+        decided = plan(gm, composite, sources, places)
+        decided.prepare = prepare
         apply(gm, decided, report)
         report.rewrite_seconds = time.perf_counter() - start
         hit = (composite, Rewritten(gm, report, captured, decided))

@@ -42,15 +42,17 @@ def for_model(model: nn.Module) -> Composite:
 
 def named() -> dict[str, Composite]:
     """Every composite a name stands for: the built-ins by their import name (``attnlrp``, ``cp_lrp``,
-    ``vision``, ``dynamic_mask``, ``router_constant``, as ``lxt_fx.composites`` exports them and the CLI's ``--composite`` takes
-    them) and by their ``name``, then each registered composite by its ``name``."""
+    ``vision``, ``dynamic_mask``, ``router_constant``, ``palrp`` — position-aware AttnLRP, :mod:`.palrp` —, as
+    ``lxt_fx.composites`` exports them and the CLI's ``--composite`` takes them) and by their ``name``, then each
+    registered composite by its ``name``."""
     from .cp_lrp import cp_lrp
     from .dynamic_mask import dynamic_mask
+    from .palrp import palrp
     from .router_constant import router_constant
     from .vision import vision
 
     builtins = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "vision": vision, "dynamic_mask": dynamic_mask,
-                "router_constant": router_constant}
+                "router_constant": router_constant, "palrp": palrp}
     found = dict(builtins)
     for composite in [*builtins.values(), *_REGISTRY.values()]:
         found.setdefault(composite.name, composite)
