@@ -15,7 +15,8 @@ Per model, against one capture/model cache folder (``$LXT_FX_CACHE``) that start
   whole process, folder warm.
 
 "import" is ``import lxt_fx`` after the interpreter started; "process" is the child's wall time from spawn
-to exit, measured outside it. ``1b`` is a random-weight LLaMA shaped like LLaMA-3.2-1B (16 blocks, hidden
+to exit, measured outside it, and "process CPU" its user + system CPU seconds (on a shared machine, the
+closer of the two to what an idle one gives). ``1b`` is a random-weight LLaMA shaped like LLaMA-3.2-1B (16 blocks, hidden
 2048, 32/8 heads, MLP 8192, vocab 128256): its "load" is building it from its config (no file, no model cache),
 its prompt is 8 seeded random ids. ``tiny``: a 2-block random LLaMA (smoke runs). ``--repeats`` runs the
 cold/warm pair that many times (each with a new empty folder) and reports the median per step.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The capital of France is"
-STEPS = ("import", "load", "capture", "rewrite", "first explain", "later explain", "process")
+STEPS = ("import", "load", "capture", "rewrite", "first explain", "later explain", "process", "process CPU")
 
 
 def child(name: str, threads: int) -> None:
@@ -83,36 +85,41 @@ def _env(folder: Path, threads: int) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(name: str, folder: Path, threads: int) -> dict[str, float]:
-    """A fresh process for one row; its steps plus its whole wall time ("process")."""
-    start = time.perf_counter()
+    """A fresh process for one row; its steps plus its whole wall time ("process") and CPU time."""
+    cpu, start = _cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child", name, "--threads", str(threads)],
                           env=_env(folder, threads), capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"row {name} failed:\n{done.stderr[-3000:]}")
     row = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
-    row["process"] = wall
+    row["process"], row["process CPU"] = wall, _cpu() - cpu
     return row
 
 
-def run_cli(name: str, folder: Path, threads: int) -> float:
-    """Wall seconds of ``lxt-fx explain --model NAME --prompt PROMPT`` in a fresh process."""
-    start = time.perf_counter()
+def run_cli(name: str, folder: Path, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``lxt-fx explain --model NAME --prompt PROMPT`` in a fresh process."""
+    cpu, start = _cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "lxt_fx.cli", "explain", "--model", name, "--prompt", PROMPT,
                            "--threads", str(threads)], env=_env(folder, threads), capture_output=True, text=True,
                           cwd=ROOT)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"lxt-fx explain --model {name} failed:\n{done.stderr[-3000:]}")
-    return wall
+    return wall, _cpu() - cpu
 
 
 def measure(name: str, threads: int, repeats: int) -> dict[str, Any]:
     """Median per step of the cold and the warm row (and the warm CLI for built-in models)."""
     cold: list[dict[str, float]] = []
     warm: list[dict[str, float]] = []
-    cli: list[float] = []
+    cli: list[tuple[float, float]] = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="lxt-fx-first-heatmap-") as tmp:
             cold.append(run_child(name, Path(tmp), threads))
@@ -121,7 +128,8 @@ def measure(name: str, threads: int, repeats: int) -> dict[str, Any]:
                 cli.append(run_cli(name, Path(tmp), threads))
     med = {kind: {s: statistics.median(r[s] for r in rows) for s in STEPS} for kind, rows in
            (("cold", cold), ("warm", warm))}
-    return {"rows": med, "cli": statistics.median(cli) if cli else None}
+    cli_median = (statistics.median(w for w, _ in cli), statistics.median(c for _, c in cli)) if cli else None
+    return {"rows": med, "cli": cli_median}
 
 
 def main() -> None:
@@ -148,7 +156,8 @@ def main() -> None:
         for kind, row in results[name]["rows"].items():
             print(f"{name:12s} {kind:5s} " + "  ".join(f"{s} {row[s]:.2f}s" for s in STEPS), flush=True)
         if results[name]["cli"] is not None:
-            print(f"{name:12s} CLI warm {results[name]['cli']:.2f}s", flush=True)
+            print(f"{name:12s} CLI warm {results[name]['cli'][0]:.2f}s wall, {results[name]['cli'][1]:.2f}s CPU",
+                  flush=True)
     lines = ["# Time to the first heatmap (fresh process per row)", "",
              f"Made by `benchmarks/first_heatmap.py` (its docstring says what each column is). CPU, "
              f"{args.threads} torch thread(s), median of {args.repeats} cold/warm pair(s); load average "
@@ -157,7 +166,7 @@ def main() -> None:
              "|---|---|" + "---:|" * (len(STEPS) + 1)]
     for name, got in results.items():
         for kind, row in got["rows"].items():
-            cli = f"{got['cli']:.2f}" if kind == "warm" and got["cli"] is not None else ""
+            cli = f"{got['cli'][0]:.2f} ({got['cli'][1]:.2f} CPU)" if kind == "warm" and got["cli"] is not None else ""
             lines.append(f"| {name} | {kind} | " + " | ".join(f"{row[s]:.2f}" for s in STEPS) + f" | {cli} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

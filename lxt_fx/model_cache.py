@@ -77,32 +77,60 @@ def folder_for(directory: Path, name: str, key: dict[str, Any]) -> Path:
 def problem(folder: Path, key: dict[str, Any]) -> str | None:
     """Why ``folder`` cannot be trusted as the cached model of ``key`` (None when it can): see the module
     docstring for what is checked."""
+    reason, listed = _listing_problem(folder, key)
+    return reason if reason is not None else _checksum_problem(folder, listed)
+
+
+def _listing_problem(folder: Path, key: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The quick checks (manifest, key, the set of files, their sizes): (why not, the manifest's files)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return f"it has no {MANIFEST} (a foreign or half-written folder)"
+        return f"it has no {MANIFEST} (a foreign or half-written folder)", {}
     except (OSError, ValueError) as exc:
-        return f"its {MANIFEST} cannot be read ({exc})"
+        return f"its {MANIFEST} cannot be read ({exc})", {}
     if not isinstance(manifest, dict) or manifest.get("magic") != MAGIC or manifest.get("format") != FORMAT:
-        return f"its {MANIFEST} is not an lxt-fx model manifest of format {FORMAT}"
+        return f"its {MANIFEST} is not an lxt-fx model manifest of format {FORMAT}", {}
     if manifest.get("key") != json.loads(json.dumps(key)):
-        return "its manifest was written for another model, dtype or package version (foreign)"
+        return "its manifest was written for another model, dtype or package version (foreign)", {}
     listed = manifest.get("files")
-    if not isinstance(listed, dict):
-        return f"its {MANIFEST} lists no files"
+    if not isinstance(listed, dict) or not all(isinstance(e, dict) for e in listed.values()):
+        return f"its {MANIFEST} lists no files", {}
     present = {p.name for p in folder.iterdir()} - {MANIFEST}
     extra = sorted(present - set(listed))
     if extra:
-        return f"it holds {extra[0]!r}, a file its manifest does not list (foreign)"
+        return f"it holds {extra[0]!r}, a file its manifest does not list (foreign)", {}
     for name, entry in sorted(listed.items()):
-        path = folder / name
         if name not in present:
-            return f"{name!r} is missing"
-        if not isinstance(entry, dict) or path.stat().st_size != entry.get("size"):
-            return f"{name!r} has another size than its manifest says (tampered or truncated)"
-        if file_sha256(path) != entry.get("sha256"):
+            return f"{name!r} is missing", {}
+        if (folder / name).stat().st_size != entry.get("size"):
+            return f"{name!r} has another size than its manifest says (tampered or truncated)", {}
+    return None, listed
+
+
+def _checksum_problem(folder: Path, listed: dict[str, Any]) -> str | None:
+    for name, entry in sorted(listed.items()):
+        if file_sha256(folder / name) != entry.get("sha256"):
             return f"{name!r} does not match its SHA-256 in the manifest (tampered)"
     return None
+
+
+def _restore_verified(folder: Path, listed: dict[str, Any],
+                      restore: Callable[[Path], tuple[nn.Module, Any]]) -> tuple[str | None, Any]:
+    """``(why not trusted, restore(folder))``: the checksums are computed in a thread while ``restore`` reads
+    the files (hashlib and file reads release the GIL); a result whose checksums fail is dropped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(_checksum_problem, folder, listed)
+        try:
+            result, error = restore(folder), None
+        except Exception as exc:  # noqa: BLE001 - a tampered file may fail to parse: the checksum says why
+            result, error = None, exc
+        reason = checked.result()
+    if reason is None and error is not None:
+        raise error
+    return reason, result
 
 
 def write(model: nn.Module, tokenizer: Any, folder: Path) -> None:
@@ -171,9 +199,11 @@ def load(name: str, key: dict[str, Any], build: Callable[[], tuple[nn.Module, An
         return build()
     folder = folder_for(directory, name, key)
     if folder.is_dir():
-        reason = problem(folder, key)
+        reason, listed = _listing_problem(folder, key)
         if reason is None:
-            return restore(folder)
+            reason, result = _restore_verified(folder, listed, restore)
+            if reason is None:
+                return result
         _warn(f"model cache folder {folder} ignored: {reason}; building {name!r} afresh")
     model, tokenizer = build()
     if not store(model, tokenizer, folder, key):
