@@ -170,6 +170,9 @@ def store(model: nn.Module, tokenizer: Any, folder: Path, key: dict[str, Any]) -
     try:
         write(model, tokenizer, tmp)
         (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, key), indent=1), encoding="utf-8")
+        if folder.exists() and problem(folder, key) is None:  # another process stored it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            return True
         if folder.exists():  # an untrusted folder: moved aside first, so the rename below is atomic
             aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=parent))
             folder.rename(aside / folder.name)
