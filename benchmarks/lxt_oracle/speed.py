@@ -147,7 +147,7 @@ def worker(side: str, threads: int) -> None:
         request = json.loads(line)
         ids = torch.tensor([request["ids"]])
         ckpt = request["checkpoint"]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if request["method"] == "lxt-fx":
             relevance = lxt_fx.explain(model, ids, target=TARGET, checkpoint=ckpt).relevance[0]
         else:
@@ -157,8 +157,7 @@ def worker(side: str, threads: int) -> None:
             finally:
                 if undo is not None:
                     undo()
-        seconds = time.perf_counter() - start
-        reply: dict[str, Any] = {"seconds": seconds}
+        reply: dict[str, Any] = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
         if request.get("relevance"):
             reply["relevance"] = relevance.tolist()
         print(json.dumps(reply), flush=True)
@@ -221,11 +220,15 @@ def measure(workers: dict[str, Worker], length: int, ckpt: str | None, repeats: 
     ours, theirs = warm["lxt-fx"]["relevance"], warm["LXT 2.1"]["relevance"]
     gap = max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) / max(abs(b) for b in theirs)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in range(repeats):
         order = METHODS[r % 3:] + METHODS[:r % 3]
         for m in order:
-            times[m].append(workers[m].ask(method=m, ids=ids, checkpoint=ckpt)["seconds"])
-    return {"median": {m: statistics.median(t) for m, t in times.items()}, "gap": gap}
+            got = workers[m].ask(method=m, ids=ids, checkpoint=ckpt)
+            times[m].append(got["seconds"])
+            cpu[m].append(got["cpu"])
+    return {"median": {m: statistics.median(t) for m, t in times.items()},
+            "cpu": {m: statistics.median(t) for m, t in cpu.items()}, "gap": gap}
 
 
 def main() -> None:
@@ -258,10 +261,12 @@ def main() -> None:
             for length in args.lengths:
                 got = measure(workers, length, None if ckpt == "none" else ckpt, args.repeats)
                 rows.append((ckpt, length, got))
-                med = got["median"]
-                print(f"{ckpt:5s} L={length:5d}  " + "  ".join(f"{m} {med[m]:.3f}s" for m in METHODS)
+                med, cpu = got["median"], got["cpu"]
+                print(f"{ckpt:5s} L={length:5d}  " + "  ".join(f"{m} {med[m]:.3f}s ({cpu[m]:.3f} CPU)" for m in METHODS)
                       + f"  lxt-fx/plain {med['lxt-fx'] / med['plain gradient']:.3f}"
-                      + f"  lxt-fx/LXT {med['lxt-fx'] / med['LXT 2.1']:.3f}  ΔR {got['gap']:.1e}", flush=True)
+                      + f" (CPU {cpu['lxt-fx'] / cpu['plain gradient']:.3f})"
+                      + f"  lxt-fx/LXT {med['lxt-fx'] / med['LXT 2.1']:.3f} (CPU {cpu['lxt-fx'] / cpu['LXT 2.1']:.3f})"
+                      + f"  ΔR {got['gap']:.1e}", flush=True)
     finally:
         for w in {id(w): w for w in workers.values()}.values():
             w.close()
@@ -272,18 +277,21 @@ def main() -> None:
         "Made by `benchmarks/lxt_oracle/speed.py` (its docstring says what each column runs). "
         f"float32, SDPA, {args.threads} torch thread(s) per worker, median of {args.repeats} interleaved repeats "
         f"after one warm-up; load average {load[0]:.1f} before and {load_after[0]:.1f} after "
-        f"(`os.getloadavg`, {os.cpu_count()} cores). ΔR: max |R(lxt-fx) − R(LXT)| / max |R(LXT)| at the warm-up.",
+        f"(`os.getloadavg`, {os.cpu_count()} cores). ΔR: max |R(lxt-fx) − R(LXT)| / max |R(LXT)| at the warm-up. "
+        "Wall seconds, and in brackets the worker's CPU seconds (`time.process_time`, all its threads): on a "
+        "shared machine the CPU seconds and their ratios are the steadier measure.",
         "",
         "| checkpointing | L | lxt-fx (s) | LXT 2.1 (s) | plain gradient (s) | lxt-fx / plain | LXT / plain "
         "| lxt-fx / LXT | ΔR |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for ckpt, length, got in rows:
-        med = got["median"]
-        lines.append(f"| {ckpt} | {length} | {med['lxt-fx']:.3f} | {med['LXT 2.1']:.3f} | "
-                     f"{med['plain gradient']:.3f} | {med['lxt-fx'] / med['plain gradient']:.3f} | "
-                     f"{med['LXT 2.1'] / med['plain gradient']:.3f} | {med['lxt-fx'] / med['LXT 2.1']:.3f} | "
-                     f"{got['gap']:.1e} |")
+        med, cpu = got["median"], got["cpu"]
+        fx, lx, pg = (med[m] for m in ("lxt-fx", "LXT 2.1", "plain gradient"))
+        cfx, clx, cpg = (cpu[m] for m in ("lxt-fx", "LXT 2.1", "plain gradient"))
+        lines.append(f"| {ckpt} | {length} | {fx:.3f} ({cfx:.3f}) | {lx:.3f} ({clx:.3f}) | {pg:.3f} ({cpg:.3f}) | "
+                     f"{fx / pg:.3f} ({cfx / cpg:.3f}) | {lx / pg:.3f} ({clx / cpg:.3f}) | "
+                     f"{fx / lx:.3f} ({cfx / clx:.3f}) | {got['gap']:.1e} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
