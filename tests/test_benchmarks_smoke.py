@@ -70,3 +70,38 @@ def test_gpu_quantized_benchmark_runs_tiny_on_cpu() -> None:
     assert set(rows) == {"float", "bnb 4-bit (14 layers)"}, done.stdout
     row = rows["bnb 4-bit (14 layers)"]
     assert row[2].strip() == "True" and float(row[3]) < 1e-5 and float(row[4]) > 0.5, row
+
+
+def test_first_heatmap_benchmark_runs_a_tiny_model(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = tmp_path / "first_heatmap.md"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "first_heatmap.py"), "--models", "tiny", "--threads",
+                           "1", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=SCRIPT.parents[1])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rows = {r.split("|")[2].strip(): [float(x) for x in r.strip().strip("|").split("|")[2:10]]
+            for r in out.read_text().splitlines() if r.startswith("| tiny |")}
+    assert set(rows) == {"cold", "warm"} and all(v >= 0 for row in rows.values() for v in row)
+    assert rows["warm"][2] < rows["cold"][2]  # the warm capture comes from the disk cache
+
+
+def test_speed_sqrt_segments_leave_the_gradient_unchanged() -> None:
+    """The "sqrt" baseline of benchmarks/lxt_oracle/speed.py (segments of blocks under torch.utils.checkpoint)
+    gives the same Input×Gradient as the untouched model, and puts every block back."""
+    import torch
+    from conftest import make_model
+
+    sys.path.insert(0, str(SCRIPT.parent / "lxt_oracle"))
+    from speed import input_x_gradient, sqrt_checkpointing
+
+    model = make_model("llama", layers=5)
+    blocks = list(model.model.layers)
+    ids = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(0))
+    plain = input_x_gradient(model, ids)
+    undo = sqrt_checkpointing(model)
+    assert [type(b).__name__ for b in model.model.layers] == ["Segment", "Skip", "Skip", "LlamaDecoderLayer",
+                                                              "LlamaDecoderLayer"]
+    segmented = input_x_gradient(model, ids)
+    undo()
+    assert list(model.model.layers) == blocks
+    torch.testing.assert_close(segmented, plain, rtol=1e-6, atol=1e-7)

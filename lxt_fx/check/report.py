@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -23,6 +22,9 @@ from .conservation import ATOL, CAUSE_HELP, CAUSES, Conservation, Verdict
 from .coverage import KINDS, CoverageRow, counts, short_source
 from .opacity import OpacityRow
 from .provenance import Provenance
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 TOLERANCE = 1e-4  # zero-bias mode: unaccounted / |score| below this (plus ATOL·Σ|R|) passes: Conservation.verdict
 
@@ -167,6 +169,8 @@ class CheckReport:
         """The captured graph: one node per fx node (attributes ``op``, ``target``, ``module_path``,
         ``rule``, ``on_path``, ``kind``, ``block``, ``absorbed`` where measured), one edge per data flow."""
         absorbed = {leak.name: leak.absorbed for leak in self.conservation.leaks}
+        import networkx as nx  # imported on use: ~0.15 s at start-up otherwise
+
         graph = nx.DiGraph(model=self.model_class, composite=self.composite)
         for n in self.graph_nodes:
             graph.add_node(n.name, op=n.op, target=n.target, module_path=n.module_path, rule=n.rule,

@@ -60,3 +60,14 @@ def test_spec_messages_and_expressions() -> None:
     assert "outside the range [1, 8]" in spec.violation({"a": torch.zeros(9, 18), "b": torch.zeros(9, dtype=torch.long)})
     assert "missing" in spec.violation({"a": torch.zeros(3, 6)})
     assert "3 dimensions, the capture expects 2" in spec.violation({"a": torch.zeros(3, 6, 1), "b": torch.zeros(3, dtype=torch.long)})
+
+
+def test_a_size_given_as_an_expression_is_checked_against_the_bound_symbols() -> None:
+    """``2*s0`` (as torch.export writes a derived size) is evaluated with the symbols the other inputs bind."""
+    from lxt_fx.tracing.guards import InputSpec
+
+    spec = InputSpec({"a": ("float32", ("s0",)), "b": ("float32", ("2*s0",))}, {"s0": (1, None)})
+    assert spec.violation({"a": torch.zeros(3), "b": torch.zeros(6)}) is None
+    assert spec.violation({"a": torch.zeros(3), "b": torch.zeros(5)}) == "b.size(0) is 5, the capture requires 2*s0 = 6"
+    unbound = InputSpec({"b": ("float32", ("2*s1",))}, {"s0": (1, None)})
+    assert "which the other inputs do not determine" in unbound.violation({"b": torch.zeros(6)})
