@@ -47,8 +47,9 @@ def test_mass_is_conserved_up_to_each_rows_books() -> None:
     routed = route(generation(m, scores, p))
     got = float(routed.total.double().sum())
     # independent: the mass a hop loses is r_j (1 − ΣM[j]/s_j), with r_j the relevance passed on
-    lost = math.fsum(float(r) * (1 - float(m[j].sum() / scores[j])) for j, r in enumerate(routed.passed))
-    assert got == pytest.approx(float(m[-1].sum()) - lost, abs=1e-9)
+    lost = math.fsum(float(r) * (1 - float(m[j].double().sum() / scores[j].double()))
+                     for j, r in enumerate(routed.passed))
+    assert got == pytest.approx(float(m[-1].double().sum()) - lost, abs=1e-9)
     assert got == pytest.approx(routed.expected_mass(), abs=1e-9)
     early = route(generation(m, scores, p), answer=1)
     assert early.passed.shape == (1,) and float(early.passed[0]) == pytest.approx(float(m[1, p]))
@@ -104,7 +105,7 @@ def test_two_hop_fact_reaches_the_answer_only_when_routed(two_hop) -> None:
         routed = route(explained)
         direct, through = routed.direct[fact_at].item(), routed.routed[fact_at].item()
         assert through > 0 and abs(direct) < 0.25 * through, (direct, through)
-        # routed, the fact is the prompt token that matters most; direct, it is not
+        # routed, the fact is the prompt token that matters most, by far
         assert int(routed.routed.argmax()) == fact_at
-        assert int(routed.direct.abs().argmax()) != fact_at
+        assert through > 0.5 * float(routed.total.abs().sum())
     assert checked >= 20
