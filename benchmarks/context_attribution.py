@@ -5,10 +5,11 @@ Cases are generated (seeded): four short passages of two sentences each about ma
 places no model has seen), and a question that exactly one passage answers. Two kinds:
 
 * ``residence``: "<Person> lives in <Town>. <Person> works as a <job>." — "Where does <Person> live?"
-* ``colour``:    "The <object> of <Person> is <colour>. It was bought in <Town>." — "What colour is <Person>'s
-  <object>?"
+* ``pet``:       "The dog of <Person> is named <Name>. <First name> was born in <year>." — "What is the name of the
+  dog of <Person>?"
 
-The model answers greedily (a few tokens) through the chat template; a case it answers wrongly is excluded
+The model answers greedily (a few tokens) through the chat template, its answer started for it ("<Person>
+lives in", "The dog of <Person> is named", so that the next token begins the answer); a case it answers wrongly is excluded
 and counted. Each method scores the context's sentences for the first answer token's logit at the last prompt
 position:
 
@@ -45,14 +46,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lxt_fx  # noqa: E402
+from lxt_fx import models  # noqa: E402
 from lxt_fx.evaluate.baselines import eager_attention  # noqa: E402
-from lxt_fx.spans import assign, context_prompt, token_offsets  # noqa: E402
+from lxt_fx.spans import Span, assign, context_prompt, token_offsets  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mir", "ve", "dra", "sul", "teo", "bri", "nox", "pel", "qua", "ris", "zan", "fo", "gel",
              "hin", "jor", "wum", "yat", "ced"]
+FIRST = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Iris", "Jonas", "Karla", "Leo", "Mara",
+         "Nils", "Olga", "Paul", "Rosa", "Sven", "Tara", "Viktor"]
 JOBS = ["baker", "pilot", "teacher", "farmer", "doctor", "painter", "sailor", "miner", "tailor", "singer"]
-COLOURS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange", "brown", "pink"]
-OBJECTS = ["car", "hat", "boat", "bicycle", "kite", "door", "lamp", "coat"]
 METHODS = ["AttnLRP", "Input×Gradient", "attention (last layer)", "attention (all layers)", "random",
            "leave-one-out"]
 KS = (1, 2, 4)
@@ -69,6 +71,7 @@ class Case:
     question: str
     answer: str
     gold: int  # the answer-bearing passage
+    prefix: str  # the start of the assistant's answer, given (the next token starts the answer)
 
     @property
     def sentences(self) -> list[str]:
@@ -90,22 +93,24 @@ class Case:
 def make_case(kind: str, rng: random.Random, passages: int = 4) -> Case:
     people = set()
     while len(people) < passages:
-        people.add(f"{made_up(rng, 2)} {made_up(rng, 2)}")
+        people.add(f"{rng.choice(FIRST)} {made_up(rng, 2)}")
     people_list = sorted(people)
     rng.shuffle(people_list)
-    towns = rng.sample([made_up(rng, 3) for _ in range(3 * passages)], passages)
+    towns = rng.sample([made_up(rng, 2) for _ in range(3 * passages)], passages)
     gold = rng.randrange(passages)
     texts = []
     if kind == "residence":
         jobs = rng.sample(JOBS, passages)
         for person, town, job in zip(people_list, towns, jobs, strict=True):
             texts.append([f"{person} lives in {town}.", f"{person.split()[0]} works as a {job}."])
-        return Case(kind, texts, f"Where does {people_list[gold]} live?", towns[gold], gold)
-    colours = rng.sample(COLOURS, passages)
-    thing = rng.choice(OBJECTS)
-    for person, town, colour in zip(people_list, towns, colours, strict=True):
-        texts.append([f"The {thing} of {person} is {colour}.", f"It was bought in {town}."])
-    return Case(kind, texts, f"What colour is the {thing} of {people_list[gold]}?", colours[gold], gold)
+        return Case(kind, texts, f"Where does {people_list[gold]} live?", towns[gold], gold,
+                    f"{people_list[gold]} lives in")
+    pets = rng.sample([made_up(rng, 2) for _ in range(3 * passages)], passages)
+    years = rng.sample(range(1901, 1999), passages)
+    for person, pet, year in zip(people_list, pets, years, strict=True):
+        texts.append([f"The dog of {person} is named {pet}.", f"{person.split()[0]} was born in {year}."])
+    return Case(kind, texts, f"What is the name of the dog of {people_list[gold]}?", pets[gold], gold,
+                f"The dog of {people_list[gold]} is named")
 
 
 @dataclass
@@ -126,13 +131,13 @@ def sentence_owner(text: str, ids: list[int], tokenizer, case: Case) -> list[int
     spans, pos = [], start
     for sentence in case.sentences:
         at = text.index(sentence, pos)
-        spans.append(lxt_fx.spans.Span(sentence, at, at + len(sentence)))
+        spans.append(Span(sentence, at, at + len(sentence)))
         pos = at + len(sentence)
     return assign(text, token_offsets(text, ids, tokenizer), spans)
 
 
 def encode(tokenizer, case: Case, drop: frozenset[int] = frozenset()) -> tuple[str, list[int]]:
-    text = context_prompt(tokenizer, case.context(drop), case.question)
+    text = context_prompt(tokenizer, case.context(drop), case.question) + case.prefix
     return text, tokenizer(text)["input_ids"]
 
 
@@ -166,18 +171,15 @@ def per_sentence(values: torch.Tensor, owner: list[int], count: int) -> list[flo
 
 
 def prepare(model, tokenizer, case: Case) -> Prepared | None:
+    """The case with the model's own answer tokens, or None when the model does not answer it correctly."""
     text, ids = encode(tokenizer, case)
-    produced = greedy(model, ids, 6)
-    said = tokenizer.decode(produced, skip_special_tokens=True).strip()
-    if not said.lower().startswith(case.answer.lower()[:4]) or case.answer.lower() not in said.lower() + " ":
-        if case.answer.lower() not in said.lower():
-            return None
-    answer = tokenizer(" " + case.answer if not said.startswith(case.answer) else case.answer,
-                       add_special_tokens=False)["input_ids"]
-    if produced[: len(answer)] != answer:  # explain the tokens the model itself produced
-        answer = produced[: max(1, len(tokenizer(case.answer, add_special_tokens=False)["input_ids"]))]
-    owner = sentence_owner(text, ids, tokenizer, case)
-    return Prepared(case, ids, answer, owner, answer_logprobs(model, [ids], answer)[0])
+    produced = greedy(model, ids, 8)
+    for m in range(1, len(produced) + 1):
+        said = tokenizer.decode(produced[:m], skip_special_tokens=True).strip()
+        if said.lower().startswith(case.answer.lower()):
+            owner = sentence_owner(text, ids, tokenizer, case)
+            return Prepared(case, ids, produced[:m], owner, answer_logprobs(model, [ids], produced[:m])[0])
+    return None
 
 
 def score_methods(model, prep: Prepared, seed: int) -> None:
@@ -253,18 +255,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the markdown tables here")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop starting new cases after this many minutes (the report says how many ran)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
-    model, tokenizer = lxt_fx.models.load("smollm2")
+    model, tokenizer = models.load("smollm2")
     model._bench_tokenizer = tokenizer
     rng = random.Random(args.seed)
-    kinds = ["residence", "colour"]
+    kinds = ["residence", "pet"]
     cases = [make_case(kinds[i % 2], rng) for i in range(args.cases)]
     done: list[Prepared] = []
     drops: list[dict[tuple[str, int], float]] = []
     excluded = {k: 0 for k in kinds}
     for i, case in enumerate(cases):
+        if args.minutes is not None and time.perf_counter() - wall > 60 * args.minutes:
+            print(f"time budget reached after {i} of {len(cases)} cases", file=sys.stderr)
+            args.ran = i
+            break
         prep = prepare(model, tokenizer, case)
         if prep is None:
             excluded[case.kind] += 1
@@ -272,8 +280,10 @@ def main() -> None:
         score_methods(model, prep, args.seed * 100_000 + i)
         drops.append(ablation(model, tokenizer, prep))
         done.append(prep)
-        if i % 10 == 0:
-            print(f"case {i + 1}/{len(cases)} ({time.perf_counter() - wall:.0f} s)", file=sys.stderr, flush=True)
+        print(f"case {i + 1}/{len(cases)} ({time.perf_counter() - wall:.0f} s)", file=sys.stderr, flush=True)
+        if args.out and len(done) % 5 == 0:  # a partial report, in case the run is stopped
+            Path(args.out).write_text("\n".join(report(done, drops, excluded, kinds, args,
+                                                       time.perf_counter() - wall)) + "\n", encoding="utf-8")
     lines = report(done, drops, excluded, kinds, args, time.perf_counter() - wall)
     text = "\n".join(lines) + "\n"
     print(text)
@@ -285,7 +295,9 @@ def report(done: list[Prepared], drops: list[dict], excluded: dict[str, int], ki
            args: argparse.Namespace, seconds: float) -> list[str]:
     lines = ["# Context attribution on SmolLM2-135M-Instruct: faithfulness", "",
              f"`python benchmarks/context_attribution.py --cases {args.cases} --seed {args.seed} --threads "
-             f"{args.threads}` ({seconds / 60:.1f} min in all, {args.threads} thread(s)). Cases: four passages of "
+             f"{args.threads}` ({seconds / 60:.1f} min in all, {args.threads} thread(s); "
+             f"{getattr(args, 'ran', len(done) + sum(excluded.values()))} cases generated and run). "
+             "Cases: four passages of "
              "two sentences about made-up people and towns; one passage answers the question. Kept: "
              + ", ".join(f"{k} {sum(p.case.kind == k for p in done)} (excluded as answered wrongly: {excluded[k]})"
                          for k in kinds) + ".", "",
