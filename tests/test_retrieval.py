@@ -40,6 +40,11 @@ def tok():
     return word_tokenizer(WORDS)
 
 
+@pytest.fixture(scope="module")
+def zero_bert():
+    return tiny_bert(zero_bias=True)  # one model (one capture) for the four pooling × similarity cases
+
+
 def encoded(tok, texts):
     enc = tok(texts, padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
@@ -47,10 +52,10 @@ def encoded(tok, texts):
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_one_backward_both_sides_conserve(tok, pooling: str, similarity: str) -> None:
+def test_one_backward_both_sides_conserve(tok, zero_bert, pooling: str, similarity: str) -> None:
     # CP-LRP (attention weights constant) with zero biases: every rule conserves, so the query's and the
     # passage's token relevances add up to the similarity, each side to its half
-    model = tiny_bert(zero_bias=True)
+    model = zero_bert
     att = explain_similarity(model, QUERY, PASSAGE, tokenizer=tok, pooling=pooling, similarity=similarity,
                              composite="cp_lrp")
     ids, mask = encoded(tok, [QUERY, PASSAGE])
