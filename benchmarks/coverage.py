@@ -737,6 +737,7 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
             config._attn_implementation = "eager"
             torch.manual_seed(0)
             model = cls(config).eval()
+            draw_zero_layers(model)
             if getattr(model.config, "_experts_implementation", None) == "eager" and hasattr(
                     model, "set_experts_implementation"):  # OpenAI-Privacy-Filter defaults to the eager experts
                 # loop (data-dependent, not traceable): the grouped one gives the same outputs and captures
@@ -748,6 +749,8 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
                 try:
                     with torch.no_grad():
                         plain = _main_output(model(**{**extra, **call}))  # a call's own use_cache wins
+                    if degenerate(plain):  # a vanishing random init: rescaled layer by layer (the sweep's
+                        plain = unit_variance(model, {**extra, **call})  # model only, never the library)
                     return model, name, task, call, plain
                 except Exception:
                     if i == len(variants) - 1:
@@ -755,6 +758,75 @@ def build(model_type: str, candidates: list[tuple[str, str]]) -> tuple[Any, str,
         except Exception as exc:  # noqa: BLE001 - a family that does not build is a row, not a crash
             errors.append(f"{name}: {_short(exc)}")
     raise RuntimeError("; ".join(errors)[:300])
+
+
+# A plain output whose largest magnitude is below this is degenerate: the random init's signal vanished on
+# the way (conv stacks whose norm scales and conv weights are drawn at std 0.02: EfficientNet's logits are
+# exactly 0, PP-LCNet's 1e-37), so every relevance is 0 and zero-bias conservation divides 0 by 0.
+DEGENERATE = 1e-6
+
+
+def degenerate(plain: torch.Tensor) -> bool:
+    """Whether the tiny model's plain output vanished (:data:`DEGENERATE`) or is not finite."""
+    return plain.is_floating_point() and bool(not torch.isfinite(plain).all() or plain.abs().max() < DEGENERATE)
+
+
+def draw_zero_layers(model: Any, std: float = 0.02) -> list[str]:
+    """Draw every Linear / convolution weight that the random init left exactly zero (a router or gate
+    zero-initialized by design for training: AFMoE's token-choice router) from ``N(0, std²)``, seeded. All its
+    outputs would be exactly 0 — ties everywhere in top-k, and an activation at exactly 0 whose identity-rule
+    ratio ``f(0)/0`` is infinite once the zero-bias check sets ε = 0. Returns the layers drawn (the sweep's
+    model, never the library)."""
+    from torch import nn
+
+    drawn = []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(weight, torch.Tensor) \
+                    and weight.numel() and not weight.any():
+                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+                drawn.append(name)
+    return drawn
+
+
+def unit_variance(model: Any, call: dict[str, Any]) -> torch.Tensor:
+    """Re-initialize a degenerate tiny model by its structure: every norm layer's scale gets its standard value
+    1 (the random init draws it at std 0.02), then layer-sequential unit variance (Mishkin & Matas, ICLR 2016):
+    in one forward on the sweep's own inputs, every convolution and Linear layer, in the order it runs, has
+    its weight and bias divided by the standard deviation of its output, so each layer hands on unit-variance
+    activations and the output no longer vanishes. A layer run twice is rescaled once. Returns the new plain
+    output (the parameters change in place: the sweep's model, never the library's)."""
+    from torch import nn
+
+    seen: set[int] = set()
+
+    def rescale(module: nn.Module, _: Any, out: Any) -> Any:
+        if id(module) in seen or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        seen.add(id(module))
+        std = float(out.std())
+        if not math.isfinite(std) or std == 0.0:
+            return None
+        module.weight.div_(std)
+        if getattr(module, "bias", None) is not None:
+            module.bias.div_(std)
+        return out / std
+
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, norms) and isinstance(getattr(module, "weight", None), torch.Tensor):
+                module.weight.fill_(1.0)
+        handles = [m.register_forward_hook(rescale) for m in model.modules() if isinstance(m, layers)]
+        try:
+            model(**call)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return _main_output(model(**call))
 
 
 def _config_for(cls: Any, config: Any) -> Any:

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="bfloat16 (default on CUDA) or float32 (default on CPU)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="default: 1024 4096 (CUDA), 128 (CPU)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timings, torch.profiler tables of each method at the first length")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -239,8 +241,33 @@ def run_model(model_name: str, device: torch.device, dtype: torch.dtype, lengths
             peak_text = "n/a" if peak is None else f"{peak:.0f}"
             print(f"| {label} | {str(dtype).removeprefix('torch.')} | {length} | {method} | {seconds:.3f} | "
                   f"{ratio} | {peak_text} |", flush=True)
+    if args.profile:
+        profile(model, lengths[0], device)
     del model
     _free(device)
+
+
+def profile(model: nn.Module, length: int, device: torch.device, rows: int = 25) -> None:
+    """One call of each method under ``torch.profiler`` (after a warm-up call): the top ops by self device
+    time (self CPU time off CUDA), so what AttnLRP adds over the plain gradient can be read op by op."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length)).to(device)
+    mask = torch.ones_like(ids)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for method, fn in (("plain gradient", partial(plain_ixg, model, ids, mask, 0)),
+                       ("AttnLRP", partial(lxt_fx.explain, model, ids, target=0)),
+                       ("AttnLRP + sqrt", partial(lxt_fx.explain, model, ids, target=0, checkpoint="sqrt"))):
+        fn()
+        sync(device)
+        with profiler(activities=activities) as prof:
+            fn()
+            sync(device)
+        print(f"\n### profile: {method}, L = {length}\n", flush=True)
+        print(prof.key_averages().table(sort_by=key, row_limit=rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ def _not_captured(what: str, name: str, captured: dict[str, Tensor] | None, meth
     return f"no {what} captured at {name!r} (captured: {have}); pass explain(..., capture=[{name!r}])"
 
 
+class NoPositionsError(LXTError, ValueError):
+    """``pair_relevance()`` of an attribution made without a position-aware composite: no position relevance
+    was read; explain with ``composite="palrp"``."""
+
+
 class RowIndexError(LXTError, IndexError):
     """A row the attribution does not have (``row(i)``, ``top(i=...)`` with ``i`` outside its batch)."""
 
@@ -63,6 +68,18 @@ class Attribution:
     modality from the same backward pass: ``relevance`` for the text tokens (the decoder's text for a
     speech model), ``image_relevance`` ``[batch, H/p, W/p]`` (per image patch), ``pixel_relevance``
     ``[batch, H, W]`` and ``audio_relevance`` ``[batch, frames]``.
+
+    **What the token map includes.** ``relevance`` is read at the token embeddings: the token's own share
+    only. With plain AttnLRP a positional encoding is a constant, so the share of an added position
+    embedding is absorbed (lost from every map) and a rotary one leaves everything to the tokens. With the
+    position-aware composite ``composite="palrp"`` (PA-LRP, Bakish et al. 2025) the positions are inputs of
+    their own: ``position_relevance`` ``[batch, seq]`` holds the relevance of each position of the text
+    (added tables and rotary tables summed over features, heads and layers), ``pair_relevance()`` the
+    position–token pair (``relevance + position_relevance``), and ``position_maps`` every positional table
+    by name (``"positions:transformer.wpe"``, ``"positions:model.rotary_emb"``, an image model's
+    ``"positions:vit.embeddings.position_embeddings"`` over [CLS] and the patches, BERT's
+    ``"token_types:…"``), each ``[batch, positions]``. Under PA-LRP a rotary model's ``relevance`` itself
+    changes: half of what reaches each rotated query and key goes to its position (Eq. 10).
     """
 
     relevance: Tensor
@@ -84,6 +101,17 @@ class Attribution:
     latent_values: dict[str, Tensor] | None = None  # the activation x at each ``capture`` name
     texts: list[str | tuple[str, str]] | None = None  # the text each row was encoded from (text inputs)
     segment_ids: Tensor | None = None  # text pairs: 0 / 1 per token of text / text_pair, -1 special and padding
+    position_relevance: Tensor | None = None  # PA-LRP: [batch, seq], the relevance of each text position
+    position_maps: dict[str, Tensor] | None = None  # PA-LRP: every positional table, [batch, positions]
+
+    def pair_relevance(self) -> Tensor:
+        """Relevance per position–token pair ``[batch, seq]``: ``relevance`` (the token's own share) plus
+        ``position_relevance`` (its position's share), for an explanation with a position-aware composite
+        (``composite="palrp"``); :class:`NoPositionsError` for any other."""
+        if self.position_relevance is None:
+            raise NoPositionsError(f"this attribution ({self.report.composite}) holds no position relevance: "
+                                   "explain with composite='palrp' (lxt_fx.composites.palrp) to read it")
+        return self.relevance + self.position_relevance * self.attention_mask.to(self.relevance.dtype)
 
     def latent_value(self, name: str) -> Tensor:
         """The activation ``x`` (per neuron) at ``name``, a name passed to ``explain(..., capture=[...])``:
@@ -175,8 +203,8 @@ class Attribution:
     def segment_relevance(self, i: int = 0) -> dict[str, float]:
         """A text pair's relevance split by segment (``explain(model, (text, text_pair))``, e.g. a reranker's
         query and passage): ``{"text": Σ R over the first text's tokens, "text_pair": over the second's,
-        "special": over the special tokens ([CLS], [SEP])}``; :class:`NoTokensError`-like ``ValueError`` for
-        a row that was not a pair."""
+        "special": over the special tokens ([CLS], [SEP])}``, which add up to the row's total;
+        :class:`ViewArgumentError` for a row that was not a pair."""
         self._check_row(i)
         if self.segment_ids is None or not (self.segment_ids[i] >= 0).any():
             raise ViewArgumentError(f"row {i} was not a text pair: segment_relevance needs "
@@ -187,7 +215,7 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready) form: per row its tokens, ids and relevance at the positions where the
-        mask is 1."""
+        mask is 1 (with a position-aware composite also ``position_relevance``, the positions' share)."""
         rows = []
         for i in range(len(self)):
             keep = self.kept(i)
@@ -206,6 +234,8 @@ class Attribution:
                                 decoder_input_ids=None if self.decoder_input_ids is None
                                 else self.decoder_input_ids[i, :m].tolist(),
                                 decoder_relevance=self.decoder_relevance[i, :m].tolist())
+            if self.position_relevance is not None and self.relevance.dim() == 2:  # PA-LRP: the positions' share
+                rows[-1]["position_relevance"] = self.position_relevance[i][keep].tolist()
             for name in ("image_relevance", "pixel_relevance", "audio_relevance"):  # the maps of other modalities
                 value = getattr(self, name)
                 if value is not None:

@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from . import modalities
 from .attribution import Attribution
 from .composites.composite import Composite
+from .composites.palrp import PLACE_PREFIXES
 from .composites.registry import resolve_composite
 from .render.common import named_tokens
 from .rewrite import recording_places
+from .rules.position import position_relevance
 from .session import (
     InputError,
     UnsupportedCallError,
@@ -353,11 +355,15 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
             dec_embeds = _decoder_embedding(model)(dec_ids).detach().requires_grad_(True)
             tensors.update(decoder_inputs_embeds=dec_embeds, decoder_attention_mask=explained_mask)
         graph = rewritten_graph(model, composite, tensors, static, strict)
-        outputs, latent = _run(graph, tensors, checkpoint, capture)
+        _positions_supported(graph, checkpoint)
+        with recording_places() as seen:
+            outputs, latent = _run(graph, tensors, checkpoint, capture)
+        tables = position_tables(seen)
         scores, target_ids, positions = target_scores(model, outputs, goal, explained_mask, tokenizer,
                                                       ids=ids if dec_ids is None else dec_ids, position=position)
         leaves = [embeds] if dec_embeds is None else [embeds, dec_embeds]
-        grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
+        grads = torch.autograd.grad(scores.sum(), leaves + [t for _, t in tables], allow_unused=True)
+        maps = position_maps(tables, grads[len(leaves):], ids.shape[0])
     relevance = token_relevance(embeds, grads[0], mask)
     tokens = [token_strings(row[m.bool()], tokenizer) for row, m in zip(ids, mask, strict=True)]
     target_tokens = explained_names(model, outputs, target_ids, tokenizer)
@@ -370,6 +376,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
         att.texts = [inputs]
     elif isinstance(inputs, list) and all(isinstance(t, str) or _is_pair(t) for t in inputs):
         att.texts = list(inputs)
+    _attach_positions(att, maps, mask, decoder=False)
     if dec_ids is not None:
         att.decoder_relevance = token_relevance(dec_embeds, grads[1], explained_mask).cpu()
         att.decoder_input_ids = dec_ids.cpu()
@@ -545,6 +552,49 @@ def explained_positions(model: nn.Module, mask: Tensor, ids: Tensor | None, toke
     return found.to(torch.long).argmax(-1)
 
 
+def _positions_supported(graph: Any, checkpoint: str | None) -> None:
+    if checkpoint is not None and any(k.startswith(PLACE_PREFIXES) for k in graph.plan.places.values()):
+        raise InputError("a position-aware composite (palrp) reads its positional tables inside the graph, "
+                         "which checkpoint=... does not support yet: drop checkpoint")
+
+
+def position_tables(seen: dict[str, list[Tensor]]) -> list[tuple[str, Tensor]]:
+    """``(key, table)`` for every positional table a rewritten graph recorded (PA-LRP places)."""
+    return [(k, t) for k, values in seen.items() if k.startswith(PLACE_PREFIXES) for t in values]
+
+
+def position_maps(tables: Sequence[tuple[str, Tensor]], grads: Sequence[Tensor | None], batch: int | None = None
+                  ) -> dict[str, Tensor]:
+    """``{key: [batch, positions]}``: each table's relevance per row and position (PA-LRP Eq. 11), summed
+    over the places of one table (layers, queries and keys of a rotary table), on the CPU. A table without one
+    entry per row (``batch``; default the largest first axis) is left out: Qwen2-VL's vision tower rotates
+    its patches flattened over all images."""
+    out: dict[str, Tensor] = {}
+    rows = max((t.shape[0] for _, t in tables), default=0) if batch is None else batch
+    for (key, table), grad in zip(tables, grads, strict=True):
+        if table.shape[0] != rows:  # not one entry per row (a vision tower's patches flattened over images)
+            continue
+        r = position_relevance(table, grad).detach().cpu()
+        out[key] = r if key not in out else out[key] + r
+    return out
+
+
+_NOT_TEXT = ("vision", "visual", "image", "patch")
+
+
+def _attach_positions(att: Attribution, maps: dict[str, Tensor], mask: Tensor, decoder: bool) -> None:
+    """Fill ``position_maps`` and ``position_relevance``: the sum of the ``positions:`` tables over the text's
+    own positions (as wide as its tokens; an encoder-decoder's text is its decoder's when ``decoder``)."""
+    if not maps:
+        return
+    att.position_maps = maps
+    width = mask.shape[1]
+    text = [m for k, m in maps.items() if k.startswith("positions:") and m.shape[1] == width
+            and ("decoder" in k) == decoder and not any(w in k.lower() for w in _NOT_TEXT)]
+    if text:
+        att.position_relevance = sum(text) * mask.float().cpu()
+
+
 def token_relevance(embeds: Tensor, grad: Tensor | None, mask: Tensor) -> Tensor:
     """Relevance per token: ``(embedding ⊙ gradient)`` summed over the hidden dim, 0 on padding."""
     if grad is None:
@@ -606,10 +656,14 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
         leaf = pixels.detach().requires_grad_(True)
         tensors = {"pixel_values": leaf}
         graph = rewritten_graph(model, composite, tensors, {}, strict)
-        outputs, latent = _run(graph, tensors, checkpoint, capture)
+        _positions_supported(graph, checkpoint)
+        with recording_places() as seen:
+            outputs, latent = _run(graph, tensors, checkpoint, capture)
+        tables = position_tables(seen)
         mask = torch.ones(batch, 1, dtype=torch.long, device=pixels.device)
         scores, target_ids, positions = target_scores(model, outputs, goal, mask, None)
-        (grad,) = torch.autograd.grad(scores.sum(), leaf)
+        grad, *table_grads = torch.autograd.grad(scores.sum(), [leaf] + [t for _, t in tables], allow_unused=True)
+        maps = position_maps(tables, table_grads, batch)
     relevance = (leaf.detach().float() * grad.float()).sum(1).cpu()
     patch = modalities.patch_size(model)
     patch = patch if relevance.shape[-2] % patch == 0 and relevance.shape[-1] % patch == 0 else 1
@@ -618,7 +672,8 @@ def _explain_image(model: nn.Module, pixels: Tensor, goal: Target, composite: Co
                        positions.cpu(), graph.report,
                        latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
                        latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()},
-                       image_relevance=modalities.patch_grid(relevance, patch), pixel_relevance=relevance)
+                       image_relevance=modalities.patch_grid(relevance, patch), pixel_relevance=relevance,
+                       position_maps=maps or None)
 
 
 def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None, *, tokenizer: Any,
@@ -690,16 +745,21 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
         if places and checkpoint is not None:
             raise InputError(f"{type(model).__name__} reads its token ids itself, so its token relevance is read "
                              "inside the graph, which checkpoint=... does not support yet: drop checkpoint")
+        _positions_supported(graph, checkpoint)
         with recording_places() as seen:
             outputs, _ = _run(graph, call, checkpoint, None)
         place_values = seen.get("inputs_embeds", []) if places else []
+        tables = position_tables(seen)
         explained = mask.to(device) if mask is not None else torch.ones(
             next(iter(leaves.values())).shape[0], 1, dtype=torch.long, device=device)
         scores, target_ids, positions = target_scores(model, outputs, goal, explained, tokenizer,
                                                       ids=None if ids is None else ids.to(device), position=position)
         names = list(leaves)
-        got = torch.autograd.grad(scores.sum(), [leaves[n] for n in names] + place_values, allow_unused=True)
+        got = torch.autograd.grad(scores.sum(), [leaves[n] for n in names] + place_values + [t for _, t in tables],
+                                  allow_unused=True)
         grads = dict(zip(names, got[:len(names)], strict=True))
+        maps = position_maps(tables, got[len(names) + len(place_values):], scores.shape[0])
+        got = got[:len(names) + len(place_values)]
     batch = scores.shape[0]
     if text_key is not None:
         relevance = token_relevance(leaves[text_key], grads[text_key], mask.to(device)).cpu()
@@ -714,6 +774,10 @@ def explain_mixed(model: nn.Module, inputs: str | Sequence[str] | Tensor | None,
     att = Attribution(relevance, tokens, torch.zeros(batch, 0, dtype=torch.long) if ids is None else ids.cpu(),
                       torch.zeros(batch, 0, dtype=torch.long) if mask is None else mask.cpu(), target_ids.cpu(),
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens)
+    if mask is not None:
+        _attach_positions(att, maps, mask.to(device), decoder=seq2seq)
+    else:
+        att.position_maps = maps or None
     if text_key is None and not place_values and ids is not None:  # no relevance was read at the text: say so
         att.attention_mask = torch.zeros_like(att.attention_mask)
         att.tokens = [[] for _ in range(batch)]

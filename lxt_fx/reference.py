@@ -19,6 +19,7 @@ from torch.utils import _pytree as pytree
 from .ops import returns_view
 from .rewrite import alias_source
 from .rules.base import arg_at, epsilon_explicit
+from .rules.position import per_position
 from .session import Rewritten
 
 _EPSILON = 1e-12
@@ -125,6 +126,8 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
     value, parameter and dtype argument is widened to it (float64 by default), so the divisions of the
     explicit forms do not amplify rounding; ``None`` keeps the graph's own dtypes."""
     gm = graph.captured.module()
+    if getattr(graph.plan, "prepare", None) is not None:  # a position-aware composite's places
+        graph.plan.prepare(gm)
     nodes = list(gm.graph.nodes)
     by_name = {n.name: n for n in nodes}
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -210,5 +213,7 @@ def explicit_relevance(graph: Rewritten, tensors: Mapping[str, Tensor], seeds: M
     for name, key in getattr(graph.plan, "places", {}).items():  # relevance places inside the graph
         node = by_name[name]
         value = relevance.get(node, torch.zeros_like(env[node]))
+        if node.meta.get("lxt_position"):  # a positional table: per row and position (PA-LRP, Eq. 11)
+            value = per_position(value)
         found[key] = value if key not in found else found[key] + value
     return found

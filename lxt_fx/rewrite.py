@@ -222,6 +222,9 @@ class Plan:
     # in-place write of a carrying value into a buffer that carried none (``buf[..., :d].copy_(k)``):
     # writer node → the buffer it writes (the base tensor of the written view), in graph order
     writes: dict[str, str] = field(default_factory=dict)
+    # a graph pass that ran on the captured graph before the decisions (a position-aware composite inserts
+    # its position places, :mod:`lxt_fx.composites.palrp`): run it again on a fresh copy before ``apply``
+    prepare: Any = None
 
 
 def _regions(nodes: list[fx.Node], composite: Decider, reachable: set[fx.Node]

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 # this tuple only names the usual ones for callers that pick one).
 RELEVANCE_INPUTS = ("inputs_embeds", "decoder_inputs_embeds", "pixel_values")
 # A float input whose name contains one of these carries no relevance unless ``relevance_inputs`` names it.
-NON_CARRYING_PARTS = ("mask", "position", "cache")
+# ``bbox``: a layout model's token boxes (LayoutLM, BROS, UDOP) are 2-D page positions, embedded (often as
+# sinusoids of the coordinates) and added to the token embeddings like position ids: constants for relevance.
+NON_CARRYING_PARTS = ("mask", "position", "cache", "bbox")
 # Arguments that read or fill a key/value cache: the rewritten graph has none.
 CACHE_ARGUMENTS = ("past_key_values", "cache", "cache_position")
 # Keyword arguments the session handles itself (never passed to the captured graph).
@@ -434,7 +436,15 @@ def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str
         gm = captured.module()
         report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds)
         places = token_places(gm) if text else {}
-        decided = plan(gm, composite, [f"tensors_{name}" for name in inputs], places)
+        sources = [f"tensors_{name}" for name in inputs]
+        prepare = None
+        if hasattr(composite, "position_places"):  # PA-LRP: positional tables become relevance places
+            def prepare(fresh: fx.GraphModule, _c: Any = composite, _s: Any = (*sources, *places)) -> dict[str, str]:
+                return _c.position_places(fresh, _s)
+
+            places.update(prepare(gm))
+        decided = plan(gm, composite, sources, places)
+        decided.prepare = prepare
         apply(gm, decided, report)
         report.rewrite_seconds = time.perf_counter() - start
         hit = (composite, Rewritten(gm, report, captured, decided))

@@ -204,6 +204,8 @@ def fresh_rewritten(graph: Rewritten) -> fx.GraphModule:
     """A new copy of ``graph``'s rewritten module: ``captured.module()`` (the model's own parameters,
     shared, untouched) with the same plan applied again."""
     gm = graph.captured.module()
+    if getattr(graph.plan, "prepare", None) is not None:
+        graph.plan.prepare(gm)
     names = {n.name for n in gm.graph.nodes}
     missing = [name for name in graph.plan.decisions if name not in names]
     if missing:  # node names come from the same program, so this means the capture changed

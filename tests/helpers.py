@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import lxt_fx
 from lxt_fx.reference import explicit_relevance
@@ -68,3 +68,22 @@ def graph_gxi(model: torch.nn.Module, x: Tensor, composite: Any = None, index: t
     score = graph({"inputs_embeds": leaf})["output"][index]
     (grad,) = torch.autograd.grad(score, leaf)
     return (leaf * grad).detach(), score.detach(), graph
+
+
+class ToyMoE(nn.Module):
+    """One MoE layer with linear experts and a linear head, no biases: ``head(Σ_j ŵ_j W_j x)``; ``router(dim,
+    experts, k)`` returns ``(ŵ, index)`` for an input. The weights are drawn from ``seed``, the router's first."""
+
+    def __init__(self, router: Callable[[int, int, int], nn.Module], dim: int = 8, experts: int = 4, k: int = 2,
+                 seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.router = router(dim, experts, k)
+        self.experts = nn.Parameter(torch.randn(experts, dim, dim) / dim**0.5)
+        self.head = nn.Linear(dim, 3, bias=False)
+
+    def forward(self, inputs_embeds: Tensor) -> Tensor:
+        weights, index = self.router(inputs_embeds)
+        chosen = self.experts[index]  # [..., k, dim, dim]
+        outs = torch.einsum("...kij,...j->...ki", chosen, inputs_embeds)  # constant weights: linear
+        return self.head((weights.unsqueeze(-1) * outs).sum(-2))

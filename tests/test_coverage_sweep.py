@@ -256,3 +256,58 @@ def test_shrink_clamps_multimodal_token_ids_to_the_text_vocab(coverage) -> None:
     assert vocab == 256
     ids = {k: v for k, v in vars(gemma4).items() if k.endswith("_token_id") and isinstance(v, int)}
     assert ids and all(v < vocab for v in ids.values()), ids  # embedded by the model: must be in the vocab
+
+
+def test_a_vanishing_init_is_rescaled_layer_by_layer(coverage) -> None:
+    """A conv stack drawn at std 0.02 with norm scales 0.02 (biases zero: what EfficientNet's and PP-LCNet's
+    tiny random inits do) outputs ~0: ``degenerate`` says so, and ``unit_variance`` gives each conv/Linear a unit-variance
+    output (measured with hooks of our own, on a second forward) and a non-degenerate output."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(12):
+        conv, norm = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        nn.init.normal_(conv.weight, std=0.02)
+        nn.init.zeros_(conv.bias)
+        nn.init.normal_(norm.weight, std=0.02)
+        layers += [conv, norm, nn.SiLU()]
+    head = nn.Linear(8 * 4 * 4, 3)
+    nn.init.normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    model = nn.Sequential(*layers, nn.Flatten(), head).eval()
+
+    class Call(nn.Module):  # the sweep calls models by keyword
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.net(pixel_values)
+
+    wrapped, call = Call(), {"pixel_values": torch.randn(2, 8, 4, 4)}
+    with torch.no_grad():
+        assert coverage.degenerate(wrapped(**call))
+    out = coverage.unit_variance(wrapped, call)
+    assert not coverage.degenerate(out)
+    stds = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: stds.append(float(o.std())))
+             for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        assert torch.equal(wrapped(**call), out)
+    for h in hooks:
+        h.remove()
+    assert len(stds) == 13 and all(abs(s - 1.0) < 1e-4 for s in stds), stds
+    assert not coverage.degenerate(torch.tensor([0.5, -1e-3])) and coverage.degenerate(torch.zeros(3))
+
+
+def test_a_zero_initialized_layer_is_drawn(coverage) -> None:
+    """A router whose weight the init left exactly zero (AFMoE) is drawn at std 0.02; other layers are kept."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    nn.init.zeros_(model[1].weight)
+    kept = model[0].weight.detach().clone()
+    assert coverage.draw_zero_layers(model) == ["1"]
+    assert torch.equal(model[0].weight, kept) and model[1].weight.all()
+    assert 0.005 < float(model[1].weight.std()) < 0.06

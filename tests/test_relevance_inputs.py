@@ -146,3 +146,29 @@ def test_check_reads_relevance_at_any_float_input() -> None:
         report = lxt_fx.check(model, inputs, composite=composite)
         assert not report.unhandled
         assert report.zero_bias is not None and report.zero_bias.verdict().status == "closes"
+
+
+def test_a_layout_models_boxes_are_positions_and_carry_nothing_by_default() -> None:
+    """Token boxes (``bbox``, page coordinates of a layout model) are embedded as sinusoids and added to the
+    token embeddings like position ids: off the relevance path, so ``sin``/``cos`` of them need no rule; named
+    in ``relevance_inputs`` they carry, and then ``sin`` is on the path."""
+
+    class Layout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.box = nn.Linear(8, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, inputs_embeds: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
+            angles = bbox[..., None] * torch.arange(1, 3, dtype=bbox.dtype)
+            sinusoid = torch.cat([torch.sin(angles), torch.cos(angles)], -1).flatten(-2)
+            return self.out(inputs_embeds + self.box(sinusoid))
+
+    torch.manual_seed(0)
+    model, call = Layout(), {"inputs_embeds": torch.randn(2, 3, 4), "bbox": torch.rand(2, 3, 2)}
+    _, report = lxt_fx.attnlrp.rewrite(model, call)
+    assert not report.unhandled
+    _, named = lxt_fx.attnlrp.rewrite(model, call, relevance_inputs=["inputs_embeds", "bbox"])
+    assert {str(r.op) for r in named.unhandled} >= {"aten.sin.default", "aten.cos.default"}
+    checked = lxt_fx.check(model, call)
+    assert not checked.unhandled and checked.zero_bias.verdict().status == "closes"

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("index-features", help="top snippets per neuron of a place over a corpus (resumable)",
                    add_help=False)
     sub.add_parser("neuron", help="HTML card of one neuron of a feature index", add_help=False)
+    sub.add_parser("circuit", help="attribution graph of the next token: heads, MLPs and the relevance between "
+                                   "them (HTML, JSON)", add_help=False)
     return parser
 
 
@@ -320,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .neuron import neuron_main
 
         return {"index-features": index_features_main, "neuron": neuron_main}[args_list[0]](args_list[1:], debug=debug)
+    if args_list and args_list[0] == "circuit":  # lxt_fx.features.circuit (circuit.py)
+        from .circuit import circuit_main
+
+        return circuit_main(args_list[1:], debug=debug)
     return run_guarded(lambda: _main(args_list), debug)
 
 

@@ -28,11 +28,10 @@ _SCALING = frozenset({aten.mul, aten.mul_, aten.multiply, aten.div, aten.div_})
 _PASSING = LINEAR | SELECTION | ACTIVATIONS | NORM_SCALES | DECAYS
 
 
-def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
-    """The node's value, through at most ``depth`` element-wise / linear steps (``+ eps``, ``unsqueeze``,
-    a cast, a sigmoid), multiplies or divides *another* relevance-carrying tensor: it is a scale (a norm's
-    ``rsqrt``, an SSM decay), not the carrier itself. ``sqrt`` used as an activation does not match."""
-    chain, frontier = {node}, [node]
+def _scaled_operands(node: fx.Node, depth: int = 8) -> list[fx.Node]:
+    """The other operands of every product or division that the node's value reaches through at most
+    ``depth`` element-wise / linear steps (``+ eps``, ``unsqueeze``, a cast, a sigmoid)."""
+    chain, frontier, found = {node}, [node], []
     for _ in range(depth):
         following = []
         for current in frontier:
@@ -40,13 +39,43 @@ def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
                 if user in chain or user.op != "call_function":
                     continue
                 p = packet(user.target)
-                if p in _SCALING and any(a not in chain and a.name in info.reachable for a in user.all_input_nodes):
-                    return True
+                if p in _SCALING:
+                    found += [a for a in user.all_input_nodes if a not in chain]
                 if p in _PASSING:
                     chain.add(user)
                     following.append(user)
         frontier = following
-    return False
+    return found
+
+
+def scales_another(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
+    """The node's value, through at most ``depth`` element-wise / linear steps (``+ eps``, ``unsqueeze``,
+    a cast, a sigmoid), multiplies or divides *another* relevance-carrying tensor: it is a scale (a norm's
+    ``rsqrt``, an SSM decay), not the carrier itself. ``sqrt`` used as an activation does not match."""
+    return any(a.name in info.reachable for a in _scaled_operands(node, depth))
+
+
+# Ops that create a tensor filled with one value: a recurrence's initial state (``zeros_like(k[:, 0])``).
+_FILLED = frozenset({aten.zeros, aten.zeros_like, aten.new_zeros, aten.full, aten.full_like, aten.new_full,
+                     aten.ones, aten.ones_like, aten.new_ones})
+
+
+def decays_initial_state(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
+    """The node's value multiplies a recurrence's *initial state*, a tensor created filled (zeros): the
+    first step's decay. RWKV's WKV (Peng et al., 2023), with the running maximum ``m`` for stability,
+
+        wkv_t = (e^{m_{t-1} − m'_t} a_{t−1} + e^{u + k_t − m'_t} v_t) / (e^{m_{t-1} − m'_t} b_{t−1} + e^{u + k_t − m'_t}),
+        a_t = e^{m_{t-1} − w − m_t} a_{t−1} + e^{k_t − m_t} v_t,   b_t = … (the same with 1 for v_t),
+
+    is linear in the values ``v`` once the exp-made weights are held constant — the decays and gates are
+    data-dependent constants, as MambaLRP (Jafari et al., NeurIPS 2024) holds the selective SSM's ``Ā``
+    constant, and relevance flows through the linear state update to ``v`` alone; the denominator ``b`` is
+    made of those constants only, so the division is linear too (``Σ_i α_{t,i} v_i`` exactly: it conserves).
+    At ``t = 0`` the state ``a_{−1} = b_{−1} = 0`` is a constant, so its decay ``e^{m_{−1} − m'_0}`` scales no
+    carrying tensor; this predicate makes it the same constant as every later step's decay."""
+    return any(a.op == "call_function" and packet(a.target) in _FILLED and a.name not in info.reachable
+               for a in _scaled_operands(node, depth))
+
 
 # The normalizing scale of a norm, wherever the exporter decomposed it (RMSNorm, T5LayerNorm, gated norms
 # of linear-attention layers, L2-normalized queries and keys): identity through the norm (Prop. 3.4).
@@ -74,7 +103,7 @@ def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
 # relevance-carrying tensor: the same identity through the norm as NORM_SCALE (Prop. 3.4).
 POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
-DECAY = (AnyOf(*DECAYS), scales_another)
+DECAY = (AnyOf(*DECAYS), AnyOf(scales_another, decays_initial_state))
 # Renormalization of an MoE router's top-k routing weights (``w / Σw``, matched by graph structure, not by
 # module name: lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for
 # why not the plain gradient, which loses the weights' share).

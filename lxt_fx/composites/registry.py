@@ -42,13 +42,17 @@ def for_model(model: nn.Module) -> Composite:
 
 def named() -> dict[str, Composite]:
     """Every composite a name stands for: the built-ins by their import name (``attnlrp``, ``cp_lrp``,
-    ``vision``, ``dynamic_mask``, as ``lxt_fx.composites`` exports them and the CLI's ``--composite`` takes
-    them) and by their ``name``, then each registered composite by its ``name``."""
+    ``vision``, ``dynamic_mask``, ``router_constant``, ``palrp`` — position-aware AttnLRP, :mod:`.palrp` —, as
+    ``lxt_fx.composites`` exports them and the CLI's ``--composite`` takes them) and by their ``name``, then each
+    registered composite by its ``name``."""
     from .cp_lrp import cp_lrp
     from .dynamic_mask import dynamic_mask
+    from .palrp import palrp
+    from .router_constant import router_constant
     from .vision import vision
 
-    builtins = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "vision": vision, "dynamic_mask": dynamic_mask}
+    builtins = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "vision": vision, "dynamic_mask": dynamic_mask,
+                "router_constant": router_constant, "palrp": palrp}
     found = dict(builtins)
     for composite in [*builtins.values(), *_REGISTRY.values()]:
         found.setdefault(composite.name, composite)
@@ -74,7 +78,10 @@ def resolve_composite(composite: Composite | str | None, model: nn.Module | None
 
 def register_defaults() -> None:
     """The built-in per-model-type composites: ``doge`` → AttnLRP with its dynamic attention mask held
-    constant (:mod:`.dynamic_mask`). Called at import; call it again to restore them after ``unregister``.
+    constant (:mod:`.dynamic_mask`); ``mixtral`` → AttnLRP with the MoE router's softmax held constant
+    (:mod:`.router_constant`: on the trained ``recall-mixtral`` ground truth it keeps more of the evidence,
+    also on data held out while choosing it; ``composite="attnlrp"`` selects the generic rules). Called at
+    import; call it again to restore them after ``unregister``.
 
     ViT (``model_type == "vit"``) gets the generic ``attnlrp``, like DINOv2, CLIP and SigLIP, and not the
     LXT-style CP-LRP + γ recipe (:mod:`.vision`: frozen attention, the signed γ-rule with γ = 0.05 on Linear,
@@ -90,8 +97,10 @@ def register_defaults() -> None:
     ``composite=lxt_fx.composites.vision`` or ``composite="vision"``, or ``register("vit", vision)`` to make
     it the default again."""
     from .dynamic_mask import dynamic_mask
+    from .router_constant import router_constant
 
     register("doge", dynamic_mask)
+    register("mixtral", router_constant)
 
 
 register_defaults()

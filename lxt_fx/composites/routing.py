@@ -93,3 +93,33 @@ def renormalizes_topk(node: fx.Node) -> bool:
         return False
     summed = _summed(divisor)
     return summed is not None and _origin(summed) is _origin(numerator) and _from_topk(numerator)
+
+
+_SOFTMAXES = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
+
+
+def _reaches_topk(node: fx.Node, depth: int = 4) -> bool:
+    """``node``'s value is the input of a ``topk``, through at most ``depth`` value-preserving steps."""
+    frontier = [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if user.op != "call_function" or not user.args or user.args[0] is not current:
+                    continue
+                p = packet(user.target)
+                if p is aten.topk:
+                    return True
+                if p in _SAME_VALUES:
+                    following.append(user)
+        frontier = following
+    return False
+
+
+def routes_topk(node: fx.Node) -> bool:
+    """``node`` is an MoE router's softmax: a ``softmax`` whose probabilities are the input of a ``topk``
+    (through casts and copies) — ``topk(softmax(gate(x)), k)`` as in Mixtral, Qwen2/3-MoE and OLMoE. An
+    attention softmax (whose output multiplies the values) does not match. Matched by graph structure only."""
+    if node.op != "call_function" or packet(node.target) not in _SOFTMAXES:
+        return False
+    return _reaches_topk(node)

@@ -3,7 +3,9 @@
 Explicit form: ``R_x = R_y``.
 GxI form: ``g_x = g_y ⊙ f(x)/x``. The ratio is analytic where it exists, so nothing divides by a number
 near zero (no NaN in bf16): SiLU → σ(x); GELU → Φ(x); tanh-GELU → ½(1 + tanh(√(2/π)(x + 0.044715x³)));
-ReLU → step(x); leaky ReLU → 1 or the slope; tanh → tanh(x)/x with its Taylor limit 1 − x²/3 near 0.
+ReLU → step(x); leaky ReLU → 1 or the slope; tanh → tanh(x)/x with its Taylor limit 1 − x²/3 near 0;
+asinh (a monotone, odd compression of a signal, asinh(x) = ln(x + √(x² + 1))) → asinh(x)/x with its Taylor
+limit 1 − x²/6 near 0.
 Other functions (σ, softplus, exp, …, whose f(0) ≠ 0) use ``f(x) / (x + ε·sign(x))``: the identity rule
 itself is singular at x = 0 for them, and the stabilizer bounds it. Where ``f(x) = 0`` the ratio is 0 (ReLU6 /
 hardtanh at an exact zero input): that is ``0 / (0 + ε)`` for every ε > 0, so it stays 0 — not ``0/0`` = NaN —
@@ -39,6 +41,11 @@ def _tanh_ratio(x: Tensor) -> Tensor:
     return torch.where(small, 1.0 - x * x / 3.0, torch.tanh(x) / torch.where(small, 1.0, x))
 
 
+def _asinh_ratio(x: Tensor) -> Tensor:
+    small = x.abs() < 1e-3
+    return torch.where(small, 1.0 - x * x / 6.0, torch.asinh(x) / torch.where(small, 1.0, x))
+
+
 def _leaky_ratio(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, negative_slope))
 
@@ -50,6 +57,7 @@ RATIOS: dict[Any, Callable[..., Tensor]] = {
     aten.relu: lambda x: (x > 0).to(x.dtype),
     aten.leaky_relu: _leaky_ratio,
     aten.tanh: _tanh_ratio,
+    aten.asinh: _asinh_ratio,
 }
 
 

@@ -34,7 +34,7 @@ from . import disk_cache
 from .errors import CaptureError, LXTError, capture_hint, failing_location
 from .guards import InputSpec, spec_of
 from .modes import eval_semantics
-from .offload import Placeholders, opened, placeholders
+from .offload import Placeholders, device_map_key, opened, placeholders
 from .quantized import dequantizing
 from .spliced import shape_keyed
 
@@ -106,10 +106,14 @@ class Signature:
     attn_implementation: str | None
     device: str
     dtype: torch.dtype | None = None  # of the first parameter: model.to(dtype) keeps the Parameter objects
+    # over several execution devices: where each hooked module runs and each tensor lives (the device moves
+    # are in the graph); empty on one device
+    devices: str = ""
 
     def key(self) -> tuple:
         """The hashable tuple a capture is cached under: everything here that changes the graph."""
-        return (self.tensors, self.static, self.training, self.attn_implementation, self.device, self.dtype)
+        return (self.tensors, self.static, self.training, self.attn_implementation, self.device, self.dtype,
+                self.devices)
 
 
 @dataclass
@@ -216,6 +220,7 @@ def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mappin
         attn_implementation=getattr(config, "_attn_implementation", None),
         device=str(param.device) if param is not None else "cpu",
         dtype=param.dtype if param is not None else None,
+        devices=device_map_key(model),
     )
 
 

@@ -16,26 +16,29 @@ a way to *store* weights, not as model code:
   the model's own forward with the hooks (a linear layer saves its weight for the input gradient).
 
 The math is unchanged: the graph computes the same ops with the same weight values as the hooked model.
-A model whose hooks execute on more than one device cannot run as one graph: :class:`OffloadError`.
+
+Several execution devices (``from_pretrained(..., device_map="auto")`` over GPUs, or GPUs and the CPU): the
+hooks' wrappers are replaced, for the export only, by :func:`moving` wrappers that do what the hooks'
+``pre_forward``/``post_forward`` do with activations (inputs to the module's execution device, outputs back
+to the input's device where the hook says ``io_same_device``). The export records those moves as
+``aten._to_copy`` nodes with a ``device``, so the graph moves activations between devices exactly where the
+hooks did; every parameter stays on its own device (nothing is gathered), and the backward pass crosses the
+devices as autograd runs the moves backwards. ``_to_copy`` is a relevance identity (it does not change
+values), so the rules are untouched. Tensor parallelism (one layer's weights split over devices) is not
+accelerate's ``device_map`` and is out of scope.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import LXTError
-
 _MISSING = object()
-
-
-class OffloadError(LXTError):
-    """An accelerate-dispatched model the captured graph cannot run (its hooks use several devices)."""
 
 
 @dataclass(frozen=True)
@@ -83,27 +86,60 @@ def _local_tensors(module: nn.Module, hook: Any) -> Iterator[tuple[str, nn.Modul
 
 
 def offloaded_tensors(model: nn.Module) -> list[OffloadedTensor]:
-    """Every tensor an accelerate hook of ``model`` keeps off the device (empty for a plain model).
-
-    Raises :class:`OffloadError` when the hooks execute on more than one device."""
+    """Every tensor an accelerate hook of ``model`` keeps off the device (empty for a plain model), each with
+    its own hook's execution device."""
     found: list[OffloadedTensor] = []
-    devices: set[str] = set()
     for path, module in model.named_modules():
         for hook in _align_hooks(module):
-            if hook.execution_device is not None:
-                devices.add(str(torch.device(hook.execution_device)))
             if not hook.offload:
                 continue
             device = torch.device(hook.execution_device)
             for local, owner, name, buffer in _local_tensors(module, hook):
                 fqn = f"{path}.{local}" if path else local
                 found.append(OffloadedTensor(fqn, owner, name, buffer, hook.weights_map, local, device))
-    if len(devices) > 1:
-        raise OffloadError(
-            f"{type(model).__name__} is dispatched over several execution devices {sorted(devices)}: lxt-fx "
-            "runs the model as one captured graph on one device. Dispatch it onto one execution device "
-            "(offloading the rest to 'cpu' or 'disk'), e.g. dispatch_model(model, device_map, main_device=...)")
     return found
+
+
+def execution_devices(model: nn.Module) -> dict[str, torch.device]:
+    """The execution device of every hooked submodule of ``model`` by its path ("" for the model itself);
+    empty for a model without accelerate hooks. More than one distinct value: the model runs over several
+    devices (e.g. ``device_map="auto"``)."""
+    found: dict[str, torch.device] = {}
+    for path, module in model.named_modules():
+        for hook in _align_hooks(module):
+            if hook.execution_device is not None:
+                found.setdefault(path, torch.device(hook.execution_device))
+    return found
+
+
+def device_map_key(model: nn.Module) -> str:
+    """What the capture depends on in the dispatch: every hooked submodule's execution device and every
+    resident parameter's and buffer's device, as a stable string (empty for a model on one device)."""
+    hooks = execution_devices(model)
+    if len({str(d) for d in hooks.values()}) < 2:
+        return ""
+    tensors = [(n, str(t.device)) for n, t in (*model.named_parameters(), *model.named_buffers())]
+    return repr((sorted((k, str(v)) for k, v in hooks.items()), tensors))
+
+
+def moving(forward: Callable[..., Any], device: torch.device, io_same_device: bool,
+           skip_keys: Any = None) -> Callable[..., Any]:
+    """``forward`` with the activation moves of an accelerate ``AlignDevicesHook``: tensor arguments (nested in
+    tuples, lists, dicts and model outputs, as accelerate's ``send_to_device`` walks them) go to ``device``
+    first; with ``io_same_device`` the outputs go back to the device of the first input tensor."""
+    from accelerate.utils import find_device, send_to_device  # present wherever a model carries its hooks
+
+    if device.type == "cpu":  # eager torch keeps no CPU index (``cpu:0`` tensors are ``cpu``); fake tensors would
+        device = torch.device("cpu")
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        source = find_device([args, kwargs]) if io_same_device else None
+        args = send_to_device(args, device)
+        kwargs = send_to_device(kwargs, device, skip_keys=skip_keys)
+        output = forward(*args, **kwargs)
+        return send_to_device(output, source, skip_keys=skip_keys) if source is not None else output
+
+    return run
 
 
 def execution_device(model: nn.Module) -> torch.device | None:
@@ -134,6 +170,7 @@ def opened(model: nn.Module) -> Iterator[list[OffloadedTensor]]:
         yield []
         return
     tensors = offloaded_tensors(model)
+    several = len({str(d) for d in execution_devices(model).values()}) > 1
     saved_tensors = [(t, (t.module._buffers if t.buffer else t.module._parameters)[t.name]) for t in tensors]
     saved_forwards = [(m, m.__dict__.get("forward", _MISSING)) for m in model.modules() if "_hf_hook" in m.__dict__]
     try:
@@ -146,6 +183,11 @@ def opened(model: nn.Module) -> Iterator[list[OffloadedTensor]]:
                 module.__dict__.pop("forward", None)
             else:
                 module.__dict__["forward"] = own
+            hooks = [h for h in _align_hooks(module) if h.execution_device is not None]
+            if several and hooks:  # the hooks' activation moves, recorded by the export as device copies
+                module.__dict__["forward"] = moving(module.forward, torch.device(hooks[0].execution_device),
+                                                    bool(getattr(hooks[0], "io_same_device", False)),
+                                                    getattr(hooks[0], "skip_keys", None))
         yield tensors
     finally:
         for t, old in saved_tensors:

@@ -28,6 +28,7 @@ ANALYTIC = [
     (aten.relu.default, (), {}),
     (aten.leaky_relu.default, (0.2,), {}),
     (aten.tanh.default, (), {}),
+    (aten.asinh.default, (), {}),
 ]
 # f(0) != 0: the ratio is f(x) / (x + ε·sign(x)).
 STABILIZED = [(aten.sigmoid.default, (), {}), (aten.exp.default, (), {}), (aten.softplus.default, (), {})]
@@ -146,6 +147,8 @@ def test_gelu_ratios_match_their_functions() -> None:
     assert_close(activation_ratio(aten.tanh.default, x), torch.tanh(x) / x)
     small = torch.tensor([1e-4, -1e-4, 9.9e-4, 1.01e-3], dtype=F64)  # both sides of the Taylor switch
     assert_close(activation_ratio(aten.tanh.default, small), torch.tanh(small) / small, rtol=1e-12, atol=0)
+    assert_close(activation_ratio(aten.asinh.default, x), torch.asinh(x) / x)
+    assert_close(activation_ratio(aten.asinh.default, small), torch.asinh(small) / small, rtol=1e-12, atol=0)
 
 
 def test_gelu_ratio_accurate_in_the_negative_tail() -> None:

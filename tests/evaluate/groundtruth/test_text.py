@@ -55,6 +55,16 @@ def test_zero_bias_books_close_on_the_trained_model(fixture) -> None:
     assert report.verified, report.verdict
 
 
+def test_mixtral_default_finds_more_evidence_than_the_generic_attnlrp() -> None:
+    # the Mixtral default (the router's softmax held constant) against the generic AttnLRP, paired over the
+    # same rows: the default must keep more positive relevance on the evidence (256 rows: see docs/groundtruth.md)
+    model, task = gt.load("recall-mixtral")
+    sample = task.sample(32, seed=12)
+    default = gt.score(task.explain(model, sample), sample.mask)["mass"]
+    generic = gt.score(task.explain(model, sample, composite=lxt_fx.attnlrp), sample.mask)["mass"]
+    assert float((default - generic).mean()) > 0, (float(default.mean()), float(generic.mean()))
+
+
 def test_recall_mask_is_the_queried_pair_and_the_query() -> None:
     task = gt.get("recall-gpt2")
     sample = task.sample(16, seed=3)
