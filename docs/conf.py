@@ -48,7 +48,8 @@ myst_heading_anchors = 3
 # The API reference: the modules the docstring check covers (a new package: add it here and in api/).
 api_modules = ["lxt_fx", "lxt_fx.tracing", "lxt_fx.composites", "lxt_fx.rules", "lxt_fx.functional",
                "lxt_fx.modules", "lxt_fx.targets", "lxt_fx.check", "lxt_fx.evaluate", "lxt_fx.render",
-               "lxt_fx.features", "lxt_fx.dataset", "lxt_fx.generation", "lxt_fx.captum"]
+               "lxt_fx.features", "lxt_fx.dataset", "lxt_fx.generation", "lxt_fx.captum",
+               "lxt_fx.spans", "lxt_fx.retrieval", "lxt_fx.reasoning"]
 autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_class_signature = "mixed"

@@ -99,6 +99,8 @@ class Attribution:
     pixel_relevance: Tensor | None = None
     audio_relevance: Tensor | None = None
     latent_values: dict[str, Tensor] | None = None  # the activation x at each ``capture`` name
+    texts: list[str | tuple[str, str]] | None = None  # the text each row was encoded from (text inputs)
+    segment_ids: Tensor | None = None  # text pairs: 0 / 1 per token of text / text_pair, -1 special and padding
     position_relevance: Tensor | None = None  # PA-LRP: [batch, seq], the relevance of each text position
     position_maps: dict[str, Tensor] | None = None  # PA-LRP: every positional table, [batch, positions]
 
@@ -183,6 +185,33 @@ class Attribution:
         tokens = self.decoder_tokens[i]
         values = self.decoder_relevance[i, : len(tokens)].tolist()
         return [(f"decoder: {t}", v) for t, v in zip(tokens, values, strict=True)]
+
+    def spans(self, spans: Any = "sentences", *, tokenizer: Any, text: str | None = None, row: int = 0,
+              within: str | tuple[int, int] | None = None, messages: Any = None) -> Any:
+        """Relevance of row ``row`` summed over spans of its text — ``"sentences"``, ``"passages"`` (blank-line
+        separated), ``"turns"`` (with ``messages``) or your own character spans ``[(start, end), ...]`` /
+        ``{label: (start, end)}`` — through the tokenizer's offsets, as a
+        :class:`~lxt_fx.spans.SpanAttribution` (``ranked()``, ``show()``, ``to_html()``); ``within`` splits
+        only that part of the text (e.g. the context of a RAG prompt). See :func:`lxt_fx.spans.span_relevance`."""
+        from .spans import span_relevance
+
+        self._check_row(row)
+        self._require_tokens("spans()")
+        return span_relevance(self, spans, tokenizer=tokenizer, text=text, row=row, within=within,
+                              messages=messages)
+
+    def segment_relevance(self, i: int = 0) -> dict[str, float]:
+        """A text pair's relevance split by segment (``explain(model, (text, text_pair))``, e.g. a reranker's
+        query and passage): ``{"text": Σ R over the first text's tokens, "text_pair": over the second's,
+        "special": over the special tokens ([CLS], [SEP])}``, which add up to the row's total;
+        :class:`ViewArgumentError` for a row that was not a pair."""
+        self._check_row(i)
+        if self.segment_ids is None or not (self.segment_ids[i] >= 0).any():
+            raise ViewArgumentError(f"row {i} was not a text pair: segment_relevance needs "
+                                    "explain(model, (text, text_pair), tokenizer=...)")
+        seg, rel, keep = self.segment_ids[i], self.relevance[i].double(), self.attention_mask[i].bool()
+        return {"text": float(rel[seg == 0].sum()), "text_pair": float(rel[seg == 1].sum()),
+                "special": float(rel[(seg < 0) & keep].sum())}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready) form: per row its tokens, ids and relevance at the positions where the

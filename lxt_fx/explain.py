@@ -191,6 +191,9 @@ def encode_text(inputs: str | Sequence[str] | Sequence[tuple[str, str]] | tuple[
         types = [e.get("token_type_ids") if hasattr(e, "get") else None for e in encoded]
         if all(t is not None and len(t) == len(r) for t, r in zip(types, rows, strict=True)):
             extra["token_type_ids"] = torch.tensor([t + [0] * (width - len(t)) for t in types], dtype=torch.long)
+        if all(_is_pair(t) for t in inputs):
+            extra["segment_ids"] = torch.tensor([_sequence_ids(e, len(r)) + [-1] * (width - len(r))
+                                                 for e, r in zip(encoded, rows, strict=True)], dtype=torch.long)
     else:
         raise InputError(f"inputs must be a str, a (text, text_pair) tuple, a list of those or input_ids "
                          f"[batch, seq]; got {type(inputs).__name__}")
@@ -201,6 +204,23 @@ def encode_text(inputs: str | Sequence[str] | Sequence[tuple[str, str]] | tuple[
         raise InputError(f"token id(s) {bad} outside the vocabulary of {vocab_size}: was the input encoded with "
                          "this model's tokenizer?")
     return ids, mask.to(torch.long), extra
+
+
+def _sequence_ids(encoding: Any, length: int) -> list[int]:
+    """Which text of a pair each token comes from: 0, 1, or -1 for special tokens (the fast tokenizer's
+    ``sequence_ids()``; without it, ``token_type_ids`` with the first and last tokens taken as special)."""
+    seq = getattr(encoding, "sequence_ids", None)
+    try:
+        found = seq() if callable(seq) else None
+    except (ValueError, TypeError):  # a slow tokenizer
+        found = None
+    if found is not None and len(found) == length:
+        return [-1 if s is None else int(s) for s in found]
+    types = encoding.get("token_type_ids") if hasattr(encoding, "get") else None
+    if types is None or len(types) != length:
+        raise InputError("cannot tell the two texts of the pair apart (the tokenizer gives neither sequence_ids "
+                         "nor token_type_ids): use a fast tokenizer")
+    return [-1 if k in (0, length - 1) else int(t) for k, t in enumerate(types)]
 
 
 # The inputs explain builds itself from ``inputs``, ``attention_mask`` and ``decoder_inputs``.
@@ -312,6 +332,7 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     embedding = input_embeddings(model)
     vocab = vocab_size(model)
     ids, mask, made = encode_text(inputs, tokenizer, attention_mask, vocab)
+    segment_ids = made.pop("segment_ids", None)
     ids, mask = ids.to(device), mask.to(device)
     takes = inspect.signature(type(model).forward).parameters
     given, static = forward_inputs(model, {**{k: v for k, v in made.items() if k in takes}, **model_inputs},
@@ -350,6 +371,11 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
                       scores.detach().float().cpu(), positions.cpu(), graph.report, target_tokens,
                       latents=None if latent is None else {k: v.cpu() for k, v in latent.relevance().items()},
                       latent_values=None if latent is None else {k: v.cpu() for k, v in latent.values().items()})
+    att.segment_ids = segment_ids
+    if isinstance(inputs, str) or _is_pair(inputs):
+        att.texts = [inputs]
+    elif isinstance(inputs, list) and all(isinstance(t, str) or _is_pair(t) for t in inputs):
+        att.texts = list(inputs)
     _attach_positions(att, maps, mask, decoder=False)
     if dec_ids is not None:
         att.decoder_relevance = token_relevance(dec_embeds, grads[1], explained_mask).cpu()
@@ -466,7 +492,7 @@ def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, ma
     batch = mask.shape[0]
     positions = torch.full((batch,), -1, dtype=torch.long, device=mask.device)
     if isinstance(goal, Function):
-        scores = goal.fn(outputs)
+        scores = goal.scores(outputs, mask)
         if scores.shape != (batch,):
             raise InputError(f"the target function returned shape {tuple(scores.shape)}; it must return one "
                              f"scalar per row, shape ({batch},)")

@@ -153,6 +153,78 @@ class Function(Target):
     def __init__(self, fn: Callable[[dict[str, Tensor]], Tensor]) -> None:
         self.fn = fn
 
+    def scores(self, outputs: dict[str, Tensor], mask: Tensor) -> Tensor:
+        """The explained scalar per row from the model's ``outputs`` (``mask``: the rows' attention mask
+        ``[batch, seq]``, for targets that pool over tokens; ``fn`` alone does not read it)."""
+        return self.fn(outputs)
+
+
+POOLINGS = ("mean", "cls", "last")
+SIMILARITIES = ("cosine", "dot")
+
+
+def pooled(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
+    """One embedding per row from token states ``[batch, seq, H]``: ``"mean"`` over the real tokens (the mask's
+    count is a constant of the explanation), ``"cls"`` the first real token, ``"last"`` the last real one."""
+    m = mask.to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "cls":
+        return hidden[rows, mask.to(torch.long).argmax(1)]
+    if pooling == "last":
+        return hidden[rows, mask.shape[1] - 1 - mask.flip(1).to(torch.long).argmax(1)]
+    raise TargetError(f"pooling={pooling!r}: give one of {POOLINGS}")
+
+
+class PairSimilarity(Function):
+    """A bi-encoder's similarity of a query and a passage, explained on both sides from one backward pass.
+
+    The batch holds the queries then the passages (``[q_1 … q_n, p_1 … p_n]``, as ``explain(model, [query,
+    passage])`` with ``n = 1``); each row is pooled (``pooling``: ``"mean"``, ``"cls"`` or ``"last"``) from
+    ``outputs[key]`` into ``e``, and for ``similarity="cosine"`` divided by its norm held constant
+    (``ê = e / ‖e‖``, the identity rule through the normalization, as for every norm under AttnLRP:
+    without it, cosine is scale-invariant and its relevance would sum to 0). The similarity
+    ``s_i = ê_{q_i} · ê_{p_i}`` is a product of two relevance-carrying tensors, so it gets AttnLRP's uniform
+    rule (Achtibat et al., ICML 2024, Prop. 3.3): each side receives half,
+
+        row q_i: ``½ · ê_{q_i} · stop(ê_{p_i})``,   row p_i: ``½ · stop(ê_{q_i}) · ê_{p_i}``,
+
+    whose gradients are exactly the halved gradients of ``s_i`` in each factor. Each row's explained score is
+    its half, the two rows of a pair add up to ``s_i``, and with zero biases so do the relevances of all the
+    pair's tokens, over both sides."""
+
+    def __init__(self, pooling: str = "mean", similarity: str = "cosine", key: str = "last_hidden_state") -> None:
+        if pooling not in POOLINGS:
+            raise TargetError(f"pooling={pooling!r}: give one of {POOLINGS}")
+        if similarity not in SIMILARITIES:
+            raise TargetError(f"similarity={similarity!r}: give one of {SIMILARITIES}")
+        self.pooling, self.similarity, self.key = pooling, similarity, key
+        super().__init__(self._need_mask)
+
+    def _need_mask(self, outputs: dict[str, Tensor]) -> Tensor:
+        raise TargetError("PairSimilarity pools over the rows' tokens and needs their mask: pass it to "
+                          "lxt_fx.explain as target=, or call scores(outputs, mask)")
+
+    def embeddings(self, outputs: dict[str, Tensor], mask: Tensor) -> Tensor:
+        """The pooled embedding of every row, divided by its (constant) norm for cosine: ``[batch, H]``."""
+        if self.key not in outputs:
+            raise TargetError(f"PairSimilarity pools outputs[{self.key!r}], but the model returns {list(outputs)}: "
+                              "explain the encoder itself (e.g. AutoModel, BertModel) or PairSimilarity(key=...)")
+        e = pooled(outputs[self.key].float(), mask, self.pooling)
+        return e / e.norm(dim=-1, keepdim=True).detach() if self.similarity == "cosine" else e
+
+    def scores(self, outputs: dict[str, Tensor], mask: Tensor) -> Tensor:
+        """Row ``q_i``: ``½ ê_q · stop(ê_p)``; row ``p_i``: ``½ stop(ê_q) · ê_p`` (see the class doc)."""
+        batch = mask.shape[0]
+        if batch % 2:
+            raise TargetError(f"PairSimilarity pairs the first half of the rows (queries) with the second half "
+                              f"(passages), but the batch has {batch} rows: give [query, passage] (or n queries "
+                              "then their n passages)")
+        e = self.embeddings(outputs, mask)
+        q, p = e[: batch // 2], e[batch // 2:]
+        return torch.cat([0.5 * (q * p.detach()).sum(-1), 0.5 * (q.detach() * p).sum(-1)])
+
 
 class Similarity(Function):
     """Image–text similarity of a dual encoder (CLIP, SigLIP): row ``i`` explains

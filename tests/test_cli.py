@@ -307,3 +307,19 @@ def test_trace_of_two_prompts_draws_both(tiny: Path, tmp_path: Path, capsys) -> 
     if (tmp_path / "h.png").exists():  # matplotlib present: the PNG trace too
         assert main([*args, "--trace", str(tmp_path / "t.png")]) == 0
         assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_context_and_question_rank_the_context_sentences(tiny: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("the capital of france is paris. a b c.\n\nb c a.\n", encoding="utf-8")
+    done = lxt_fx("explain", "--model", str(tiny), "--context", "notes.txt", "--question", "the capital of france",
+                  "--json", "spans.json", "--html", "spans.html", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "spans ranked for" in done.stdout and "outside the spans" in done.stdout
+    data = json.loads((tmp_path / "spans.json").read_text())
+    assert [s["text"] for s in data["spans"]] == ["the capital of france is paris.", "a b c.", "b c a."]
+    assert sum(s["relevance"] for s in data["spans"]) + data["outside"] == pytest.approx(data["total"], abs=1e-6)
+    best = max(data["spans"], key=lambda s: s["relevance"])
+    assert f"#1 &nbsp; <b>{best['label']}</b>" in (tmp_path / "spans.html").read_text(encoding="utf-8")
+    one_line_error(lxt_fx("explain", "--model", str(tiny), "--context", "notes.txt", cwd=tmp_path), "--question")
+    one_line_error(lxt_fx("explain", "--model", str(tiny), "--question", "why", "--prompt", "a", cwd=tmp_path),
+                   "--context")

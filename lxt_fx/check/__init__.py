@@ -150,7 +150,7 @@ def _logits(outputs: Mapping[str, Tensor]) -> Tensor:
 def _score(outputs: Mapping[str, Tensor], goal: Target, tokenizer: Any, mask: Tensor | None,
            target_ids: Tensor | None) -> tuple[Tensor, Tensor]:
     if isinstance(goal, Function):
-        scores = goal.fn(dict(outputs))
+        scores = goal.fn(dict(outputs)) if mask is None else goal.scores(dict(outputs), mask)
         return scores, torch.full((scores.shape[0],), -1, dtype=torch.long)
     logits = _logits(outputs)
     if logits.dim() == 3:

@@ -27,6 +27,8 @@ _EXPLAIN_EPILOG = """examples:
   lxt-fx explain --model ./my-llama --prompt "2 + 2 =" --target " 4" --html heat.html --png heat.png
   lxt-fx explain --prompt "Hello world" --prompt "The sky is" --json rows.json   (a batch: one block per row)
   lxt-fx explain --prompt "The capital of France is" --trace trace.png           (tokens × layers)
+  lxt-fx explain --context notes.txt --question "Where does Bob live?" --html spans.html
+                                        (the answer's next token over the context's sentences, ranked)
 """
 
 
@@ -42,6 +44,13 @@ def add_parser(sub: Any) -> None:
     ex.add_argument("--target", metavar="TOKEN", default=None,
                     help="next token to explain: one token of the vocabulary such as ' Paris' (mind the leading "
                          "space) or a token id (default: the model's most likely next token)")
+    ex.add_argument("--context", metavar="FILE",
+                    help="a context file ('-': standard input) to ask --question about: the answer's first token is "
+                         "explained and its relevance summed over the context's sentences (ranked table; --html "
+                         "writes the ranked, highlighted spans)")
+    ex.add_argument("--question", metavar="TEXT", help="the question about --context")
+    ex.add_argument("--spans", default="sentences", choices=["sentences", "passages"],
+                    help="with --context: sum over sentences (default) or blank-line separated passages")
     ex.add_argument("--pdf", metavar="FILE", help="write a PDF heatmap (needs xelatex or pdflatex)")
     ex.add_argument("--latex", metavar="FILE", help="write the LaTeX source of the heatmap")
     ex.add_argument("--trace", metavar="FILE",
@@ -99,7 +108,56 @@ def _with_rows(att: Any, tokenizer: Any, extra: dict[str, Any] | None = None) ->
     return data
 
 
+def _read(path: str, what: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise CLIError(f"{what} {path!r}: no such file", "check the path") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {what} {path!r}: {exc}", "give a UTF-8 text file") from exc
+
+
+def cmd_context(args: argparse.Namespace, out: Console, status: Console) -> int:
+    """``--context FILE --question TEXT``: explain the answer's first token and rank the context's spans."""
+    if args.prompt or args.prompt_file:
+        raise CLIError("--context comes with --question, not with --prompt/--prompt-file", "give one or the other")
+    if not args.question or not args.question.strip():
+        raise CLIError("--context needs --question TEXT", "say what to ask about the context")
+    context = _read(args.context, "--context").strip()
+    if not context:
+        raise CLIError(f"--context {args.context!r} is empty", "give a file with text")
+    target_argument(args.target)
+    model, tokenizer = load_model(args.model, status, args.threads)
+    from ..explain import explain
+    from ..spans import context_prompt
+    from ..tracing.errors import LXTError
+
+    target = _target(args.target, tokenizer)
+    prompt = context_prompt(tokenizer, context, args.question)
+    start = time.perf_counter()
+    try:
+        with status.status("[bold]explaining the answer's first token over the context (one backward pass) …"):
+            att = explain(model, prompt, tokenizer=tokenizer, target=target, composite=_composite(args.composite))
+            spans = att.spans(args.spans, tokenizer=tokenizer, within=context)
+    except LXTError as exc:
+        raise _explain_error(exc) from exc
+    status.print(f"explained in {time.perf_counter() - start:.1f} s")
+    spans.show(out, k=args.top if args.top > 0 else None)
+    title = f"lxt-fx · {args.model} · {args.question}"
+    outputs: list[tuple[str, str | None, Any]] = [
+        ("JSON", args.json, lambda: _json_dump(args.json, {"question": args.question, "prompt": prompt,
+                                                           "model_path": args.model, **spans.to_dict()})),
+        ("HTML", args.html, lambda: spans.to_html(args.html, title=title)),
+        ("PNG", args.png, lambda: att.save_png(args.png, tokenizer=tokenizer, skip_first=args.skip_first)),
+    ]
+    return _write_all(outputs, status)
+
+
 def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
+    if args.context is not None:
+        return cmd_context(args, out, status)
+    if args.question is not None:
+        raise CLIError("--question needs --context FILE", "give the context the question is about")
     prompts = _prompts(args)
     target_argument(args.target)  # a negative id is refused before the model loads
     model, tokenizer = load_model(args.model, status, args.threads)

@@ -293,6 +293,8 @@ def rows(attribution: Attribution, *, tokenizer: Any = None, skip_first: bool = 
     out = []
     for r in range(len(attribution)):
         parts = [("", *_row_values(attribution, r, False))]
+        if _is_pair_row(attribution, r):
+            parts = _pair_parts(attribution, r, parts[0][1:])
         if attribution.decoder_relevance is not None and attribution.decoder_tokens is not None:
             parts = [("encoder", *parts[0][1:]), ("decoder", *_row_values(attribution, r, True))]
         values = [v for _, _, vals, _ in parts for v in vals]
@@ -308,6 +310,24 @@ def rows(attribution: Attribution, *, tokenizer: Any = None, skip_first: bool = 
         label = labels[r] if labels is not None else target_label(attribution, r, tokenizer)
         out.append(Row(r, label, float(attribution.target_scores[r]), scale, segments, skip_first, mark))
     return out
+
+
+def _is_pair_row(attribution: Attribution, row: int) -> bool:
+    segments = getattr(attribution, "segment_ids", None)
+    return segments is not None and bool((segments[row] == 1).any())
+
+
+def _pair_parts(attribution: Attribution, row: int, values: tuple[list[str], list[float], list[int]]
+                ) -> list[tuple[str, list[str], list[float], list[int]]]:
+    """A text pair's row as two segments, ``text`` and ``text_pair``, each named with its relevance sum (its own
+    tokens, special tokens left out): the first text with the special tokens before and after it, then the
+    second with the rest."""
+    tokens, vals, ids = values
+    seg = attribution.segment_ids[row][attribution.attention_mask[row].bool()].tolist()
+    cut = next((k for k, s in enumerate(seg) if s == 1), len(seg))
+    sums = attribution.segment_relevance(row)
+    return [(f"text (Σ {sums['text']:+.4f})", tokens[:cut], vals[:cut], ids[:cut]),
+            (f"text_pair (Σ {sums['text_pair']:+.4f})", tokens[cut:], vals[cut:], ids[cut:])]
 
 
 def normalized(attribution: Attribution, row: int = 0, *, tokenizer: Any = None, skip_first: bool = False
