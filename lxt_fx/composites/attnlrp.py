@@ -20,7 +20,7 @@ from ..rules import (
 )
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo, inverse_l2_norm, l2_normalization
-from .routing import renormalizes_topk
+from .routing import renormalizes
 
 aten = _ops.aten
 
@@ -104,10 +104,11 @@ def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
 POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), AnyOf(scales_another, decays_initial_state))
-# Renormalization of an MoE router's top-k routing weights (``w / Σw``, matched by graph structure, not by
-# module name: lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for
-# why not the plain gradient, which loses the weights' share).
-ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes_topk)
+# Renormalization of an MoE router's top-k routing weights or of softmax / sigmoid mixing weights (``w / Σw``,
+# Sinkhorn–Knopp's row and column steps; matched by graph structure, not by module name:
+# lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for why not the
+# plain gradient, which loses the weights' share).
+ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes)
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
 ACTIVATION_MODULE = "Activation"
@@ -121,7 +122,7 @@ attnlrp = Composite([
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient
     (ACTIVATION_MODULE, IdentityRegion()),                    # decomposed activations: one region
-    (ROUTER_RENORM, Renormalize()),                           # MoE routing renormalization
+    (ROUTER_RENORM, Renormalize()),                           # routing / mixing-weight renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
     (aten.glu, GatedUnit()),                                  # a ⊙ σ(b): uniform ½ each, identity through σ
