@@ -99,6 +99,44 @@ def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
     return float(exponent) < 1 and float(exponent) != 0
 
 
+def polynomial_power(node: fx.Node, info: NodeInfo) -> bool:
+    """``pow(x, p)`` with a constant exponent ``p ≥ 1``: ``p`` copies of one factor (``x ** 2``, an attention
+    kernel's ``k(s) ** τ``). The uniform product rule (Prop. 3.2) gives each copy ``R/p``, summed back at the
+    shared input: ``R_x = R_y``, the identity rule (Eq. 9). Roots and reciprocal powers (``p < 1``) are
+    :func:`root_or_reciprocal_power`'s."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        return False
+    return float(exponent) >= 1
+
+
+def scales_nothing(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
+    """The node's value is itself a carrier, not only the inside of a norm's scale: some path from it,
+    through element-wise / linear steps, reaches an op other than a norm scale (``rsqrt``, ``sqrt``, a root
+    or reciprocal power) that scales another carrying tensor. RMSNorm's ``x.pow(2)`` reaches only the
+    stopped ``rsqrt`` (or ``pow(·, -0.5)``): it needs no rule; a kernel's ``k(s) ** τ`` that multiplies the
+    values is a carrier."""
+    chain, frontier = {node}, [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if user in chain:
+                    continue
+                if user.op != "call_function":
+                    return True                                   # the output itself
+                p = packet(user.target)
+                root = p is aten.pow and root_or_reciprocal_power(user, info)
+                if (p in NORM_SCALES or root) and scales_another(user, info):
+                    continue                                      # the inside of a stopped scale
+                if p not in _PASSING:
+                    return True                                   # a product, a softmax, …: a carrier
+                chain.add(user)
+                following.append(user)
+        frontier = following
+    return bool(frontier)
+
+
 # A norm's or magnitude's scale written as a root or reciprocal power that multiplies (or divides) another
 # relevance-carrying tensor: the same identity through the norm as NORM_SCALE (Prop. 3.4).
 POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
@@ -125,6 +163,7 @@ attnlrp = Composite([
     (ROUTER_RENORM, Renormalize()),                           # routing / mixing-weight renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
+    ((aten.pow, polynomial_power, scales_nothing), Identity()),               # x ** p, p ≥ 1: p equal factors → identity
     (aten.glu, GatedUnit()),                                  # a ⊙ σ(b): uniform ½ each, identity through σ
     (AnyOf(*PRODUCTS), Uniform()),                            # two carrying factors: ½ each (Prop. 3.2/3.3)
 ], name="attnlrp")
