@@ -44,7 +44,7 @@ SOFTMAX = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
 ACTIVATIONS = frozenset({aten.silu, aten.gelu, aten.relu, aten.leaky_relu, aten.tanh, aten.sigmoid,
                          aten.softplus, aten.elu, aten.mish, aten.hardswish, aten.hardtanh, aten.hardsigmoid,
                          aten.relu6, aten.celu, aten.selu, aten.log_sigmoid, aten.erf, aten.expm1,
-                         aten.square, aten.asinh})
+                         aten.square, aten.asinh, aten.acos})
 # A scale computed from the input's magnitude that divides it (norm layers, L2-normalized queries/keys):
 # treated as a constant, which is the identity rule through normalization (paper Prop. 3.4).
 NORM_SCALES = frozenset({aten.rsqrt, aten.sqrt, aten.reciprocal, aten.var, aten.std, aten.linalg_vector_norm,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import operator
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, fx, nn
 
-from .ops import MAY_RETURN_INPUT, packet, writes_first_argument, written_in_place
+from .ops import MAY_RETURN_INPUT, packet, returns_view, writes_first_argument, written_in_place
 from .rewrite import Plan, RewriteReport, apply
 from .tracing.errors import LXTError
 from .tracing.meta import module_path
@@ -280,6 +281,24 @@ def _writes(consumer: fx.Node, node: fx.Node) -> bool:
     return bool(args) and args[0] is node
 
 
+def _read_from_written(nodes: Iterable[fx.Node], written: set[str]) -> set[str]:
+    """``written`` and every view of a written storage (``attn[..., i, :i]`` read before
+    ``attn[..., i, :i] = …`` writes it through another view): a tap on one must keep a copy of the value it
+    saw, or its relevance would be read off the value after the write."""
+    found = set(written)
+    for node in nodes:
+        base = node
+        while base.op == "call_function" and base.args and isinstance(base.args[0], fx.Node):
+            origin = base.meta.get("lxt_original_target", base.target)
+            if not (origin is operator.getitem or returns_view(origin)):
+                break
+            base = base.args[0]
+            if base.name in written:
+                found.add(node.name)
+                break
+    return found
+
+
 def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder) -> fx.GraphModule:
     """Insert a tap per spec into ``gm`` (in place; pass a copy) and recompile. Edge taps go in first, so a
     node tap on the same node sees the sum of its edges' gradients."""
@@ -288,6 +307,7 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
     output = next(n for n in graph.nodes if n.op == "output")
     ordered = sorted(specs, key=lambda s: (s.consumer is None, s.value_only))
     written = written_in_place(graph.nodes)
+    kept = _read_from_written(graph.nodes, written)
     rewired: list[tuple[fx.Node, fx.Node]] = []
     for i, spec in enumerate(ordered):
         node = nodes[spec.node]
@@ -296,7 +316,7 @@ def insert_taps(gm: fx.GraphModule, specs: Sequence[TapSpec], recorder: Recorder
         # … or hands its input on as its own output (``type_as`` to the same dtype) that a later op writes
         fresh = consumer is not None and spec.slot == 0 and (_writes(consumer, node) or (
             packet(original_call(consumer)[0]) in MAY_RETURN_INPUT and consumer.name in written))
-        gm.add_submodule(name, Tap(spec, recorder, copy=spec.node in written, fresh=fresh))
+        gm.add_submodule(name, Tap(spec, recorder, copy=spec.node in kept, fresh=fresh))
         if spec.value_only:
             with graph.inserting_after(node):
                 graph.call_module(name, (node,))

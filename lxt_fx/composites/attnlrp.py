@@ -20,7 +20,7 @@ from ..rules import (
 )
 from .composite import Composite
 from .patterns import AnyOf, NodeInfo, inverse_l2_norm, l2_normalization
-from .routing import renormalizes_topk
+from .routing import renormalizes
 
 aten = _ops.aten
 
@@ -99,15 +99,54 @@ def root_or_reciprocal_power(node: fx.Node, info: NodeInfo) -> bool:
     return float(exponent) < 1 and float(exponent) != 0
 
 
+def polynomial_power(node: fx.Node, info: NodeInfo) -> bool:
+    """``pow(x, p)`` with a constant exponent ``p ≥ 1``: ``p`` copies of one factor (``x ** 2``, an attention
+    kernel's ``k(s) ** τ``). The uniform product rule (Prop. 3.2) gives each copy ``R/p``, summed back at the
+    shared input: ``R_x = R_y``, the identity rule (Eq. 9). Roots and reciprocal powers (``p < 1``) are
+    :func:`root_or_reciprocal_power`'s."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        return False
+    return float(exponent) >= 1
+
+
+def scales_nothing(node: fx.Node, info: NodeInfo, depth: int = 8) -> bool:
+    """The node's value is itself a carrier, not only the inside of a norm's scale: some path from it,
+    through element-wise / linear steps, reaches an op other than a norm scale (``rsqrt``, ``sqrt``, a root
+    or reciprocal power) that scales another carrying tensor. RMSNorm's ``x.pow(2)`` reaches only the
+    stopped ``rsqrt`` (or ``pow(·, -0.5)``): it needs no rule; a kernel's ``k(s) ** τ`` that multiplies the
+    values is a carrier."""
+    chain, frontier = {node}, [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if user in chain:
+                    continue
+                if user.op != "call_function":
+                    return True                                   # the output itself
+                p = packet(user.target)
+                root = p is aten.pow and root_or_reciprocal_power(user, info)
+                if (p in NORM_SCALES or root) and scales_another(user, info):
+                    continue                                      # the inside of a stopped scale
+                if p not in _PASSING:
+                    return True                                   # a product, a softmax, …: a carrier
+                chain.add(user)
+                following.append(user)
+        frontier = following
+    return bool(frontier)
+
+
 # A norm's or magnitude's scale written as a root or reciprocal power that multiplies (or divides) another
 # relevance-carrying tensor: the same identity through the norm as NORM_SCALE (Prop. 3.4).
 POWER_NORM_SCALE = (aten.pow, root_or_reciprocal_power, scales_another)
 # exp-made multiplicative factors (SSM decays, sink scales): constants, as MambaLRP treats Ā.
 DECAY = (AnyOf(*DECAYS), AnyOf(scales_another, decays_initial_state))
-# Renormalization of an MoE router's top-k routing weights (``w / Σw``, matched by graph structure, not by
-# module name: lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for
-# why not the plain gradient, which loses the weights' share).
-ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes_topk)
+# Renormalization of an MoE router's top-k routing weights or of softmax / sigmoid mixing weights (``w / Σw``,
+# Sinkhorn–Knopp's row and column steps; matched by graph structure, not by module name:
+# lxt_fx.composites.routing): identity, the divisor a constant (see lxt_fx.rules.renormalize for why not the
+# plain gradient, which loses the weights' share).
+ROUTER_RENORM = (AnyOf(aten.div, aten.div_), renormalizes)
 # Activation modules that the exporter decomposed into several ops (GPT-2's NewGELUActivation):
 # one identity region each. Single-op activations keep the per-op rule with its analytic ratio.
 ACTIVATION_MODULE = "Activation"
@@ -121,9 +160,10 @@ attnlrp = Composite([
     (AnyOf(aten.layer_norm, aten.rms_norm, aten.group_norm), NormIdentity()),  # fused norms, same rule
     (AnyOf(*SOFTMAX), SoftmaxDT()),                           # deep Taylor (Prop. 3.1); plain gradient
     (ACTIVATION_MODULE, IdentityRegion()),                    # decomposed activations: one region
-    (ROUTER_RENORM, Renormalize()),                           # MoE routing renormalization
+    (ROUTER_RENORM, Renormalize()),                           # routing / mixing-weight renormalization
     (DECAY, Stop()),                                          # decays and gates made with exp
     (AnyOf(*ACTIVATIONS), Identity()),                        # identity (Eq. 9), analytic ratios
+    ((aten.pow, polynomial_power, scales_nothing), Identity()),               # x ** p, p ≥ 1: p equal factors → identity
     (aten.glu, GatedUnit()),                                  # a ⊙ σ(b): uniform ½ each, identity through σ
     (AnyOf(*PRODUCTS), Uniform()),                            # two carrying factors: ½ each (Prop. 3.2/3.3)
 ], name="attnlrp")

@@ -9,6 +9,10 @@ Doge's softmax over the chosen scores). :func:`renormalizes_topk` matches that d
 graph, not by a module name: a ``div``/``div_`` whose divisor is the ``sum`` of its own numerator (through
 added constants, clamps, casts and views) and whose numerator comes, within a few steps, from a ``topk``.
 The rule it selects is :class:`lxt_fx.rules.Renormalize` (see there for why).
+
+The same division of mixing weights that are not chosen by a top-k — a softmax's or sigmoid's output, or an
+earlier such division — is :func:`renormalizes_weights`: the alternating row and column steps of a
+Sinkhorn–Knopp normalization (a hyper-connection's doubly stochastic stream-mixing matrix).
 """
 
 from __future__ import annotations
@@ -123,3 +127,47 @@ def routes_topk(node: fx.Node) -> bool:
     if node.op != "call_function" or packet(node.target) not in _SOFTMAXES:
         return False
     return _reaches_topk(node)
+
+
+# Steps from a weight-making op to the weights a renormalization divides: ``+ ε``, casts, views.
+_WEIGHT_STEPS = frozenset({aten.add, aten.add_, aten.unsqueeze, aten.view, aten._unsafe_view, aten.reshape,
+                           aten.clamp, aten.clamp_min}) | _SAME_VALUES
+# Ops whose output is already a set of non-negative mixing weights (a probability or a gate).
+_WEIGHT_MAKERS = frozenset({aten.softmax, aten._softmax, aten._safe_softmax, aten.sigmoid})
+
+
+def _from_weights(node: object, depth: int = 6) -> bool:
+    """``node`` is, within ``depth`` guard steps (``+ ε``, casts, views), the output of a softmax or a sigmoid
+    or of an earlier renormalization of such weights (:func:`renormalizes_weights`)."""
+    for _ in range(depth):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return False
+        p = packet(node.target)
+        if p in _WEIGHT_MAKERS or (p in _DIVISIONS and renormalizes_weights(node)):
+            return True
+        if p not in _WEIGHT_STEPS or not _only_first_is_node(node):
+            return False
+        node = node.args[0]
+    return False
+
+
+def renormalizes_weights(node: fx.Node) -> bool:
+    """``node`` is ``w / (Σ_d w [+ ε])`` with ``w`` a softmax's or sigmoid's output (``+ ε``) or an earlier
+    such renormalization: a row or column normalization of mixing weights, as in the Sinkhorn–Knopp
+    iterations that make a hyper-connection's stream-mixing matrix doubly stochastic (mHC:
+    ``C ← C / (Σ_i C + ε)``, ``C ← C / (Σ_j C + ε)``, alternating). Like the top-k renormalization it is
+    homogeneous of degree 0 in ``w`` up to ``ε`` (see :class:`lxt_fx.rules.Renormalize`). A plain
+    ``exp(x) / Σ exp(x)`` (a hand-written softmax) does not match: its numerator is not yet a weight."""
+    if node.op != "call_function" or packet(node.target) not in _DIVISIONS or len(node.args) < 2:
+        return False
+    numerator, divisor = node.args[0], node.args[1]
+    if not isinstance(numerator, fx.Node):
+        return False
+    summed = _summed(divisor)
+    return summed is not None and _origin(summed) is _origin(numerator) and _from_weights(numerator)
+
+
+def renormalizes(node: fx.Node) -> bool:
+    """A renormalization the :class:`lxt_fx.rules.Renormalize` rule takes: of top-k routing weights
+    (:func:`renormalizes_topk`) or of softmax / sigmoid mixing weights (:func:`renormalizes_weights`)."""
+    return renormalizes_topk(node) or renormalizes_weights(node)

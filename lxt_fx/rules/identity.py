@@ -6,7 +6,11 @@ near zero (no NaN in bf16): SiLU → σ(x); GELU → Φ(x); tanh-GELU → ½(1 +
 ReLU → step(x); leaky ReLU → 1 or the slope; tanh → tanh(x)/x with its Taylor limit 1 − x²/3 near 0;
 asinh (a monotone, odd compression of a signal, asinh(x) = ln(x + √(x² + 1))) → asinh(x)/x with its Taylor
 limit 1 − x²/6 near 0.
-Other functions (σ, softplus, exp, …, whose f(0) ≠ 0) use ``f(x) / (x + ε·sign(x))``: the identity rule
+acos (the collision probability of a random-hyperplane hash, ``1 − acos(cos θ)/π``, is a monotone
+element-wise kernel of an attention score, as YOSO's attention weights are) and a constant power ``x^p``,
+``p ≥ 1`` (``p`` copies of one factor: the uniform product rule, Prop. 3.2, gives each ``R/p`` and the shared
+input sums them back to ``R``) take the same identity rule.
+Other functions (σ, softplus, exp, acos, …, whose f(0) ≠ 0) use ``f(x) / (x + ε·sign(x))``: the identity rule
 itself is singular at x = 0 for them, and the stabilizer bounds it. Where ``f(x) = 0`` the ratio is 0 (ReLU6 /
 hardtanh at an exact zero input): that is ``0 / (0 + ε)`` for every ε > 0, so it stays 0 — not ``0/0`` = NaN —
 when a zero-bias check sets ε = 0 (the explicit form agrees: ``R_x = R_y = 0`` sends nothing further).

@@ -69,7 +69,10 @@ def test_only_roots_and_reciprocal_powers_are_scales() -> None:
     assert [root_or_reciprocal_power(Node(e), None) for e in (2, 3.0, 1, 0, True, "x")] == [False] * 6
 
 
-def test_a_square_on_the_relevance_path_stays_unhandled() -> None:
+def test_a_square_on_the_relevance_path_is_no_scale_but_identity() -> None:
+    """``x.pow(2)`` that carries relevance is not a norm's scale (no stop): it takes the identity rule, as
+    ``aten.square`` does (two equal factors under the uniform product rule, Prop. 3.2); the square inside
+    the scale needs no rule."""
     class Square(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -80,4 +83,6 @@ def test_a_square_on_the_relevance_path_stays_unhandled() -> None:
             return {"logits": x.pow(2) * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5)}
 
     _, report = lxt_fx.attnlrp.rewrite(Square().eval(), {"inputs_embeds": torch.randn(1, 3, 8)})
-    assert [r.op for r in report.unhandled] == ["aten.pow.Tensor_Scalar"]  # x², the carrier: no rule
+    assert not report.unhandled
+    rules = sorted(r.rule for r in report.rewritten if r.op.startswith("aten.pow"))
+    assert rules == ["identity", "stop"]  # the carrier x², the scale pow(·, -0.5)
