@@ -96,6 +96,15 @@ bench-groundtruth: venv
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
 
+# The PDF heatmap compiled by a real TeX engine and looked at as a PNG (tests/render/test_latex.py; skipped in
+# make test where TeX is missing): Debian's pdflatex with xcolor (texlive-latex-base, texlive-latex-recommended,
+# ~80 MB) and poppler-utils (pdftoppm, pdffonts); needs root for apt-get.
+.PHONY: test-latex
+test-latex: venv
+	command -v pdflatex >/dev/null && command -v pdftoppm >/dev/null || (apt-get update -q && apt-get install -y -q \
+		--no-install-recommends texlive-latex-base texlive-latex-recommended poppler-utils)
+	$(PY) -m pytest -q -rs tests/render/test_latex.py
+
 # Headless Chromium screenshot of a real SmolLM2 heatmap (Debian package chromium; needs root for apt-get).
 .PHONY: browser-test
 browser-test: venv
