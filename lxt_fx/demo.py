@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from . import explain
+    from .explain import explain
     from .models import ModelNotAvailableError, load
     from .render import save_png, show, to_html, trace_capture
     from .tracing import LXTError
@@ -115,7 +115,7 @@ def key_token(gen: Any, tokenizer: Any, question: str) -> int:
 
 def question_demo(model: Any, tokenizer: Any, args: argparse.Namespace, console: Console) -> int:
     """Answer ``args.question`` about :data:`PARAGRAPH`, explain each answer token, highlight the evidence."""
-    from . import explain_generation
+    from .generation import explain_generation
     from .tracing import LXTError
 
     prompt = f"{PARAGRAPH}\n\nQuestion: {args.question} Answer in one short sentence."
@@ -139,8 +139,8 @@ def question_demo(model: Any, tokenizer: Any, args: argparse.Namespace, console:
     evidence.show(console, labels=labels, mark_from=gen.prompt_length, **options)
     os.makedirs(args.out, exist_ok=True)
     html_path = os.path.join(args.out, "answer.html")
-    gen.to_html(html_path, title=f"lxt-fx · SmolLM2 answers: {args.question}", **options)
-    console.print(f"wrote {html_path} (click an answer token to see its evidence)")
+    gen.to_html(html_path, title=f"lxt-fx · SmolLM2 answers: {args.question}", selected=k, **options)
+    console.print(f"wrote {html_path} (it opens on answer token {k + 1}; click another to see its evidence)")
     try:
         evidence.save_png(os.path.join(args.out, "evidence.png"), labels=labels, **options)
         gen.save_png(os.path.join(args.out, "matrix.png"), **options)

@@ -28,7 +28,7 @@ from .session import (
     rewritten_graph,
     unsupported_argument,
 )
-from .targets import Function, Target, TokenSpec, as_target, classifier_labels
+from .targets import Function, Target, TokenSpec, as_target, classifier_labels, natural_target
 from .tracing.errors import LXTError
 from .tracing.modes import in_eval_mode
 from .tracing.offload import execution_device, is_dispatched
@@ -288,7 +288,8 @@ def explain(model: nn.Module, inputs: str | Sequence[str] | Tensor | None = None
     ``position``: the sequence position whose output is explained (an int, or one per row); default the last
     real token, and for a masked LM the ``[MASK]`` token of each row.
     ``target``: ``None`` (argmax next token at the last real position of a causal LM, argmax class of a
-    classifier), an int id, a str that is one token, one of those per row (``["blue", "sat"]``, ids), or a
+    classifier, the image–text :class:`~lxt_fx.targets.Similarity` of a dual encoder such as CLIP), an int id
+    (a float, bool or complex is a :class:`~lxt_fx.targets.TargetError`), a str that is one token, one of those per row (``["blue", "sat"]``, ids), or a
     :class:`~lxt_fx.targets.Target`
     (``LogProb``, ``Contrastive``, ``Function``). ``composite``: a :class:`~lxt_fx.composites.Composite` or the
     name of one (``"attnlrp"``, ``"cp_lrp"``, …); default the one registered for the model's type, else
@@ -491,6 +492,7 @@ def target_scores(model: nn.Module, outputs: dict[str, Tensor], goal: Target, ma
     classifier's str target names one of its labels (``config.id2label``)."""
     batch = mask.shape[0]
     positions = torch.full((batch,), -1, dtype=torch.long, device=mask.device)
+    goal = natural_target(goal, outputs)  # no target given: a dual encoder explains its image–text similarity
     if isinstance(goal, Function):
         scores = goal.scores(outputs, mask)
         if scores.shape != (batch,):

@@ -85,10 +85,14 @@ class GenerationAttribution:
                            torch.tensor([self.ids]), mask, torch.tensor([-1]), self.scores.sum()[None],
                            torch.tensor([-1]), self.report)
 
-    def labels(self) -> list[str]:
-        """One label per row: ``generated token k of N: 'text'``."""
+    def labels(self, tokenizer: Any = None) -> list[str]:
+        """One label per row: ``generated token k of N: ' Warsaw'``, each token as the text it decodes to (with
+        ``tokenizer`` when given, else byte-level BPE decoded by hand; never the raw ``'ĠWarsaw'``)."""
+        from .render.common import display_tokens, named_tokens
+
         n = len(self)
-        return [f"generated token {k + 1} of {n}: {tok!r}" for k, tok in enumerate(self.tokens[self.prompt_length:])]
+        pieces = display_tokens(named_tokens(self.tokens, self.ids), self.ids, tokenizer)[self.prompt_length:]
+        return [f"generated token {k + 1} of {n}: {piece!r}" for k, piece in enumerate(pieces)]
 
     def to_generation(self, prompt: str) -> Generation:
         """The span map and the per-token maps as a :class:`~lxt_fx.generate.Generation` (what

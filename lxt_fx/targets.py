@@ -5,6 +5,7 @@ An ``int`` or ``str`` target always means exactly that logit, for every model fa
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,36 @@ TokenSpec = int | str | Sequence[int] | Sequence[int | str] | Tensor | None
 
 class TargetError(LXTError, ValueError):
     """A target that does not name exactly one vocabulary entry per row."""
+
+
+def check_token(token: Any, name: str = "target") -> None:
+    """Refuse a token spec that is not ``None``, a str, an integer id (``int``, a NumPy integer, an integer
+    tensor or array), or a sequence of those: a ``float``, ``bool`` or ``complex`` (Python, NumPy or a tensor
+    of that dtype) would otherwise be cast to an id silently (``3.5`` → id 3, ``True`` → id 1).
+    :class:`TargetError` names the value and what to give instead."""
+    if token is None or isinstance(token, str):
+        return
+    if isinstance(token, numbers.Integral) and not isinstance(token, bool):
+        return  # int and the NumPy integers (registered as Integral); bool is refused below
+    dtype = getattr(token, "dtype", None)
+    if isinstance(token, Tensor) or (dtype is not None and hasattr(token, "shape")):
+        kind = str(dtype)
+        if isinstance(token, Tensor):
+            integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+        else:  # a NumPy array or scalar: signed or unsigned integer kinds only
+            integer = getattr(dtype, "kind", "") in ("i", "u")
+        if integer:
+            return
+        raise TargetError(f"{name}={token!r} holds {kind} values, not token ids: give integer ids (e.g. "
+                          f"{name}=ids.long() after checking they are whole), a token as a str, or "
+                          f"{name}=lxt_fx.targets.Function(fn) to explain another scalar")
+    if isinstance(token, (list, tuple)):
+        for item in token:
+            check_token(item, name)
+        return
+    raise TargetError(f"{name}={token!r} is a {type(token).__name__}, not a token: give a token id (an int), "
+                      f"a token as a str (e.g. ' Paris'), one of those per row, or a Target such as "
+                      f"lxt_fx.targets.Function(fn)")
 
 
 def token_ids(token: TokenSpec, logits: Tensor, tokenizer: Any) -> Tensor:
@@ -117,6 +148,7 @@ class Logit(Target):
     """The raw logit of ``token`` (the default; ``None`` = the argmax)."""
 
     def __init__(self, token: TokenSpec = None) -> None:
+        check_token(token)
         self.token = token
 
     def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
@@ -127,6 +159,7 @@ class LogProb(Target):
     """``log softmax(logits)[token]``: relevance of the probability, not the logit."""
 
     def __init__(self, token: TokenSpec = None) -> None:
+        check_token(token)
         self.token = token
 
     def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
@@ -137,6 +170,8 @@ class Contrastive(Target):
     """``logit[token] − logit[rival]``, or ``logit[token] − mean(logits)`` when ``rival`` is None."""
 
     def __init__(self, token: TokenSpec = None, rival: TokenSpec = None) -> None:
+        check_token(token)
+        check_token(rival, "rival")
         self.token, self.rival = token, rival
 
     def score(self, logits: Tensor, ids: Tensor, tokenizer: Any = None) -> Tensor:
@@ -248,5 +283,16 @@ class Similarity(Function):
 
 
 def as_target(target: Target | TokenSpec) -> Target:
-    """``None``/int/str/ids → :class:`Logit`; a :class:`Target` as it is."""
+    """``None``/int/str/ids → :class:`Logit`; a :class:`Target` as it is; anything else (a float, a bool, …)
+    :class:`TargetError` (:func:`check_token`)."""
     return target if isinstance(target, Target) else Logit(target)
+
+
+def natural_target(goal: Target, outputs: dict[str, Tensor]) -> Target:
+    """The target that fits ``outputs`` when none was given (``goal`` is the default ``Logit(None)``): a
+    dual encoder's (CLIP, SigLIP: ``logits_per_image`` and no ``logits``) one meaningful output, the
+    image–text :class:`Similarity`; otherwise ``goal`` unchanged."""
+    default = type(goal) is Logit and goal.token is None
+    if default and "logits" not in outputs and "logits_per_image" in outputs:
+        return Similarity()
+    return goal

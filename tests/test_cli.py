@@ -28,9 +28,10 @@ def tiny(tmp_path_factory) -> Path:
     return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), WORDS)
 
 
-def lxt_fx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def lxt_fx(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``lxt-fx ARGS`` in a subprocess; ``stdin``: text piped to it (else no standard input, /dev/null)."""
     return subprocess.run([sys.executable, "-m", "lxt_fx.cli", *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=240, stdin=subprocess.DEVNULL)
+                          cwd=cwd, timeout=240, input=stdin, stdin=subprocess.DEVNULL if stdin is None else None)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -95,6 +96,38 @@ def test_generate_explains_the_span_and_each_token(tiny: Path, tmp_path: Path) -
     assert len(matrix) == 3 and all(m[: len(r["relevance"])] == r["relevance"] for m, r in zip(matrix, per, strict=True))
     page = (tmp_path / "g.html").read_text()  # the page where a generated token is clicked to see its map
     assert 'id="lxt-data"' in page and page.count('class="tok gen') == 3
+
+
+# What lxt-fx itself prints on stderr while it works (the rich status lines); anything else is another
+# library's noise, e.g. torch's "W1207 19:32:51 … _pytree.py:630] <enum 'KernelPreference'> …" when a torchao
+# build that does not match torch is importable (make venv keeps torchao out of .venv: see the Makefile).
+OURS = re.compile(r"(loaded \S+ from .* in [0-9.]+ s|explained in [0-9.]+ s|wrote .*)$")
+
+
+def test_explain_takes_the_prompt_positionally_and_prints_only_its_own_lines(tiny: Path) -> None:
+    """``lxt-fx explain "the capital of"`` (no --prompt): explained, and every stderr line is lxt-fx's own."""
+    done = lxt_fx("explain", "the capital of", "--model", str(tiny), "--top", "0")
+    assert done.returncode == 0, done.stderr
+    assert "the capital of" in done.stdout and "explained: " in done.stdout
+    foreign = [line for line in done.stderr.splitlines() if line.strip() and not OURS.match(line.strip())]
+    assert not foreign, foreign
+
+
+def test_the_prompt_can_come_on_standard_input(tiny: Path, tmp_path: Path) -> None:
+    """``echo "the capital of" | lxt-fx explain``, and ``-`` as the prompt: the same explanation as the option."""
+    piped = lxt_fx("explain", "--model", str(tiny), "--json", str(tmp_path / "piped.json"), stdin="the capital of\n")
+    dash = lxt_fx("explain", "-", "--model", str(tiny), "--json", str(tmp_path / "dash.json"), stdin="the capital of")
+    for done in (piped, dash):
+        assert done.returncode == 0, done.stderr
+    rows = [json.loads((tmp_path / f"{name}.json").read_text())["rows"][0] for name in ("piped", "dash")]
+    assert rows[0]["text"] == rows[1]["text"] == ["the", " capital", " of"]
+    assert rows[0]["relevance"] == rows[1]["relevance"]
+
+
+def test_generate_takes_the_prompt_positionally(tiny: Path, tmp_path: Path) -> None:
+    assert main(["generate", "the capital of", "--model", str(tiny), "--max-new-tokens", "1", "--top", "0",
+                 "--json", str(tmp_path / "g.json")]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["prompt"] == "the capital of"
 
 
 def test_unknown_model_name() -> None:

@@ -3,6 +3,7 @@ sub-command, and loading a model with its argument checked and the CPU threads s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,38 @@ def test_load_model_checks_the_argument_and_sets_threads(tmp_path: Path) -> None
         assert type(model).__name__ == "LlamaForCausalLM" and tokenizer is not None
     finally:
         torch.set_num_threads(before)
+
+
+def _parsed(*argv: str):
+    from lxt_fx.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("command", ["explain", "generate"])
+def test_the_prompt_is_positional_or_an_option(command: str) -> None:
+    """``lxt-fx explain "The capital of France is"`` and ``--prompt`` give the same prompt, options before or after."""
+    from lxt_fx.cli.common import prompts_of
+
+    text = "The capital of France is"
+    for argv in ([text], ["--prompt", text], ["--top", "3", text], [text, "--top", "3"]):
+        assert prompts_of(_parsed(command, *argv), command) == [text]
+
+
+@pytest.mark.parametrize("command", ["explain", "generate"])
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["a b", "--prompt", "c"], "given twice (PROMPT and --prompt)"),
+    (["The", "capital", "of"], "3 words given as separate prompts"),
+    ([], "no prompt given"),
+    (["  "], "empty"),
+])
+def test_a_prompt_given_twice_none_or_unquoted_is_one_line(command: str, argv: list[str], needle: str) -> None:
+    """Both a positional prompt and --prompt, none at all (standard input not piped: pytest's is captured), an
+    unquoted prompt arriving as words, or a blank one: a CLIError naming it (the quoted form as the hint)."""
+    from lxt_fx.cli.common import prompts_of
+
+    with pytest.raises(CLIError, match=re.escape(needle)) as info:
+        prompts_of(_parsed(command, *argv), command)
+    assert info.value.code == 2 and info.value.hint
+    if needle != "empty":
+        assert f'lxt-fx {command} "The capital of France is"' in info.value.hint

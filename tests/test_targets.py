@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_model
@@ -45,3 +46,26 @@ def test_a_list_of_words_must_match_the_batch(model, tokenizer) -> None:
         lxt_fx.explain(model, TEXTS, tokenizer=tokenizer, target=["blue", "sat", "on"])
     with pytest.raises(TargetError, match="pass tokenizer"):
         lxt_fx.explain(model, torch.tensor([[3, 4], [5, 6]]), target=["blue", "sat"])
+
+
+@pytest.mark.parametrize("bad", [3.5, 3.0, True, False, 2 + 0j, np.float64(3.0), np.float32(3.5), np.bool_(True),
+                                 torch.tensor(3.0), torch.tensor([3.5, 2.0]), np.array([3.0, 2.0]),
+                                 torch.tensor(True), [3, 2.5], ("cat", True)],
+                         ids=lambda v: f"{type(v).__name__}:{v!r}"[:40])
+def test_a_float_bool_or_complex_target_is_refused_by_name(model, tokenizer, bad) -> None:
+    """``target=3.5`` used to explain token id 3 (and ``True`` id 1): a target is an id, a token or a Target."""
+    with pytest.raises(TargetError, match="target="):
+        lxt_fx.explain(model, "the cat", tokenizer=tokenizer, target=bad)
+    for make in (LogProb, lambda t: Contrastive(t), lambda t: Contrastive(3, rival=t)):
+        with pytest.raises(TargetError):
+            make(bad)
+
+
+@pytest.mark.parametrize("good", [3, np.int64(3), np.int32(3), np.uint8(3), torch.tensor(3), torch.tensor([3]),
+                                  np.array([3])], ids=lambda v: f"{type(v).__name__}")
+def test_integer_targets_of_every_kind_name_the_same_id(model, tokenizer, good) -> None:
+    """Python, NumPy and torch integers (scalar or one per row) all explain id 3, as the plain int does."""
+    want = lxt_fx.explain(model, "the cat", tokenizer=tokenizer, target=3)
+    got = lxt_fx.explain(model, "the cat", tokenizer=tokenizer, target=good)
+    assert got.target_ids.tolist() == [3]
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=0, atol=0)

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import CLIError, _check_model_argument, _composite, load_model, target_argument
+from .common import CLIError, check_model_argument, composite_named, load_model, target_argument
 
 _EPILOG = """examples:
   lxt-fx attribute-dataset --model smollm2 --data prompts.jsonl --out runs/a --batch-size 8
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Console) -> int:
     """Run ``attribute-dataset``; every rank runs this, rank 0 reports."""
-    _check_model_argument(args.model)
+    check_model_argument(args.model)
     if not os.path.isfile(args.data):
         raise CLIError(f"--data {args.data!r}: no such file", "give a JSONL file, one {\"text\": ...} per line")
     import torch
@@ -58,7 +58,7 @@ def cmd_attribute_dataset(args: argparse.Namespace, out: Console, status: Consol
     try:
         summary = attribute(model, tokenizer, args.data, args.out, target=target, batch_size=args.batch_size,
                             shard_size=args.shard_size, max_length=args.max_length,
-                            composite=_composite(args.composite), progress=rank == 0,
+                            composite=composite_named(args.composite), progress=rank == 0,
                             checkpoint=getattr(model, "name_or_path", None))
     except DatasetError as exc:
         raise CLIError(str(exc), "see 'lxt-fx attribute-dataset --help'") from exc

@@ -18,9 +18,9 @@ DEFAULT_PROMPT = "The capital of France is"
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx check`` (usage errors are one line with a hint)."""
-    from . import DEFAULT_MODEL, _Parser
+    from .common import DEFAULT_MODEL, Parser
 
-    p = _Parser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
+    p = Parser(prog="lxt-fx check", description="Does my LXT implementation make sense? "
                 "Coverage, rule opacity, conservation bookkeeping and NaN/Inf provenance.")
     p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="the model, positionally (as --model)")
     p.add_argument("--model", dest="model_option", default=None, metavar="PATH|NAME",
@@ -41,7 +41,7 @@ def check_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx check`` with ``argv`` (without the program and sub-command names); returns the exit
     status. Every failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` (or
     ``debug=True``) prints the traceback first."""
-    from . import standalone_main
+    from .common import standalone_main
 
     return standalone_main(_check, argv, debug)
 
@@ -53,7 +53,7 @@ def _check(argv: list[str]) -> int:
     from .. import composites
     from ..check import check
     from ..render.rewrite_report import rewrite_rich
-    from . import DEFAULT_MODEL, CLIError, load_model, target_argument
+    from .common import DEFAULT_MODEL, CLIError, load_model, target_argument
 
     if args.model is not None and args.model_option is not None and args.model != args.model_option:
         raise CLIError(f"two models given: {args.model!r} and --model {args.model_option!r}",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 def parser():  # noqa: ANN201 - an argparse parser
     """The argument parser of ``lxt-fx circuit``."""
-    from . import DEFAULT_MODEL, _Parser
+    from .common import DEFAULT_MODEL, _Parser
 
     p = _Parser(prog="lxt-fx circuit", description="Write the attribution graph of the next token of a prompt.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a built-in name (smollm2, …) or a local model directory")
@@ -35,7 +35,7 @@ def parser():  # noqa: ANN201 - an argparse parser
 
 def circuit_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx circuit`` with ``argv``; returns the exit status."""
-    from . import standalone_main
+    from .common import standalone_main
 
     return standalone_main(_run, argv, debug)
 
@@ -48,7 +48,7 @@ def _run(argv: list[str]) -> int:
 
     from ..features.circuit import attribution_graph
     from ..targets import Contrastive
-    from . import CLIError, load_model, target_argument
+    from .common import CLIError, load_model, target_argument
 
     if args.html is None and args.json is None:
         raise CLIError("nothing to write", "give --html FILE and/or --json FILE")

@@ -58,9 +58,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lxt-fx evaluate``."""
     from ..evaluate.baselines import method_names
-    from . import _Parser
+    from .common import Parser
 
-    p = _Parser(prog="lxt-fx evaluate", description="Perturbation faithfulness (MoRF / LeRF / ABPC) of attribution "
+    p = Parser(prog="lxt-fx evaluate", description="Perturbation faithfulness (MoRF / LeRF / ABPC) of attribution "
                 "methods on a dataset:\nflip the most (MoRF) or least (LeRF) relevant tokens first and follow the "
                 "explained score.", epilog=_EPILOG, formatter_class=_HelpFormatter)
     p.add_argument("--model", default="smollm2", metavar="PATH|NAME",
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _perturbation(value: str) -> str | int:
     """``--perturbation`` checked: one of :data:`PERTURBATIONS` or a token id ≥ 0 (a one-line error otherwise)."""
-    from . import CLIError
+    from .common import CLIError
 
     text = value.strip()
     if text in PERTURBATIONS:
@@ -107,7 +107,7 @@ def _perturbation(value: str) -> str | int:
 
 def _check_options(args: argparse.Namespace) -> str | int:
     """Every option value checked before anything is loaded; returns the perturbation (a name or an id)."""
-    from . import CLIError
+    from .common import CLIError
 
     for flag, value in (("--steps", args.steps), ("--length", args.length), ("--ig-steps", args.ig_steps),
                         ("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
@@ -120,7 +120,7 @@ def _check_options(args: argparse.Namespace) -> str | int:
 def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx evaluate`` with ``argv`` (without the subcommand); returns the exit status. Every
     failure is one line on stderr, ``lxt-fx: error: … (hint: …)``; ``--debug`` prints the traceback first."""
-    from . import standalone_main
+    from .common import standalone_main
 
     return standalone_main(_evaluate, argv, debug)
 
@@ -128,7 +128,7 @@ def evaluate_main(argv: Sequence[str] | None = None, debug: bool = False) -> int
 def _evaluate(argv: list[str]) -> int:
     from rich.console import Console
 
-    from . import CLIError
+    from .common import CLIError
 
     args = build_parser().parse_args(argv)
     try:

@@ -11,19 +11,22 @@ from typing import Any
 
 from rich.console import Console
 
-from . import (
+from .common import (
     CLIError,
-    _common,
-    _composite,
-    _explain_error,
-    _json_dump,
-    _write_all,
+    add_common_options,
+    add_prompt_arguments,
+    composite_named,
+    explain_error,
+    json_dump,
     load_model,
+    prompts_of,
     target_argument,
+    write_outputs,
 )
 
 _EXPLAIN_EPILOG = """examples:
-  lxt-fx explain --prompt "The capital of France is"
+  lxt-fx explain "The capital of France is"
+  echo "The capital of France is" | lxt-fx explain
   lxt-fx explain --model ./my-llama --prompt "2 + 2 =" --target " 4" --html heat.html --png heat.png
   lxt-fx explain --prompt "Hello world" --prompt "The sky is" --json rows.json   (a batch: one block per row)
   lxt-fx explain --prompt "The capital of France is" --trace trace.png           (tokens × layers)
@@ -38,9 +41,7 @@ def add_parser(sub: Any) -> None:
                         description="Explain one next token of each prompt with one backward pass and show the "
                                     "relevance of every input token.", epilog=_EXPLAIN_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("--prompt", action="append", metavar="TEXT",
-                    help="text to explain; repeat for a batch (one block per prompt)")
-    ex.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': standard input)")
+    add_prompt_arguments(ex, many=True)
     ex.add_argument("--target", metavar="TOKEN", default=None,
                     help="next token to explain: one token of the vocabulary such as ' Paris' (mind the leading "
                          "space) or a token id (default: the model's most likely next token)")
@@ -55,7 +56,7 @@ def add_parser(sub: Any) -> None:
     ex.add_argument("--latex", metavar="FILE", help="write the LaTeX source of the heatmap")
     ex.add_argument("--trace", metavar="FILE",
                     help="also capture every block and write the tokens × layers relevance trace (.png or .html)")
-    _common(ex)
+    add_common_options(ex)
 
 
 def _target(text: str | None, tokenizer: Any) -> int | str | None:
@@ -76,24 +77,6 @@ def _target(text: str | None, tokenizer: Any) -> int | str | None:
                        f"give one token, e.g. --target {tokenizer.decode(pieces[:1])!r}, or a token id "
                        f"(--target {pieces[0] if pieces else 0})")
     return text
-
-
-def _prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        try:
-            text = sys.stdin.read() if args.prompt_file == "-" else Path(args.prompt_file).read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise CLIError(f"--prompt-file {args.prompt_file!r}: no such file", "check the path") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CLIError(f"cannot read --prompt-file {args.prompt_file!r}: {exc}", "give a UTF-8 text file") from exc
-        prompts.append(text.rstrip("\n"))
-    if not prompts:
-        raise CLIError("no prompt given", "pass --prompt TEXT (repeatable) or --prompt-file FILE")
-    empty = [i for i, p in enumerate(prompts) if not p.strip()]
-    if empty:
-        raise CLIError(f"prompt {empty[0] + 1} is empty", "give at least one token of text")
-    return prompts
 
 
 def _with_rows(att: Any, tokenizer: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -119,8 +102,9 @@ def _read(path: str, what: str) -> str:
 
 def cmd_context(args: argparse.Namespace, out: Console, status: Console) -> int:
     """``--context FILE --question TEXT``: explain the answer's first token and rank the context's spans."""
-    if args.prompt or args.prompt_file:
-        raise CLIError("--context comes with --question, not with --prompt/--prompt-file", "give one or the other")
+    if args.prompt or args.prompt_file or args.prompt_text:
+        raise CLIError("--context comes with --question, not with a prompt (PROMPT, --prompt, --prompt-file)",
+                       "give one or the other")
     if not args.question or not args.question.strip():
         raise CLIError("--context needs --question TEXT", "say what to ask about the context")
     context = _read(args.context, "--context").strip()
@@ -137,20 +121,20 @@ def cmd_context(args: argparse.Namespace, out: Console, status: Console) -> int:
     start = time.perf_counter()
     try:
         with status.status("[bold]explaining the answer's first token over the context (one backward pass) …"):
-            att = explain(model, prompt, tokenizer=tokenizer, target=target, composite=_composite(args.composite))
+            att = explain(model, prompt, tokenizer=tokenizer, target=target, composite=composite_named(args.composite))
             spans = att.spans(args.spans, tokenizer=tokenizer, within=context)
     except LXTError as exc:
-        raise _explain_error(exc) from exc
+        raise explain_error(exc) from exc
     status.print(f"explained in {time.perf_counter() - start:.1f} s")
     spans.show(out, k=args.top if args.top > 0 else None)
     title = f"lxt-fx · {args.model} · {args.question}"
     outputs: list[tuple[str, str | None, Any]] = [
-        ("JSON", args.json, lambda: _json_dump(args.json, {"question": args.question, "prompt": prompt,
+        ("JSON", args.json, lambda: json_dump(args.json, {"question": args.question, "prompt": prompt,
                                                            "model_path": args.model, **spans.to_dict()})),
         ("HTML", args.html, lambda: spans.to_html(args.html, title=title)),
         ("PNG", args.png, lambda: att.save_png(args.png, tokenizer=tokenizer, skip_first=args.skip_first)),
     ]
-    return _write_all(outputs, status)
+    return write_outputs(outputs, status)
 
 
 def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
@@ -158,7 +142,7 @@ def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
         return cmd_context(args, out, status)
     if args.question is not None:
         raise CLIError("--question needs --context FILE", "give the context the question is about")
-    prompts = _prompts(args)
+    prompts = prompts_of(args, "explain")
     target_argument(args.target)  # a negative id is refused before the model loads
     model, tokenizer = load_model(args.model, status, args.threads)
     from ..explain import explain
@@ -177,16 +161,16 @@ def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
     try:
         with status.status(f"[bold]capturing, rewriting and explaining {what} (one backward pass) …"):
             att = explain(model, prompts if len(prompts) > 1 else prompts[0], tokenizer=tokenizer, target=target,
-                          composite=_composite(args.composite), capture=capture)
+                          composite=composite_named(args.composite), capture=capture)
     except LXTError as exc:
-        raise _explain_error(exc) from exc
+        raise explain_error(exc) from exc
     status.print(f"explained in {time.perf_counter() - start:.1f} s")
     options: dict[str, Any] = {"tokenizer": tokenizer, "skip_first": args.skip_first}
-    from ..render.html import write_text
+    from ..render.page import write_text
 
     att.show(out, top=args.top > 0, k=max(args.top, 1), **options)
     outputs: list[tuple[str, str | None, Any]] = [
-        ("JSON", args.json, lambda: _json_dump(args.json, _with_rows(att, tokenizer, {"prompts": prompts,
+        ("JSON", args.json, lambda: json_dump(args.json, _with_rows(att, tokenizer, {"prompts": prompts,
                                                                                     "model_path": args.model}))),
         ("HTML", args.html, lambda: att.to_html(args.html, title=f"lxt-fx · {args.model}", **options)),
         ("PNG", args.png, lambda: att.save_png(args.png, **options)),
@@ -194,4 +178,4 @@ def cmd_explain(args: argparse.Namespace, out: Console, status: Console) -> int:
         ("LaTeX", args.latex, lambda: write_text(args.latex, att.to_latex(**options))),
         ("PDF", args.pdf, lambda: att.save_pdf(args.pdf, **options)),
     ]
-    return _write_all(outputs, status)
+    return write_outputs(outputs, status)

@@ -9,14 +9,16 @@ from typing import Any
 
 from rich.console import Console
 
-from . import (
+from .common import (
     CLIError,
-    _common,
-    _composite,
-    _explain_error,
-    _json_dump,
-    _write_all,
+    add_common_options,
+    add_prompt_arguments,
+    composite_named,
+    explain_error,
+    json_dump,
     load_model,
+    prompts_of,
+    write_outputs,
 )
 
 _GENERATE_EPILOG = """The model generates greedily as it is; then ONE backward pass explains the sum of the generated
@@ -25,7 +27,7 @@ the tokens before it: one forward of the whole sequence, one backward seed per g
 its HTML page lets you click a generated token to see its map, its PNG is the matrix.
 
 examples:
-  lxt-fx generate --prompt "The capital of France is" --max-new-tokens 8
+  lxt-fx generate "The capital of France is" --max-new-tokens 8
   lxt-fx generate --prompt "Name a colour." --chat --max-new-tokens 6 --per-token --html gen.html
 """
 
@@ -36,18 +38,17 @@ def add_parser(sub: Any) -> None:
                          description="Generate a continuation greedily with the untouched model, then explain "
                                      "the generated span with one backward pass.", epilog=_GENERATE_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    gen.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
+    add_prompt_arguments(gen, many=False)
     gen.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     gen.add_argument("--per-token", action="store_true", help="also show one map per generated token")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    _common(gen)
+    add_common_options(gen)
 
 
 def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int:
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens {args.max_new_tokens}", "generate at least one token")
-    if not args.prompt.strip():
-        raise CLIError("the prompt is empty", "give at least one token of text")
+    (prompt,) = prompts_of(args, "generate")
     model, tokenizer = load_model(args.model, status, args.threads)
     if args.chat and not getattr(tokenizer, "chat_template", None):
         raise CLIError(f"--chat: the tokenizer of {args.model!r} has no chat template",
@@ -73,19 +74,19 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
 
             matrix = None
             if args.per_token:  # one forward of the whole sequence, one backward seed per generated token
-                matrix = explain_generation(model, args.prompt, tokenizer=tokenizer,
+                matrix = explain_generation(model, prompt, tokenizer=tokenizer,
                                             max_new_tokens=args.max_new_tokens, chat=args.chat,
-                                            composite=_composite(args.composite), on_token=on_token)
-                result = matrix.to_generation(args.prompt)
+                                            composite=composite_named(args.composite), on_token=on_token)
+                result = matrix.to_generation(prompt)
             else:
-                result = generate_and_explain(model, tokenizer, args.prompt, args.max_new_tokens, chat=args.chat,
-                                              composite=_composite(args.composite), on_token=on_token)
+                result = generate_and_explain(model, tokenizer, prompt, args.max_new_tokens, chat=args.chat,
+                                              composite=composite_named(args.composite), on_token=on_token)
             progress.update(explaining, completed=1, visible=True)
     except LXTError as exc:
-        raise _explain_error(exc) from exc
+        raise explain_error(exc) from exc
     status.print(f"generated {len(result.generated_ids)} token(s) and explained them in "
                  f"{time.perf_counter() - start:.1f} s")
-    out.print(f"[bold]prompt:[/bold] {args.prompt!r}")
+    out.print(f"[bold]prompt:[/bold] {prompt!r}")
     out.print(f"[bold]generated:[/bold] {result.text!r}")
     options: dict[str, Any] = {"tokenizer": tokenizer, "skip_first": args.skip_first}
     mark = result.prompt_length
@@ -96,7 +97,7 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
     both = result.attribution if result.per_token is None else _stack(result)
     labels = result.labels + result.per_token_labels
     outputs: list[tuple[str, str | None, Any]] = [
-        ("JSON", args.json, lambda: _json_dump(args.json, result.to_dict() if matrix is None else
+        ("JSON", args.json, lambda: json_dump(args.json, result.to_dict() if matrix is None else
                                                {**result.to_dict(), "matrix": matrix.matrix.tolist()})),
         ("HTML", args.html, lambda: both.to_html(args.html, labels=labels, mark_from=mark,
                                                  title=f"lxt-fx generate · {args.model}", **options)
@@ -104,7 +105,7 @@ def cmd_generate(args: argparse.Namespace, out: Console, status: Console) -> int
         ("PNG", args.png, lambda: both.save_png(args.png, labels=labels, **options) if matrix is None
          else matrix.save_png(args.png, **options)),
     ]
-    return _write_all(outputs, status)
+    return write_outputs(outputs, status)
 
 
 def _stack(result: Any) -> Any:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 def parser():  # noqa: ANN201 - an argparse parser
     """The argument parser of ``lxt-fx index-features``."""
-    from . import DEFAULT_MODEL, _Parser
+    from .common import DEFAULT_MODEL, Parser
 
-    p = _Parser(prog="lxt-fx index-features", description="Index the neurons of one place: per neuron the top "
+    p = Parser(prog="lxt-fx index-features", description="Index the neurons of one place: per neuron the top "
                 "snippets by activation and by relevance for the model's own next-token predictions.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or a local model directory")
     p.add_argument("--place", required=True, help="module path, or '<path>:input' for its input channels")
@@ -34,7 +34,7 @@ def parser():  # noqa: ANN201 - an argparse parser
 
 def index_features_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx index-features`` with ``argv``; returns the exit status."""
-    from . import standalone_main
+    from .common import standalone_main
 
     return standalone_main(_run, argv, debug)
 
@@ -45,7 +45,7 @@ def _run(argv: list[str]) -> int:
 
     from ..evaluate.data import load_passages
     from ..features import build_index
-    from . import CLIError, load_model
+    from .common import CLIError, load_model
 
     texts = [p.text for p in load_passages(args.data)]
     if args.limit is not None:

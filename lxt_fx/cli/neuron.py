@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 def parser():  # noqa: ANN201 - an argparse parser
     """The argument parser of ``lxt-fx neuron``."""
-    from . import _Parser
+    from .common import Parser
 
-    p = _Parser(prog="lxt-fx neuron", description="Write the HTML card of one neuron of a feature index.")
+    p = Parser(prog="lxt-fx neuron", description="Write the HTML card of one neuron of a feature index.")
     p.add_argument("--index", required=True, metavar="DIR", help="folder written by lxt-fx index-features")
     p.add_argument("--neuron", required=True, type=int, help="channel index at the index's place")
     p.add_argument("--prompt", default=None, help="also show the conditional heatmap of this prompt")
@@ -26,7 +26,7 @@ def parser():  # noqa: ANN201 - an argparse parser
 
 def neuron_main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """Run ``lxt-fx neuron`` with ``argv``; returns the exit status."""
-    from . import standalone_main
+    from .common import standalone_main
 
     return standalone_main(_run, argv, debug)
 
@@ -36,7 +36,7 @@ def _run(argv: list[str]) -> int:
     from rich.console import Console
 
     from ..features import FeatureIndex, PlaceError, conditional
-    from . import CLIError, load_model
+    from .common import CLIError, load_model
 
     try:
         index = FeatureIndex.load(args.index)

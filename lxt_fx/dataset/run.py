@@ -30,8 +30,8 @@ from ..composites.registry import for_model
 from ..explain import explain
 from ..targets import TargetError, single_token_id
 from ..tracing.errors import LXTError
-from . import shards
 from .rows import DatasetError, Row, read_rows
+from .shards import check_manifest, done_rows, remove_partial, write_index, write_shard
 from .weights import weights_digest
 
 
@@ -169,13 +169,13 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatasetError(f"output folder {str(out)!r} cannot be made: {exc.strerror or exc}") from exc
-        shards.check_manifest(out, {"data_sha256": digest, "rows": len(rows), "target": target,
+        check_manifest(out, {"data_sha256": digest, "rows": len(rows), "target": target,
                                     "max_length": limit, "model": type(model).__name__,
                                     "weights_sha256": weights_digest(model, checkpoint),
                                     "lxt_fx_version": _version(), **_composite_key(model, composite)})
-        shards.remove_partial(out)
+        remove_partial(out)
     _barrier(world)
-    finished = {r["position"] for r in shards.done_rows(out)}
+    finished = {r["position"] for r in done_rows(out)}
     _barrier(world)  # every rank has read the same finished rows before anyone writes
     todo = [r for r in rows if r.position not in finished]
     mine = todo[rank::world]
@@ -189,7 +189,7 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
 
     def flush() -> None:
         if records:
-            path = shards.write_shard(out, records, rel, ids, rank)
+            path = write_shard(out, records, rel, ids, rank)
             written.append(path.name)
             records.clear(), rel.clear(), ids.clear()
             if on_shard is not None:
@@ -215,7 +215,7 @@ def _attribute(model: nn.Module, tokenizer: Any, data: Path, out: Path, target: 
             bar.update(task, advance=done_now)
         flush()
     _barrier(world)
-    index = shards.write_index(out, len(rows)) if rank == 0 else None
+    index = write_index(out, len(rows)) if rank == 0 else None
     _barrier(world)
     return Summary(explained, bad, processed_all, len(finished), written, time.perf_counter() - start, index)
 

@@ -27,8 +27,8 @@ from .common import (
     shown,
     text_rgb,
 )
-from .html import css, write_text
-from .png import _save, matplotlib_parts
+from .figure import matplotlib_parts, save_figure
+from .page import css, write_text
 from .terminal import show
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def show_generation(gen: GenerationAttribution, console: Console | None = None, 
     prediction saw, the generated ones underlined; ``top=True`` adds the top-``k`` table of each."""
     chosen = _check_rows(gen, rows)
     att = gen.to_attribution(chosen)
-    labels = [gen.labels()[r] for r in chosen]
+    labels = [gen.labels(tokenizer)[r] for r in chosen]
     show(att, console, tokenizer=tokenizer, skip_first=skip_first, labels=labels, mark_from=gen.prompt_length,
          top=top, k=k)
 
@@ -103,7 +103,7 @@ _SCRIPT = """
       history.replaceState(null, '', '#' + k); select(k); }); })(i - data.prompt);
   }
   var start = parseInt((location.hash || '').slice(1), 10);
-  select(isNaN(start) ? 0 : start);
+  select(isNaN(start) ? data.selected : start);
 })();
 """
 
@@ -116,36 +116,40 @@ _CSS = """
 
 
 def generation_html(gen: GenerationAttribution, path: str | os.PathLike[str] | None = None, *,
-                    tokenizer: Any = None, skip_first: bool = False, title: str = "lxt-fx · generation explained"
-                    ) -> str:
+                    tokenizer: Any = None, skip_first: bool = False, title: str = "lxt-fx · generation explained",
+                    selected: int = 0) -> str:
     """One self-contained HTML page (written to ``path`` too when given): the prompt and the generated text,
     each generated token clickable; clicking token ``k`` (or opening the page with ``#k``) colours the tokens
-    before it by their relevance for it and greys out those after it. Token 0 is shown first, also without
-    scripts (its colours are written into the page)."""
+    before it by their relevance for it and greys out those after it. Generated token ``selected`` (default
+    the first) is shown first, also without scripts (its colours are written into the page). The text wraps
+    at the page's width; labels show each token as the text it decodes to."""
+    (selected,) = _check_rows(gen, [selected])
     pieces = display_tokens(named_tokens(gen.tokens, gen.ids), gen.ids, tokenizer)
+    labels = gen.labels(tokenizer)
     values = scaled(gen, skip_first)
-    first = values[0]
+    seen = gen.prompt_length + selected
+    first = values[selected]
     spans = []
     for i, piece in enumerate(pieces):
         cls = "tok gen" if i >= gen.prompt_length else "tok"
-        if i < gen.prompt_length:
+        if i < seen:
             style = f' style="background:{hex_colour(rgb(first[i]))};color:{hex_colour(text_rgb(first[i]))}"'
         else:
-            cls += " sel" if i == gen.prompt_length else " unseen"
+            cls += " sel" if i == seen else " unseen" if i > seen else ""
             style = ""
         spans.append(f'<span class="{cls}"{style}>{escape(shown(piece))}</span>')
         if "\n" in piece:
             spans.append("<br>")
     data = {"prompt": gen.prompt_length, "rows": [[round(v, 4) for v in row] for row in values],
-            "raw": gen.matrix.tolist(), "labels": gen.labels(), "scores": gen.scores.tolist(),
+            "raw": gen.matrix.tolist(), "labels": labels, "scores": gen.scores.tolist(), "selected": selected,
             "neg": list(NEGATIVE), "pos": list(POSITIVE)}
     payload = json.dumps(data).replace("</", "<\\/")
     body = (f'<div class="lxt"><h1>{escape(title)}</h1>'
             f'<p class="hint">Click a generated (underlined) token to see which tokens before it made the model '
             f"predict it: red for it, blue against it, each map scaled by its own max|R|"
             f"{' (the first token left out of the scale)' if skip_first else ''}; grey tokens came later.</p>"
-            f'<div class="head">explained: <b id="lxt-label">{escape(gen.labels()[0])}</b> &nbsp; logit '
-            f'<span id="lxt-score">{float(gen.scores[0]):.6g}</span></div>'
+            f'<div class="head">explained: <b id="lxt-label">{escape(labels[selected])}</b> &nbsp; logit '
+            f'<span id="lxt-score">{float(gen.scores[selected]):.6g}</span></div>'
             f'<div class="text gtext">{"".join(spans)}</div>'
             f'<div class="report">{escape(gen.report.composite)} · {escape(gen.report.model_class)} · one forward, '
             f"{len(gen)} backward seeds</div></div>"
@@ -189,4 +193,4 @@ def save_matrix_png(gen: GenerationAttribution, path: str | os.PathLike[str], *,
     fig.colorbar(parts["ScalarMappable"](norm=parts["Normalize"](-1, 1), cmap=cmap), ax=ax, fraction=0.03,
                  label="relevance / row max|R|")
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi)

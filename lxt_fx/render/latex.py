@@ -1,8 +1,10 @@
 """LaTeX heatmap (``xcolor`` boxes, one per token) and PDF through ``xelatex`` or ``pdflatex``.
 
 Every LaTeX special character of token text and labels is escaped (``# $ % & _ { } ~ ^ \\`` and the ones
-that print wrongly in text mode: ``< > |``). With ``xelatex`` any Unicode goes through as it is; for
-``pdflatex`` (``unicode=False``) characters outside Latin-1 are written as ``⟨U+XXXX⟩``.
+that print wrongly in text mode: ``< > |``); ``$`` is its font slot (``\\char36``), since ``\\$`` in
+typewriter type needs the TS1 symbol font, a METAFONT bitmap where Latin Modern is not installed. With
+``xelatex`` any Unicode goes through as it is; for ``pdflatex`` (``unicode=False``) characters outside Latin-1
+are written as ``⟨U+XXXX⟩``. ``make test-latex`` compiles it (``tests/render/test_latex.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 ENGINES = ("xelatex", "pdflatex")
 
 _SPECIAL = {
-    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "#": r"\#", "$": r"\$", "%": r"\%", "&": r"\&",
+    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "#": r"\#", "$": r"\char36{}", "%": r"\%", "&": r"\&",
     "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
     ">": r"\textgreater{}", "|": r"\textbar{}",
 }
@@ -72,14 +74,18 @@ _PREAMBLE = r"""\documentclass[11pt]{article}
 \ifdefined\XeTeXversion
   \usepackage{fontspec}
 \else
-  \usepackage[T1]{fontenc}
+  % T1 only with Latin Modern: T1 without it falls back to METAFONT bitmaps (blurry Type 3 fonts in the PDF);
+  % the default OT1 Computer Modern stays vector, and < > | are drawn from the math fonts (\textless, ...)
+  \IfFileExists{lmodern.sty}{\usepackage[T1]{fontenc}\usepackage{lmodern}}{}
   \usepackage[utf8]{inputenc}
-  \IfFileExists{lmodern.sty}{\usepackage{lmodern}}{}
 \fi
 \usepackage{xcolor}
 \pagestyle{empty}
 \setlength{\parindent}{0pt}
 \setlength{\fboxsep}{1.5pt}
+% wrapped lines of token boxes keep a gap (the boxes are taller than the baseline skip)
+\setlength{\lineskip}{2.5pt}
+\setlength{\lineskiplimit}{2.5pt}
 \addtolength{\textwidth}{3cm}
 \addtolength{\oddsidemargin}{-1.5cm}
 \newcommand{\lxttok}[3]{\colorbox[RGB]{#1}{\strut\textcolor[RGB]{#2}{\texttt{#3}}}\hspace{0pt}}
@@ -90,10 +96,15 @@ def _rgb(colour: tuple[int, int, int]) -> str:
     return ",".join(str(c) for c in colour)
 
 
+def _number(value: float, spec: str) -> str:
+    """``value`` formatted with ``spec``, its sign a true minus (``-`` in text is a hyphen)."""
+    return f"{value:{spec}}".replace("-", r"\ensuremath{-}")
+
+
 def _row_latex(view: Row, score_label: str, unicode: bool) -> str:
     lines = [rf"\textbf{{explained:}} {latex_escape(view.label, unicode)}\quad "
-             rf"{latex_escape(score_label, unicode)} {view.score:.4f}\quad "
-             rf"\ensuremath{{\Sigma}} relevance {view.total:.4f}\par\smallskip", r"{\raggedright"]
+             rf"{latex_escape(score_label, unicode)} {_number(view.score, '.4f')}\quad "
+             rf"\ensuremath{{\Sigma}} relevance {_number(view.total, '.4f')}\par\smallskip", r"{\raggedright"]
     for name, tokens in view.segments:
         if name:
             lines.append(rf"\textbf{{{latex_escape(name, unicode)}:}} ")
@@ -106,7 +117,7 @@ def _row_latex(view: Row, score_label: str, unicode: bool) -> str:
             lines.append(r"\par")
     lines.append(r"\par}\smallskip")
     bar = "".join(rf"\colorbox[RGB]{{{_rgb(rgb(-1 + 2 * k / 10))}}}{{\strut\hspace{{0.6em}}}}" for k in range(11))
-    lines.append(rf"{{\small {-view.scale:+.3g}\ {bar}\ {view.scale:+.3g}\quad blue: against the target, "
+    lines.append(rf"{{\small {_number(-view.scale, '+.3g')}\ {bar}\ {_number(view.scale, '+.3g')}\quad blue: against the target, "
                  rf"red: for it; {latex_escape(scale_note(view), unicode)}}}\par\bigskip")
     return "\n".join(lines)
 

@@ -18,8 +18,8 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from .common import RenderError, hex_colour, named_tokens, rgb, token_text
-from .html import page, write_text
-from .png import image_array, matplotlib_parts
+from .figure import image_array, matplotlib_parts
+from .page import page, write_text
 
 if TYPE_CHECKING:
     from ..attribution import Attribution

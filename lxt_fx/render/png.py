@@ -11,35 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .common import RenderError, has_maps, has_tokens, is_image, rgb, rows, text_rgb
+from .figure import image_array, matplotlib_parts, save_figure
+from .mixed import save_mixed_png
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
-
-
-def matplotlib_parts() -> dict[str, Any]:
-    """The matplotlib pieces the renderers use; ``ImportError`` naming the package when it is missing."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import LinearSegmentedColormap, Normalize
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("PNG output needs matplotlib: pip install matplotlib (or the lxt-fx[viz] extra)") from exc
-    cmap = LinearSegmentedColormap.from_list("lxt", [tuple(c / 255 for c in rgb(v)) for v in (-1.0, 0.0, 1.0)])
-    return {"Canvas": FigureCanvasAgg, "ScalarMappable": ScalarMappable, "Normalize": Normalize,
-            "Figure": Figure, "Rectangle": Rectangle, "cmap": cmap}
-
-
-def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
-    """Write ``fig`` as PNG to exactly ``path`` (no suffix added); a suffix other than ``.png`` is a
-    :class:`RenderError`, since the file would not be what its name says."""
-    suffix = os.path.splitext(os.fspath(path))[1]
-    if suffix and suffix.lower() != ".png":
-        raise RenderError(f"{os.fspath(path)!r} ends in {suffix!r}, but this writes a PNG: give a path ending in "
-                          "'.png' (or without a suffix, written as given)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
 
 
 def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenizer: Any = None,
@@ -55,8 +31,6 @@ def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenize
         _save_pixels(attribution, path, parts, dpi, score_label)
         return
     if not has_tokens(attribution) and has_maps(attribution):  # audio (or other) maps, no tokens
-        from .mixed import save_mixed_png
-
         save_mixed_png(attribution, path, dpi=dpi)
         return
     Rectangle = parts["Rectangle"]
@@ -121,7 +95,7 @@ def save_png(attribution: Attribution, path: str | os.PathLike[str], *, tokenize
     bar = fig.colorbar(parts["ScalarMappable"](parts["Normalize"](-1, 1), parts["cmap"]), cax=cax,
                        orientation="horizontal")
     bar.set_ticks([-1, 0, 1], labels=["−max|R| (against)", "0", "+max|R| (for)"], fontsize=7)
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi)
 
 
 def _save_pixels(attribution: Attribution, path: str | os.PathLike[str], parts: dict[str, Any], dpi: int,
@@ -137,35 +111,7 @@ def _save_pixels(attribution: Attribution, path: str | os.PathLike[str], parts: 
         ax.set_title(f"class {int(attribution.target_ids[r])}, {score_label} "
                      f"{float(attribution.target_scores[r]):.3f}", fontsize=8)
         ax.axis("off")
-    _save(fig, path, dpi)
-
-
-def image_array(image: Any) -> Any:
-    """``image`` as a float numpy array ``[H, W, 3]`` in [0, 1]: a PIL image, a numpy array or tensor
-    ``[H, W, C]`` / ``[C, H, W]`` (uint8 0–255, or floats of any range, which are min–max scaled)."""
-    import numpy as np
-
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().float().numpy()
-    array = np.asarray(image)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise RenderError(f"image of shape {array.shape}: give [H, W, 3], [3, H, W], [H, W] or a PIL image")
-    array = array[..., :3]
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    array = array.astype(np.float32)
-    low, high = float(array.min()), float(array.max())
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    save_figure(fig, path, dpi)
 
 
 def save_image_overlay(attribution: Attribution, path: str | os.PathLike[str], image: Any, *, row: int = 0,
@@ -210,4 +156,4 @@ def save_image_overlay(attribution: Attribution, path: str | os.PathLike[str], i
     tid = int(attribution.target_ids[row])
     fig.suptitle(f"explained {'class ' + str(tid) if tid >= 0 else 'a function of the outputs'}, "
                  f"{score_label} {float(attribution.target_scores[row]):.3f}", fontsize=9)
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi)

@@ -22,8 +22,9 @@ from rich.text import Text
 from torch import Tensor, nn
 
 from .common import RenderError, display_tokens, named_tokens, require_tokens, rgb, shown, target_label
-from .html import cell_style, page, write_text
-from .png import matplotlib_parts
+from .figure import matplotlib_parts
+from .html import cell_style
+from .page import page, write_text
 
 if TYPE_CHECKING:
     from ..attribution import Attribution
@@ -108,7 +109,7 @@ class Trace:
         table = self._table_html()
         html = page(table, "lxt-fx relevance trace")
         if fragment:
-            from .html import css
+            from .page import css
 
             html = f'<style>{css()}</style><div class="lxt">{table}</div>'
         if path is not None:

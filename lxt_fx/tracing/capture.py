@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import disk_cache
+from .disk_cache import cache_dir, cache_key
+from .disk_cache import load as load_stored
+from .disk_cache import store as store_captured
 from .errors import CaptureError, LXTError, capture_hint, failing_location
 from .guards import InputSpec, spec_of
 from .modes import eval_semantics
@@ -288,11 +290,11 @@ def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[st
         # An offloaded model's capture holds meta stand-ins matched by object, a bitsandbytes one holds the
         # quantization scales as graph constants: both stay in this process.
         # A vision-language capture holds NumPy constants the graph codec does not store: it stays too.
-        use_disk = (not offloaded and not quantized and disk_cache.cache_dir() is not None
+        use_disk = (not offloaded and not quantized and cache_dir() is not None
                     and not shape_keyed(model, tensors))
-        key = disk_cache.cache_key(model, repr(sig.key())) if use_disk else None
+        key = cache_key(model, repr(sig.key())) if use_disk else None
         if key is not None:
-            stored = disk_cache.load(_Entry(model, static), key)
+            stored = load_stored(_Entry(model, static), key)
             if stored is not None:
                 captured = CapturedGraph(None, sig, stored.output_class, stored.output_keys, stored.seconds,
                                          source="disk", build=stored.build, guards=stored.guards)
@@ -301,7 +303,7 @@ def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[st
                     return captured
         captured = _export(model, tensors, static, sig, per_model)
         if key is not None:
-            disk_cache.store(_Entry(model, static), key, captured.program.module(), captured.output_class,
+            store_captured(_Entry(model, static), key, captured.program.module(), captured.output_class,
                              captured.output_keys, captured.guards)
     captured.offloaded = placeholders(captured.program, offloaded, prefix="model.")  # _Entry holds it as .model
     broken = captured.admits(tensors)

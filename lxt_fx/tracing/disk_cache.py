@@ -40,8 +40,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from . import graph_codec
-from .graph_codec import CodecError
+from .graph_codec import CodecError, constants_bytes, constants_from, decode, encode, same_graph
 from .guards import InputSpec
 
 ENV = "LXT_FX_CACHE"
@@ -196,15 +195,15 @@ def load(entry: nn.Module, key: dict[str, Any]) -> Stored | None:
         if header.get("size") != len(payload) or header.get("sha256") != _sha(payload):
             raise CodecError("its checksum does not match its content (corrupt or truncated)")
         data = json.loads(zlib.decompress(payload))
-        constants = graph_codec.constants_from(data["constants"])
-        graph_codec.decode(data["graph"], entry, constants)  # binds and checks every referenced tensor now
+        constants = constants_from(data["constants"])
+        decode(data["graph"], entry, constants)  # binds and checks every referenced tensor now
         output_class = _class_from(data["output_class"])
         output_keys = tuple(str(k) for k in data["output_keys"])
         guards = InputSpec.from_json(data["guards"])
     except (CodecError, ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         _warn(f"capture cache file {path} ignored: {exc}; capturing afresh")
         return None
-    return Stored(lambda: graph_codec.decode(data["graph"], entry, constants), output_class, output_keys, path,
+    return Stored(lambda: decode(data["graph"], entry, constants), output_class, output_keys, path,
                   time.perf_counter() - start, guards)
 
 
@@ -219,13 +218,13 @@ def store(entry: nn.Module, key: dict[str, Any], gm: fx.GraphModule, output_clas
     path = path_for(directory, key)
     try:
         constants: dict[str, torch.Tensor] = {}
-        data = graph_codec.encode(gm, entry, constants)
-        rebuilt = graph_codec.decode(json.loads(json.dumps(data)), entry, constants)
-        differs = graph_codec.same_graph(gm, rebuilt)
+        data = encode(gm, entry, constants)
+        rebuilt = decode(json.loads(json.dumps(data)), entry, constants)
+        differs = same_graph(gm, rebuilt)
         if differs is not None:
             raise CodecError(f"the graph does not decode to itself ({differs})")
         _class_from(_class_name(output_class))
-        body = {"graph": data, "constants": graph_codec.constants_bytes(constants),
+        body = {"graph": data, "constants": constants_bytes(constants),
                 "output_class": _class_name(output_class), "output_keys": list(output_keys),
                 "guards": guards.to_json() if guards is not None else {"inputs": {}, "ranges": {}}}
         payload = zlib.compress(json.dumps(body).encode(), 1)

@@ -67,8 +67,9 @@ def graph_inputs(model: nn.Module, ids: Tensor, tensors: Mapping[str, Any], stat
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, static)`` for the graph of a spliced model called with token ``ids`` and images.
 
-    Checks that the text holds as many image tokens as the images give features
-    (:class:`SplicedInputError` otherwise). For an M-RoPE model: adds ``position_ids`` ``[3, batch, seq]``
+    Checks that the text holds as many image tokens as the images give features (a Q-Former model's
+    ``num_query_tokens`` per image, a LLaVA-like model's patches; :class:`SplicedInputError` otherwise); a
+    forward that requires ``input_ids`` even beside ``inputs_embeds`` (BLIP-2) gets ``input_ids=None``. For an M-RoPE model: adds ``position_ids`` ``[3, batch, seq]``
     from ``get_rope_index`` (unless given) and moves ``image_grid_thw`` into ``static`` as a NumPy array,
     with the vision attention's ``cu_seqlens``.
     """
@@ -77,7 +78,7 @@ def graph_inputs(model: nn.Module, ids: Tensor, tensors: Mapping[str, Any], stat
     owner = _rope_owner(model)
     if owner is None:
         pixels = tensors["pixel_values"]
-        per_image = _llava_features_per_image(model, pixels)
+        per_image = _features_per_image(model, pixels)
         want = None if per_image is None else per_image * pixels.shape[0]
         images = pixels.shape[0]
     else:
@@ -113,13 +114,24 @@ def graph_inputs(model: nn.Module, ids: Tensor, tensors: Mapping[str, Any], stat
         raise SplicedInputError(f"the text holds {n_tokens} image token(s) (id {image_token_id(model)}) but the "
                                 f"images give {want} feature(s): build the text with the model's processor, or "
                                 f"put {want} image tokens where the image goes")
+    required = inspect.signature(type(model).forward).parameters.get("input_ids")
+    if required is not None and required.default is inspect.Parameter.empty:
+        # BLIP-2's forward takes input_ids without a default even when given inputs_embeds (it then finds the
+        # image tokens by their embedding): the graph is fed embeddings (the ids become inputs_embeds), so the
+        # ids are None
+        static.setdefault("input_ids", None)
     return tensors, static
 
 
-def _llava_features_per_image(model: nn.Module, pixels: Tensor) -> int | None:
-    """How many features a LLaVA-like model makes per image (patches, less the CLS token with the
-    ``default`` feature strategy), or None when the config does not say."""
+def _features_per_image(model: nn.Module, pixels: Tensor) -> int | None:
+    """How many features a model splices into its text per image: a Q-Former model's (BLIP-2, InstructBLIP)
+    ``num_query_tokens`` query outputs, per frame of a video ``[batch, frames, C, H, W]``
+    (InstructBLIP-Video); else a LLaVA-like model's patches (less the CLS token with the ``default`` feature
+    strategy); None when the config does not say."""
     config = model.config
+    queries = getattr(config, "num_query_tokens", None)
+    if isinstance(queries, int):
+        return queries * (pixels.shape[1] if pixels.dim() == 5 else 1)
     vision = getattr(config, "vision_config", None)
     patch = getattr(vision, "patch_size", None)
     if not isinstance(patch, int) or pixels.dim() != 4:

@@ -119,6 +119,26 @@ def test_whisper_audio_frames_and_decoder_tokens() -> None:
     assert books.verdict().verified, books.verdict().reason
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_dual_encoder_explains_its_similarity_by_default(kind: str) -> None:
+    """Without a target a dual encoder explains its one meaningful output, the image–text similarity of each
+    row's pair (the model's own ``logits_per_image`` diagonal), exactly as ``target=Similarity()`` does."""
+    m, case = model(kind), CASES[kind]
+    default = lxt_fx.explain(m, case["inputs"], images=case["images"])
+    given = lxt_fx.explain(m, case["inputs"], images=case["images"], target=Similarity())
+    torch.testing.assert_close(default.relevance, given.relevance, rtol=0, atol=0)
+    torch.testing.assert_close(default.image_relevance, given.image_relevance, rtol=0, atol=0)
+    with torch.no_grad():
+        sims = m(**_call(kind)).logits_per_image
+    torch.testing.assert_close(default.target_scores, sims.diagonal(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_a_natural_target_still_asks_for_one() -> None:
+    """An image encoder's features have no one meaningful score: no default, a named error saying what to give."""
+    with pytest.raises(lxt_fx.InputError, match="target=lxt_fx.targets.Function"):
+        lxt_fx.explain(model("dinov2"), images=CASES["dinov2"]["images"])
+
+
 def test_similarity_needs_paired_rows() -> None:
     target = Similarity()
     torch.testing.assert_close(target.fn({"logits_per_image": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}),

@@ -9,6 +9,7 @@ import torch
 PATCH = 4
 IMAGE = 16
 IMAGE_TOKEN = 95  # the VLMs' image placeholder token
+QUERIES = 4  # BLIP-2 / InstructBLIP: query outputs per image, each in place of one image token
 
 
 def _vision(**extra: object) -> dict:
@@ -28,7 +29,7 @@ def _eval(model: torch.nn.Module) -> torch.nn.Module:
 
 @functools.cache
 def model(kind: str) -> torch.nn.Module:
-    """A tiny random ``kind`` model: clip, siglip, dinov2, whisper, llava, qwen2_vl."""
+    """A tiny random ``kind`` model: clip, siglip, dinov2, whisper, llava, qwen2_vl, blip2, instructblip."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -61,6 +62,15 @@ def model(kind: str) -> torch.nn.Module:
                                vision_start_token_id=93, vision_end_token_id=92, bos_token_id=1, eos_token_id=2,
                                pad_token_id=0)
         return _eval(tf.Qwen2VLForConditionalGeneration(cfg))
+    if kind in ("blip2", "instructblip"):  # a Q-Former's QUERIES outputs replace the image tokens (LLaMA text)
+        qformer = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, encoder_hidden_size=32)
+        text = {**_text(), "model_type": "llama", "num_key_value_heads": 2, "max_position_embeddings": 64}
+        config, cls = ((tf.Blip2Config, tf.Blip2ForConditionalGeneration) if kind == "blip2" else
+                       (tf.InstructBlipConfig, tf.InstructBlipForConditionalGeneration))
+        cfg = config(vision_config=_vision(), qformer_config=qformer, text_config=text, num_query_tokens=QUERIES,
+                     image_token_id=IMAGE_TOKEN)
+        return _eval(cls(cfg))
     raise KeyError(kind)
 
 
@@ -79,9 +89,11 @@ TEXT_IDS = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]])  # CLIP: the pooled
 
 def vlm_ids(kind: str, batch: int = 1) -> torch.Tensor:
     """Text rows with the image tokens of one 16×16 image each (LLaVA: 16, Qwen2-VL: 4 between its vision
-    start/end tokens), text before and after."""
+    start/end tokens, BLIP-2 / InstructBLIP: one per query), text before and after."""
     if kind == "llava":
         rows = [[1, 5 + b] + [IMAGE_TOKEN] * 16 + [6, 7, 8 + b] for b in range(batch)]
+    elif kind in ("blip2", "instructblip"):
+        rows = [[1, 5 + b] + [IMAGE_TOKEN] * QUERIES + [6, 7, 8 + b] for b in range(batch)]
     else:
         rows = [[1, 5 + b, 93] + [IMAGE_TOKEN] * 4 + [92, 6, 7, 8 + b] for b in range(batch)]
     return torch.tensor(rows)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from conftest import make_model
 from helpers import word_tokenizer
 from rich.console import Console
 
-from lxt_fx.generation import explain_generation
+from lxt_fx.generation import GenerationAttribution, explain_generation
 from lxt_fx.render import RenderError, rgb
 from lxt_fx.render.generation import scaled
 
@@ -50,12 +51,12 @@ def test_terminal_shows_one_map_per_generated_token(gen) -> None:
     console = Console(record=True, width=120)
     g.show(console, tokenizer=tok)
     text = console.export_text()
-    for label in g.labels():
+    for label in g.labels(tok):
         assert label in text
     console = Console(record=True, width=120)
     g.show(console, tokenizer=tok, rows=[2])
     text = console.export_text()
-    assert g.labels()[2] in text and g.labels()[0] not in text
+    assert g.labels(tok)[2] in text and g.labels(tok)[0] not in text
     with pytest.raises(RenderError, match="rows \\[7\\] do not exist"):
         g.show(console, rows=[7])
 
@@ -78,6 +79,37 @@ def test_html_is_self_contained_and_carries_every_row(gen, tmp_path: Path) -> No
     for i, (_, _, colour) in enumerate(spans[: g.prompt_length]):
         assert colour == "#{:02x}{:02x}{:02x}".format(*rgb(first[i]))
     assert "sel" in spans[g.prompt_length][0]
+
+
+def test_html_opens_on_the_selected_token(gen) -> None:
+    """``selected=k`` (the demo passes the answer token its terminal explained): the page opens on row ``k``,
+    also without a script (its colours written into the page), its label and score in the header."""
+    g, tok = gen
+    k = len(g) - 2
+    page = g.to_html(tokenizer=tok, selected=k)
+    data = json.loads(re.search(r'<script type="application/json" id="lxt-data">(.*?)</script>', page, re.S)[1])
+    assert data["selected"] == k
+    spans = re.findall(r'<span class="(tok[^"]*)"( style="background:(#[0-9a-f]{6})[^"]*")?>', page)
+    values, seen = scaled(g)[k], g.prompt_length + k
+    for i, (cls, _, colour) in enumerate(spans):
+        if i < seen:
+            assert colour == "#{:02x}{:02x}{:02x}".format(*rgb(values[i])), i
+        else:
+            assert ("sel" in cls.split()) == (i == seen) and ("unseen" in cls.split()) == (i > seen), (i, cls)
+    assert f'id="lxt-label">{escape(g.labels(tok)[k])}<' in page and f"{float(g.scores[k]):.6g}" in page
+    with pytest.raises(RenderError, match="do not exist"):
+        g.to_html(tokenizer=tok, selected=len(g))
+
+
+def test_labels_show_the_decoded_token_not_the_bpe_marker(gen) -> None:
+    """A byte-level BPE token ``'ĠWarsaw'`` is labelled as the text it stands for, ``' Warsaw'``, in the labels
+    and the page's header (with or without the tokenizer)."""
+    g, _ = gen
+    tokens = ["Marie", "Ġwas", "Ġborn", "Ġin", "ĠWarsaw", "."]
+    bpe = GenerationAttribution(torch.rand(2, 6), [5, 6, 7, 8, 9, 10], tokens, 4, torch.ones(2), " Warsaw.", g.report)
+    assert bpe.labels() == ["generated token 1 of 2: ' Warsaw'", "generated token 2 of 2: '.'"]
+    page = bpe.to_html()
+    assert escape("' Warsaw'") in page and "ĠWarsaw" not in page
 
 
 def test_png_matrix(gen, tmp_path: Path) -> None:
@@ -131,4 +163,24 @@ def test_html_in_headless_chromium_with_a_token_selected(gen, tmp_path: Path) ->
             assert "sel" in cls.split() and "unseen" not in cls.split()
         else:
             assert "unseen" in cls.split()
-    assert g.labels()[k] in dom
+    assert g.labels(tok)[k] in dom
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                    reason=f"{CHROMIUM} not found: headless Chromium is needed (make browser-test installs the "
+                           "Debian package chromium and runs this test)")
+def test_html_lines_wrap_in_headless_chromium(tmp_path: Path) -> None:
+    """A long prompt wraps at the page's width: no horizontal scrollbar (the page's scroll width fits the
+    window), measured in Chromium's layout by a probe script appended to a copy of the page."""
+    model = make_model("llama")
+    tok = word_tokenizer(WORDS)
+    prompt = " ".join(f"w{i % 90 + 3}" for i in range(120))
+    g = explain_generation(model, prompt, tokenizer=tok, max_new_tokens=2)
+    probe = ("<script>document.body.setAttribute('data-overflow', String(document.documentElement.scrollWidth > "
+             "document.documentElement.clientWidth));</script></body>")
+    page = tmp_path / "gen.html"
+    page.write_text(g.to_html(tokenizer=tok).replace("</body>", probe), encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          "--window-size=700,500", page.as_uri()], capture_output=True, text=True, timeout=90,
+                         stdin=subprocess.DEVNULL).stdout
+    assert 'data-overflow="false"' in dom, re.search(r"<body[^>]*>", dom)

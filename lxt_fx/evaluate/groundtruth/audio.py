@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import register
+from .registry import register
 from .task import Sample, Task, fit_one_cycle
 
 MEL, FRAMES, EVENT, EVENTS, PITCHES, LOWEST = 16, 64, 6, 5, 8, 4

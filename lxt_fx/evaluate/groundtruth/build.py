@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import get, save, tasks
+from .catalog import get, save, tasks
 from .verify import verify_evidence
 
 VERIFY_SEED = 2_000_003

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ...explain import explain, last_positions
 from ...targets import Function
 from .. import baselines
-from . import register
+from .registry import register
 from .task import Sample, Task
 
 PAD, BOS, QUERY, BLANK = 0, 1, 2, 3

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ... import explain as lxt_explain
 from ...modalities import patch_grid
 from ...targets import Similarity
-from . import register
+from .registry import register
 from .task import Sample, Task
 
 SIZE, PATCH, CELL = 32, 4, 8          # image pixels, patch pixels, object cell pixels (2 × 2 patches)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import modalities
-from . import register
+from .registry import register
 from .task import Sample, Task, fit_one_cycle
 
 SIZE, PATCH, MERGE, TEMPORAL, OBJECT, OBJECTS = 24, 4, 2, 2, 8, 3

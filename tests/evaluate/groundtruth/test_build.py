@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lxt_fx.evaluate import groundtruth as gt
-from lxt_fx.evaluate.groundtruth import _TASKS, build
+from lxt_fx.evaluate.groundtruth import build
+from lxt_fx.evaluate.groundtruth.registry import _TASKS
 from lxt_fx.evaluate.groundtruth.text import RecallLlama
 
 
