@@ -341,20 +341,20 @@ def _export_program(entry: _Entry, example: dict[str, Tensor], fixed: bool) -> t
     return _export_dynamic(entry, example)
 
 
-def _probe(example: Mapping[str, Tensor], fixed: bool, length: int | None = None) -> dict[str, Tensor]:
-    """Inputs of batch 1 (and at most ``length`` tokens) cut from the export's example; copies, since a graph
-    may write its inputs in place (CTRL scales inputs_embeds with *=)."""
+def _probe(example: Mapping[str, Tensor], fixed: bool, guards: InputSpec) -> dict[str, Tensor]:
+    """Inputs cut from the export's example for a quick run of the graph: batch 1 and at most
+    :data:`PROBE_TOKENS` tokens where the capture admits that, else batch 1 (all of it for a fixed-shape
+    capture). Copies, since a graph may write its inputs in place (CTRL scales inputs_embeds with *=)."""
     if fixed:
         return {k: v.clone() for k, v in example.items()}
-    out = {}
-    for k, v in example.items():
-        v = v[:1]
-        if length is not None and k in SEQUENCE_INPUTS and v.dim() >= 2:
-            v = v[:, :length]
-        out[k] = v.clone()
-    return out
+    whole = {k: v[:1] for k, v in example.items()}
+    short = {k: v[:, :PROBE_TOKENS] if k in SEQUENCE_INPUTS and v.dim() >= 2 else v for k, v in whole.items()}
+    chosen = short if guards.violation(short) is None else whole
+    return {k: v.clone() for k, v in chosen.items()}
 
 
+# How many tokens the quick runs of a fresh capture take (output names, the stamped graph's check).
+PROBE_TOKENS = 8
 # Where the stamped graph and the model itself may differ on the check's inputs (float rounding only).
 STAMP_RTOL = 1e-4
 
@@ -372,7 +372,7 @@ def _stamped(model: nn.Module, entry: _Entry, example: dict[str, Tensor], fixed:
         raise Unstampable(f"the capture of the first blocks failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
     gm = stamp(short.module(), stacks, entry, model)
-    probe = _probe(example, fixed, 8)
+    probe = _probe(example, fixed, spec_of(short))
     with torch.no_grad():
         want = entry({k: v.clone() for k, v in probe.items()})
         got = gm(probe)
@@ -420,7 +420,7 @@ def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, A
     captured = CapturedGraph(program, sig, entry.output_class(), (), seconds, guards=spec_of(program), build=build,
                              route="stamped" if built is not None else "full", note=note)
     with torch.no_grad():
-        keys = tuple(captured.module()(_probe(example, fixed)).keys())
+        keys = tuple(captured.module()(_probe(example, fixed, captured.guards)).keys())
     captured.output_keys = keys
     per_model.graphs[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1
