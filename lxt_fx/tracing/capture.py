@@ -215,10 +215,11 @@ def accepts_kwarg(model: nn.Module, name: str) -> bool:
 def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any]) -> Signature:
     config = getattr(model, "config", None)
     param = next(model.parameters(), None)
-    # a vision-language model's graph is fixed by its image count and size: key its capture by every shape
+    # a vision-language model's graph is fixed by its image count and size: key its capture by every shape but
+    # the text length (the graph takes any, see text_dims)
     fixed = shape_keyed(model, tensors)
     return Signature(
-        tensors=tuple(sorted((k, v.dtype, v.dim(), *((tuple(v.shape),) if fixed else ()))
+        tensors=tuple(sorted((k, v.dtype, v.dim(), *((_without_text_length(k, v),) if fixed else ()))
                              for k, v in tensors.items())),
         static=tuple(sorted((k, repr(v)) for k, v in static.items())),
         training=model.training,
@@ -226,6 +227,19 @@ def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mappin
         device=str(param.device) if param is not None else "cpu",
         dtype=param.dtype if param is not None else None,
     )
+
+
+def text_dim(name: str, t: Tensor) -> int | None:
+    """The dimension of input ``name`` that is the text length: dim 1 of a sequence input, the last dim of
+    M-RoPE ``position_ids`` ``[3, batch, seq]``; None for any other input (pixels, grids)."""
+    if name not in SEQUENCE_INPUTS or t.dim() < 2:
+        return None
+    return 2 if name == "position_ids" and t.dim() == 3 else 1
+
+
+def _without_text_length(name: str, t: Tensor) -> tuple[int, ...]:
+    dim = text_dim(name, t)
+    return tuple(-1 if i == dim else s for i, s in enumerate(t.shape))
 
 
 def _example(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -335,10 +349,16 @@ def _export_dynamic(entry: _Entry, example: dict[str, Tensor]) -> torch.export.E
 
 
 def _export_program(entry: _Entry, example: dict[str, Tensor], fixed: bool) -> torch.export.ExportedProgram:
-    """The export of ``entry`` for ``example``: fixed shapes (a vision-language call), else dynamic ones."""
-    if fixed:
+    """The export of ``entry`` for ``example``: dynamic batch and sequence, or for a vision-language call
+    (``fixed``) every size fixed but the text length (every size fixed where export cannot keep that one)."""
+    if not fixed:
+        return _export_dynamic(entry, example)
+    seq = torch.export.Dim("seq")
+    shapes = {k: {d: seq} if (d := text_dim(k, v)) is not None else {} for k, v in example.items()}
+    try:
+        return torch.export.export(entry, (example,), dynamic_shapes=(shapes,), strict=False)
+    except torch._dynamo.exc.UserError:
         return torch.export.export(entry, (example,), strict=False)
-    return _export_dynamic(entry, example)
 
 
 def _probe(example: Mapping[str, Tensor], fixed: bool, guards: InputSpec) -> dict[str, Tensor]:
