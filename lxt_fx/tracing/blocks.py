@@ -144,9 +144,11 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     prefix. Raises :class:`Unstampable` with the reason when the model cannot be stamped at all (no stack,
     shared blocks or tensors, hooks)."""
     stacks = []
-    for path, blocks in _stacks_of(model):
-        if any(isinstance(b, nn.ModuleList) for b in blocks):
-            continue
+    found = list(_stacks_of(model))
+    outer = [p for p, _ in found]
+    for path, blocks in found:
+        if any(isinstance(b, nn.ModuleList) for b in blocks) or any(path.startswith(o + ".") for o in outer):
+            continue  # a list of lists, or a list inside a block (experts): only the outermost stacks
         size = len(blocks)
         if len({id(b) for b in blocks}) != size:
             raise Unstampable(f"{path} holds one block object more than once (shared blocks)")
@@ -171,7 +173,4 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     if not stacks:
         raise Unstampable(f"no stack of {MIN_BLOCKS} or more blocks with a kind repeated after its first "
                           "blocks")
-    paths = [s.path for s in stacks]
-    if any(a != b and b.startswith(a + ".") for a in paths for b in paths):
-        raise Unstampable(f"nested stacks {paths}")
     return stacks

@@ -158,10 +158,13 @@ class _Stacked:
         return (int(head), rest) if head.isdigit() else None
 
 
-def _signature(stacked: _Stacked, index: int) -> list[tuple]:
-    """Block ``index`` of the short graph with its inputs made relative: a comparable form of its ops."""
+def _signature(stacked: _Stacked, index: int, carry: fx.Node | None = None) -> list[tuple]:
+    """Block ``index`` of the short graph with its inputs made relative: a comparable form of its ops.
+    ``carry``: the node that stands for the previous block's output (default: that output)."""
     section = stacked.sections[index]
     local = {n: i for i, n in enumerate(section)}
+    if carry is None and index > 0:
+        carry = stacked.outputs[index - 1]
 
     def ref(a: Any) -> Any:
         if not isinstance(a, fx.Node):
@@ -170,7 +173,7 @@ def _signature(stacked: _Stacked, index: int) -> list[tuple]:
             return ("size", sym_expr(a))
         if a in local:
             return ("local", local[a])
-        if index > 0 and a is stacked.outputs[index - 1]:
+        if a is carry:
             return ("carry",)
         if a.op == "get_attr":
             where = stacked.param_block(a.target)
@@ -202,10 +205,25 @@ def _check_templates(stacked: _Stacked, position: dict[fx.Node, int]) -> None:
                 elif position[r] > start:
                     raise Unstampable(f"block {t} of {stack.path} reads {r.name}, made after the stack began")
         sig = _signature(stacked, t)
-        for other in range(1, stack.prefix):
-            if other != t and stack.kinds[other] == kind and _signature(stacked, other) != sig:
+        for other in range(stack.prefix):
+            if other == t or stack.kinds[other] != kind:
+                continue
+            carry = None
+            if other == 0:  # block 0 reads the stack's input where block t reads block t − 1's output
+                given = _outer_reads(stacked, 0) - _outer_reads(stacked, t)
+                if len(given) != 1:
+                    raise Unstampable(f"blocks 0 and {t} of {stack.path} are of one kind but read different "
+                                      "values from before the stack")
+                (carry,) = given
+            if _signature(stacked, other, carry) != sig:
                 raise Unstampable(f"blocks {other} and {t} of {stack.path} are of one kind but trace to "
                                   "different graphs (the graph depends on the block's index)")
+
+
+def _outer_reads(stacked: _Stacked, index: int) -> set[fx.Node]:
+    """The nodes made before the stack (not tensors, not sizes) that block ``index`` reads."""
+    return {r for n in stacked.sections[index] for r in n.all_input_nodes
+            if r not in stacked.where and r.op != "get_attr" and sym_expr(r) is None}
 
 
 def _move_stack(meta: dict[str, Any], old: str, new: str) -> dict[str, Any]:
