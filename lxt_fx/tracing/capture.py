@@ -391,11 +391,17 @@ def _stamped(model: nn.Module, entry: _Entry, example: dict[str, Tensor], fixed:
     except Exception as exc:  # noqa: BLE001 - any failure of the short capture means: export in full
         raise Unstampable(f"the capture of the first blocks failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
-    gm = stamp(short.module(), stacks, entry, model)
-    probe = _probe(example, fixed, spec_of(short))
-    with torch.no_grad():
-        want = entry({k: v.clone() for k, v in probe.items()})
-        got = gm(probe)
+    try:
+        gm = stamp(short.module(), stacks, entry, model)
+        probe = _probe(example, fixed, spec_of(short))
+        with torch.no_grad():
+            want = entry({k: v.clone() for k, v in probe.items()})
+            got = gm(probe)
+    except Unstampable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a graph the stamping does not understand: export in full
+        raise Unstampable(f"stamping failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+                          ) from exc
     if set(want) != set(got):
         raise Unstampable(f"the stamped graph returns {sorted(got)}, the model {sorted(want)}")
     for k, w in want.items():

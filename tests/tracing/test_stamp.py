@@ -16,22 +16,13 @@ from collections.abc import Callable
 import pytest
 import torch
 import transformers as tf
+from test_families_more import V, _text  # tiny text configs (vocabulary of 96)
 
 from lxt_fx.composites import for_model
 from lxt_fx.session import rewritten_graph
 from lxt_fx.tracing import capture, capture_count
 from lxt_fx.tracing.blocks import find_stacks
 from lxt_fx.tracing.graph_codec import same_graph
-
-V = 96
-
-
-def _text(**extra: object) -> dict:
-    base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=5, num_attention_heads=4,
-                max_position_embeddings=64)
-    base.update(extra)
-    return base
-
 
 # name → model factory: several blocks of one kind, or of several kinds
 FAMILIES: dict[str, Callable[[], torch.nn.Module]] = {
