@@ -100,7 +100,9 @@ class NodeRow:
 
 @dataclass
 class RewriteReport:
-    """What a rewrite did: every rewritten node, every relevance-path op left without a decision."""
+    """What a rewrite did: every rewritten node, every relevance-path op left without a decision; and how
+    the graph was captured (``capture_note``: stamped from a short export, a full export and why, or read
+    from the disk cache, see :mod:`lxt_fx.tracing.stamp`)."""
 
     composite: str
     model_class: str
@@ -110,6 +112,7 @@ class RewriteReport:
     graph_nodes: int = 0
     capture_seconds: float = 0.0
     rewrite_seconds: float = 0.0
+    capture_note: str = ""
 
     def rule_counts(self) -> dict[str, int]:
         """How many nodes each rule was applied to."""
@@ -142,7 +145,8 @@ class RewriteReport:
     def __str__(self) -> str:
         head = (f"RewriteReport({self.model_class}, composite={self.composite!r}): {len(self.rewritten)} nodes "
                 f"rewritten, {len(self.unhandled)} unhandled, {self.path_nodes}/{self.graph_nodes} nodes on "
-                f"the relevance path; rules: {self.rule_counts()}")
+                f"the relevance path; rules: {self.rule_counts()}"
+                + (f"\n  capture: {self.capture_note}" if self.capture_note else ""))
         rows = [f"  {r.name:<28} {r.op:<40} {r.rule:<14} {r.module_path}" for r in self.rewritten]
         bad = [f"  UNHANDLED {r.name:<18} {r.op:<40} {r.module_path} {r.source}" for r in self.unhandled]
         return "\n".join([head, *rows, *bad])

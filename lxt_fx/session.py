@@ -434,7 +434,8 @@ def rewritten_graph(model: nn.Module, composite: Composite, tensors: Mapping[str
     if hit is None or hit[0] is not composite:
         start = time.perf_counter()
         gm = captured.module()
-        report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds)
+        report = RewriteReport(composite.name, type(model).__name__, capture_seconds=captured.seconds,
+                               capture_note=captured.note)
         places = token_places(gm) if text else {}
         sources = [f"tensors_{name}" for name in inputs]
         prepare = None

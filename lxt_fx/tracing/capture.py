@@ -20,6 +20,7 @@ model's parameters on load.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import weakref
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
+from .blocks import Unstampable, find_stacks
 from .disk_cache import cache_dir, cache_key
 from .disk_cache import load as load_stored
 from .disk_cache import store as store_captured
@@ -39,6 +41,7 @@ from .modes import eval_semantics
 from .offload import Placeholders, device_map_key, opened, placeholders
 from .quantized import dequantizing
 from .spliced import shape_keyed
+from .stamp import canonical, shortened, stamp
 
 # Kwargs whose second dimension is the token sequence.
 SEQUENCE_INPUTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids",
@@ -120,8 +123,11 @@ class Signature:
 
 @dataclass
 class CapturedGraph:
-    """One capture of one model for one call signature: an export (``program``) or a graph read from the
-    disk cache (``program`` None, ``source`` ``"disk"``); ``seconds``: how long the export or the read took."""
+    """One capture of one model for one call signature: an export (``program``), a graph stamped from the export
+    of a short model (``program`` that short export, ``build`` the full graph, see :mod:`.stamp`) or a graph read
+    from the disk cache (``program`` None, ``source`` ``"disk"``); ``seconds``: how long the export (with the
+    stamping) or the read took. ``route``: ``"stamped"`` or ``"full"`` (a full export, or a graph read from
+    disk); ``note``: how it was made, and for a full export why it was not stamped."""
 
     program: torch.export.ExportedProgram | None
     signature: Signature
@@ -135,17 +141,20 @@ class CapturedGraph:
     offloaded: Placeholders = field(default_factory=Placeholders)
     # the input constraints export specialised the graph to (checked on every use, also from disk)
     guards: InputSpec | None = None
+    route: str = "full"
+    note: str = ""
 
     def admits(self, tensors: Mapping[str, Tensor]) -> str | None:
         """None when ``tensors`` meet the capture's input constraints, else the first broken one."""
         return None if self.guards is None else self.guards.violation(tensors)
 
     def module(self) -> torch.fx.GraphModule:
-        """A fresh, unrewritten ``GraphModule`` sharing the model's parameters."""
-        if self.program is None:
-            assert self.build is not None
+        """A fresh, unrewritten ``GraphModule`` sharing the model's parameters, its nodes named canonically
+        (:func:`~.stamp.canonical`): the same graph whether exported in full, stamped or read from disk."""
+        if self.build is not None:
             return self.build()
-        return self.program.module()
+        assert self.program is not None
+        return canonical(self.program.module())
 
 
 def fingerprint(model: nn.Module) -> tuple:
@@ -212,10 +221,11 @@ def accepts_kwarg(model: nn.Module, name: str) -> bool:
 def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any]) -> Signature:
     config = getattr(model, "config", None)
     param = next(model.parameters(), None)
-    # a vision-language model's graph is fixed by its image count and size: key its capture by every shape
+    # a vision-language model's graph is fixed by its image count and size: key its capture by every shape but
+    # the text length (the graph takes any, see text_dims)
     fixed = shape_keyed(model, tensors)
     return Signature(
-        tensors=tuple(sorted((k, v.dtype, v.dim(), *((tuple(v.shape),) if fixed else ()))
+        tensors=tuple(sorted((k, v.dtype, v.dim(), *((_without_text_length(k, v),) if fixed else ()))
                              for k, v in tensors.items())),
         static=tuple(sorted((k, repr(v)) for k, v in static.items())),
         training=model.training,
@@ -224,6 +234,19 @@ def signature_of(model: nn.Module, tensors: Mapping[str, Tensor], static: Mappin
         dtype=param.dtype if param is not None else None,
         devices=device_map_key(model),
     )
+
+
+def text_dim(name: str, t: Tensor) -> int | None:
+    """The dimension of input ``name`` that is the text length: dim 1 of a sequence input, the last dim of
+    M-RoPE ``position_ids`` ``[3, batch, seq]``; None for any other input (pixels, grids)."""
+    if name not in SEQUENCE_INPUTS or t.dim() < 2:
+        return None
+    return 2 if name == "position_ids" and t.dim() == 3 else 1
+
+
+def _without_text_length(name: str, t: Tensor) -> tuple[int, ...]:
+    dim = text_dim(name, t)
+    return tuple(-1 if i == dim else s for i, s in enumerate(t.shape))
 
 
 def _example(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -254,21 +277,23 @@ def _dynamic_shapes(tensors: Mapping[str, Tensor], auto: bool) -> dict[str, dict
     return shapes
 
 
-def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None
-            ) -> CapturedGraph:
+def capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None,
+            *, stamp: bool = True) -> CapturedGraph:
     """:func:`_capture` in eval semantics: a model in training mode is captured as after ``model.eval()``
     (a :class:`~lxt_fx.tracing.modes.TrainingModeWarning` says so), its modes restored afterwards."""
     with eval_semantics(model, "captured"):
-        return _capture(model, tensors, static)
+        return _capture(model, tensors, static, stamp=stamp)
 
 
-def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None
-             ) -> CapturedGraph:
+def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[str, Any] | None = None,
+             *, stamp: bool = True) -> CapturedGraph:
     """Return the cached capture of ``model`` for these inputs, exporting it on first use.
 
     ``tensors``: the tensor keyword arguments (e.g. ``inputs_embeds``, ``attention_mask``);
     ``static``: other keyword arguments baked into the graph (``use_cache=False`` is added when the model
-    takes it). Raises :class:`CaptureError` naming the model class and the first failing source line.
+    takes it); ``stamp``: trace each kind of repeated block once (:mod:`.stamp`; False: export every block,
+    the graph is the same). Raises :class:`CaptureError` naming the model class and the first failing
+    source line.
     """
     static = dict(static or {})
     if accepts_kwarg(model, "use_cache"):
@@ -297,13 +322,17 @@ def _capture(model: nn.Module, tensors: Mapping[str, Tensor], static: Mapping[st
             stored = load_stored(_Entry(model, static), key)
             if stored is not None:
                 captured = CapturedGraph(None, sig, stored.output_class, stored.output_keys, stored.seconds,
-                                         source="disk", build=stored.build, guards=stored.guards)
+                                         source="disk", build=stored.build, guards=stored.guards,
+                                         note=f"read from the disk cache ({stored.path.name})")
                 if captured.admits(tensors) is None:
                     per_model.graphs[sig.key()] = captured
                     return captured
-        captured = _export(model, tensors, static, sig, per_model)
+        full = ("weights offloaded by accelerate" if offloaded else "quantized layers" if quantized
+                else "blocks on several execution devices" if sig.devices
+                else False if stamp else "stamping turned off (stamp=False)")
+        captured = _export(model, tensors, static, sig, per_model, full)
         if key is not None:
-            store_captured(_Entry(model, static), key, captured.program.module(), captured.output_class,
+            store_captured(_Entry(model, static), key, captured.module(), captured.output_class,
                              captured.output_keys, captured.guards)
     captured.offloaded = placeholders(captured.program, offloaded, prefix="model.")  # _Entry holds it as .model
     broken = captured.admits(tensors)
@@ -327,28 +356,106 @@ def _export_dynamic(entry: _Entry, example: dict[str, Tensor]) -> torch.export.E
                                    strict=False)
 
 
+def _export_program(entry: _Entry, example: dict[str, Tensor], fixed: bool) -> torch.export.ExportedProgram:
+    """The export of ``entry`` for ``example``: dynamic batch and sequence, or for a vision-language call
+    (``fixed``) every size fixed but the text length (every size fixed where export cannot keep that one)."""
+    if not fixed:
+        return _export_dynamic(entry, example)
+    seq = torch.export.Dim("seq")
+    shapes = {k: {d: seq} if (d := text_dim(k, v)) is not None else {} for k, v in example.items()}
+    try:
+        return torch.export.export(entry, (example,), dynamic_shapes=(shapes,), strict=False)
+    except torch._dynamo.exc.UserError:
+        return torch.export.export(entry, (example,), strict=False)
+
+
+def _probe(example: Mapping[str, Tensor], fixed: bool, guards: InputSpec) -> dict[str, Tensor]:
+    """Inputs cut from the export's example for a quick run of the graph: batch 1 and at most
+    :data:`PROBE_TOKENS` tokens where the capture admits that, else batch 1 (all of it for a fixed-shape
+    capture). Copies, since a graph may write its inputs in place (CTRL scales inputs_embeds with *=)."""
+    if fixed:
+        return {k: v.clone() for k, v in example.items()}
+    whole = {k: v[:1] for k, v in example.items()}
+    short = {k: v[:, :PROBE_TOKENS] if k in SEQUENCE_INPUTS and v.dim() >= 2 else v for k, v in whole.items()}
+    chosen = short if guards.violation(short) is None else whole
+    return {k: v.clone() for k, v in chosen.items()}
+
+
+# How many tokens the quick runs of a fresh capture take (output names, the stamped graph's check).
+PROBE_TOKENS = 8
+# Where the stamped graph and the model itself may differ on the check's inputs (float rounding only).
+STAMP_RTOL = 1e-4
+
+
+def _stamped(model: nn.Module, entry: _Entry, example: dict[str, Tensor], fixed: bool
+             ) -> tuple[torch.export.ExportedProgram, fx.GraphModule, str]:
+    """(the short export, the stamped full graph, a note) — see :mod:`.stamp`. Raises :class:`Unstampable`
+    where the model does not fit, the short export fails, or the stamped graph's outputs differ from the
+    model's own on a short probe."""
+    stacks = find_stacks(model)
+    try:
+        with shortened(model, stacks):
+            short = _export_program(entry, example, fixed)
+    except Exception as exc:  # noqa: BLE001 - any failure of the short capture means: export in full
+        raise Unstampable(f"the capture of the first blocks failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
+    try:
+        gm = stamp(short.module(), stacks, entry, model)
+        probe = _probe(example, fixed, spec_of(short))
+        with torch.no_grad():
+            want = entry({k: v.clone() for k, v in probe.items()})
+            got = gm(probe)
+    except Unstampable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a graph the stamping does not understand: export in full
+        raise Unstampable(f"stamping failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+                          ) from exc
+    if set(want) != set(got):
+        raise Unstampable(f"the stamped graph returns {sorted(got)}, the model {sorted(want)}")
+    for k, w in want.items():
+        g = got[k]
+        if g.shape != w.shape or g.dtype != w.dtype or not torch.allclose(
+                g, w, rtol=STAMP_RTOL, atol=STAMP_RTOL * float(w.abs().max()) if w.numel() else 0.0):
+            raise Unstampable(f"the stamped graph's {k} differs from the model's own on a probe")
+    summary = ", ".join(f"{s.path}: {s.size} blocks from {s.prefix} traced ({len(set(s.kinds))} kind"
+                        f"{'s' if len(set(s.kinds)) > 1 else ''})" for s in stacks)
+    return short, gm, f"stamped: {summary}"
+
+
 def _export(model: nn.Module, tensors: Mapping[str, Tensor], static: dict[str, Any], sig: Signature,
-            per_model: _ModelCaptures) -> CapturedGraph:
+            per_model: _ModelCaptures, full: bool | str = False) -> CapturedGraph:
+    """Export ``model`` for these inputs: stamped from a short export where it fits (:mod:`.stamp`), else in
+    full. ``full``: export in full (a truthy string: the reason, kept in the note)."""
     entry = _Entry(model, static)
     fixed = shape_keyed(model, tensors)  # exported for these exact shapes (see .spliced)
     example = {k: tensors[k].clone() if tensors[k].is_inference() else tensors[k] for k in sorted(tensors)}
     example = {k: v.detach() for k, v in example.items()} if fixed else _example(example)
     start = time.perf_counter()
+    built: tuple[torch.export.ExportedProgram, fx.GraphModule, str] | None = None
+    note = "full export: " + (full if isinstance(full, str) else "stamping not asked for") if full else ""
+    if not full:
+        try:
+            built = _stamped(model, entry, example, fixed)
+        except Unstampable as exc:
+            note = f"full export: {exc}"
     try:
-        if fixed:
-            program = torch.export.export(entry, (example,), strict=False)
-        else:
-            program = _export_dynamic(entry, example)
+        program = built[0] if built is not None else _export_program(entry, example, fixed)
     except CaptureError:
         raise
     except Exception as exc:  # noqa: BLE001 - every export failure becomes one named error
         location = failing_location(exc)
         raise CaptureError(type(model).__name__, location, exc, capture_hint(exc, model, location)) from exc
+    build = None
+    if built is not None:
+        template = built[1]
+        note = built[2]
+        build = functools.partial(canonical, template)
     seconds = time.perf_counter() - start
+    captured = CapturedGraph(program, sig, entry.output_class(), (), seconds, guards=spec_of(program), build=build,
+                             route="stamped" if built is not None else "full", note=note)
     with torch.no_grad():
-        # copies: a graph may write its inputs in place (CTRL scales inputs_embeds with *=)
-        keys = tuple(program.module()({k: (v if fixed else v[:1]).clone() for k, v in example.items()}).keys())
-    captured = CapturedGraph(program, sig, entry.output_class(), keys, seconds, guards=spec_of(program))
+        keys = tuple(captured.module()(_probe(example, fixed, captured.guards)).keys())
+    captured.output_keys = keys
     per_model.graphs[sig.key()] = captured
     _COUNTS[model] = _COUNTS.get(model, 0) + 1
     return captured

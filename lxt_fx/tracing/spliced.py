@@ -6,8 +6,9 @@ Three facts shape their capture:
 
 * The number of images and their size fix the graph: LLaVA unbinds the image batch into a Python list,
   Qwen2-VL splits its vision attention per image with ``.tolist()``. A capture of such a model is therefore
-  specialised to the exact shapes of its tensor inputs (:func:`shape_keyed`; the capture key holds every
-  shape), and a call with another shape captures again — never a graph traced for other shapes.
+  specialised to the shapes of its tensor inputs (:func:`shape_keyed`; the capture key holds every shape but
+  the text length, which stays a dynamic dimension of the graph), and a call with another image grid
+  captures again — never a graph traced for other shapes. Prompts of every length share one capture.
 * Qwen2-VL's M-RoPE position ids come from the token ids through data-dependent Python (``get_rope_index``),
   which a graph fed ``inputs_embeds`` cannot run (the model would silently fall back to 1-D positions).
   :func:`graph_inputs` computes them from the ids outside the graph and passes them in as ``position_ids``

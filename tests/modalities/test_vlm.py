@@ -161,3 +161,31 @@ def test_vlm_inputs_that_do_not_fit_are_named() -> None:
     flat, _ = modalities.flatten_patches(images(1), PATCH, 2, 2)
     with pytest.raises(lxt_fx.InputError, match="image_grid_thw"):
         lxt_fx.explain(qwen, vlm_ids("qwen2_vl"), images={"pixel_values": flat})
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+def test_vlm_one_capture_serves_every_prompt_length(kind: str) -> None:
+    """One image grid, prompts of three lengths: one export (the text length is a dynamic dimension of the
+    graph); at each length the graph's forward is the model's own and the relevance the float64 reference's."""
+    m = model(kind)
+    before = capture_count(m)
+    pixels = images(1, 5)
+    counts = []
+    for extra in ([], [7, 9], [7, 9, 11, 12, 13]):
+        ids = torch.cat([vlm_ids(kind, 1), torch.tensor([extra], dtype=torch.long).view(1, -1)], 1)
+        att = lxt_fx.explain(m, ids, images=pixels)
+        call = _model_call(kind, ids, pixels)
+        with torch.no_grad():
+            want = m(**call).logits
+            with lxt_fx.attnlrp.context(m):
+                got = m(**call).logits
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        tensors, static = split_inputs(m, call)
+        graph = rewritten_graph(m, for_model(m), tensors, static)
+        logits = graph(tensors)["logits"].double()
+        seeds = torch.zeros_like(logits)
+        seeds[0, -1, att.target_ids[0]] = logits[0, -1, att.target_ids[0]]
+        ref = explicit_relevance(graph, tensors, {"logits": seeds})["inputs_embeds"].sum(-1)
+        torch.testing.assert_close(att.relevance.double(), ref, rtol=0, atol=2e-4 * float(ref.abs().max()))
+        counts.append(capture_count(m) - before)
+    assert counts[0] <= 1 and counts == [counts[0]] * 3  # one export (none when an earlier test made it)
