@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import hex_colour, rgb, shown, text_rgb
-from .html import cell_style, page, write_text
+from .html import cell_style
+from .page import page, write_text
 
 if TYPE_CHECKING:
     from ..spans import SpanAttribution
