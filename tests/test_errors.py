@@ -157,7 +157,7 @@ def test_check_is_callable_and_still_the_package(model) -> None:
     from lxt_fx.check import CheckReport, check, conservation, coverage
 
     assert callable(lxt_fx.check) and lxt_fx.check.coverage is coverage
-    assert lxt_fx.check.conservation is conservation and check.__module__ == "lxt_fx.check"
+    assert lxt_fx.check.conservation is conservation and check.__module__ == "lxt_fx.check.run"
     report = lxt_fx.check(model, torch.tensor([[1, 2, 3, 4]]), zero_bias=False)
     assert isinstance(report, CheckReport) and report.ok
     direct = check(model, torch.tensor([[1, 2, 3, 4]]), zero_bias=False)

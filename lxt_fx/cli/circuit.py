@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 def parser():  # noqa: ANN201 - an argparse parser
     """The argument parser of ``lxt-fx circuit``."""
-    from .common import DEFAULT_MODEL, _Parser
+    from .common import DEFAULT_MODEL, Parser
 
-    p = _Parser(prog="lxt-fx circuit", description="Write the attribution graph of the next token of a prompt.")
+    p = Parser(prog="lxt-fx circuit", description="Write the attribution graph of the next token of a prompt.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a built-in name (smollm2, …) or a local model directory")
     p.add_argument("--prompt", required=True, help="the (clean) input text")
     p.add_argument("--target", default=None, help="the explained token (text or id; default: the argmax)")
