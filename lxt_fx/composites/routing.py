@@ -18,6 +18,7 @@ Sinkhorn–Knopp normalization (a hyper-connection's doubly stochastic stream-mi
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 from torch import fx
 from torch._ops import ops as _ops
@@ -87,16 +88,21 @@ def _from_topk(node: object, depth: int = 5) -> bool:
     return False
 
 
-def renormalizes_topk(node: fx.Node) -> bool:
-    """``node`` is ``w / (Σ w [+ ε])`` with ``w`` from a ``topk``: an MoE router's renormalization of its
-    chosen routing weights (see the module docstring). Matched by graph structure only."""
+def _divides_by_own_sum(node: fx.Node, numerator_is: Callable[[fx.Node], bool]) -> bool:
+    """``node`` is ``w / (Σ w [+ ε])``, the divisor a sum of the numerator itself, and ``numerator_is(w)``."""
     if node.op != "call_function" or packet(node.target) not in _DIVISIONS or len(node.args) < 2:
         return False
     numerator, divisor = node.args[0], node.args[1]
     if not isinstance(numerator, fx.Node):
         return False
     summed = _summed(divisor)
-    return summed is not None and _origin(summed) is _origin(numerator) and _from_topk(numerator)
+    return summed is not None and _origin(summed) is _origin(numerator) and numerator_is(numerator)
+
+
+def renormalizes_topk(node: fx.Node) -> bool:
+    """``node`` is ``w / (Σ w [+ ε])`` with ``w`` from a ``topk``: an MoE router's renormalization of its
+    chosen routing weights (see the module docstring). Matched by graph structure only."""
+    return _divides_by_own_sum(node, _from_topk)
 
 
 _SOFTMAXES = frozenset({aten.softmax, aten._softmax, aten._safe_softmax})
@@ -158,13 +164,7 @@ def renormalizes_weights(node: fx.Node) -> bool:
     ``C ← C / (Σ_i C + ε)``, ``C ← C / (Σ_j C + ε)``, alternating). Like the top-k renormalization it is
     homogeneous of degree 0 in ``w`` up to ``ε`` (see :class:`lxt_fx.rules.Renormalize`). A plain
     ``exp(x) / Σ exp(x)`` (a hand-written softmax) does not match: its numerator is not yet a weight."""
-    if node.op != "call_function" or packet(node.target) not in _DIVISIONS or len(node.args) < 2:
-        return False
-    numerator, divisor = node.args[0], node.args[1]
-    if not isinstance(numerator, fx.Node):
-        return False
-    summed = _summed(divisor)
-    return summed is not None and _origin(summed) is _origin(numerator) and _from_weights(numerator)
+    return _divides_by_own_sum(node, _from_weights)
 
 
 def renormalizes(node: fx.Node) -> bool:
