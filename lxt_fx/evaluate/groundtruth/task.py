@@ -130,6 +130,16 @@ class Task(abc.ABC):
         return WEIGHTS / self.name
 
 
+def clipped_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    """One training step: gradients of ``loss`` (the old ones cleared), their global norm clipped to 1, the
+    optimizer's step, then the schedule's."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 def fit_one_cycle(model: nn.Module, steps: int, lr: float, batch_loss: Callable[[], Tensor], *, log: Any = print,
                   name: str = "") -> float:
     """Train ``model`` for ``steps`` AdamW steps (weight decay 0.01) on ``batch_loss()`` — which draws a fresh

@@ -31,7 +31,7 @@ from ...explain import explain, last_positions
 from ...targets import Function
 from .. import baselines
 from .registry import register
-from .task import Sample, Task
+from .task import Sample, Task, clipped_step
 
 PAD, BOS, QUERY, BLANK = 0, 1, 2, 3
 
@@ -212,11 +212,7 @@ class TextTask(Task):
             keep = labels >= 0
             pred, gold = logits[keep], labels[keep]
             loss = nn.functional.cross_entropy(pred, gold)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+            clipped_step(loss, model, optimizer, schedule)
             step += 1
             recent = (recent + [float((pred.argmax(-1) == gold).float().mean())])[-20:]
             if step % 100 == 0:

@@ -43,7 +43,7 @@ from ... import explain as lxt_explain
 from ...modalities import patch_grid
 from ...targets import Similarity
 from .registry import register
-from .task import Sample, Task
+from .task import Sample, Task, clipped_step
 
 SIZE, PATCH, CELL = 32, 4, 8          # image pixels, patch pixels, object cell pixels (2 × 2 patches)
 GRID = SIZE // PATCH                  # 8 × 8 patches
@@ -329,11 +329,7 @@ class RedShapeTask(Task):
             red = torch.rand(self.batch, generator=g) >= self.no_red
             s = self.scenes(self.batch, g, red)
             loss = F.cross_entropy(model(pixel_values=s["pixels"]).logits, s["label"])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            clipped_step(loss, model, opt, sched)
             if (step + 1) % self.log_every == 0:
                 model.eval()
                 acc = float((self.predict(model, held.inputs) == held.target).float().mean())
@@ -591,11 +587,7 @@ class ClipShapes(Task):
             loss = F.binary_cross_entropy_with_logits(out.logits_per_image, labels)
             aid = probe(out.image_embeds * 10.0)
             loss = loss + F.binary_cross_entropy_with_logits(aid, s["present"].reshape(-1, pairs).float())
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            clipped_step(loss, model, opt, sched)
             if (step + 1) % self.log_every == 0:
                 model.eval()
                 acc = float((self.predict(model, held) == match).float().mean())
