@@ -2,6 +2,7 @@
 
     python benchmarks/groundtruth_text_rules.py where TASK [--rows 128] [--model PATH] [--methods attnlrp,cp_lrp,ixg,ig]
     python benchmarks/groundtruth_text_rules.py rules TASK [--rows 128] [--model PATH ...] [--pairs P] [--seed S]
+    python benchmarks/groundtruth_text_rules.py train TASK --seeds 1,2,3 --out DIR
 
 ``where``: per position category (recall: ``<bos>``, ``<?>``, the query key, the queried key and value, the
 other keys and values; trigger-bert: ``[CLS]``, the trigger, the "not", the fillers; copy-t5: the copied
@@ -14,6 +15,10 @@ generic rules, whatever the model's default).
 ``--model`` (a model of the task trained from another seed with ``task.build(seed)``,
 ``task.train(model, seed=seed)`` and ``save_pretrained``: held out while the rules were chosen), paired per
 row against the generic ``attnlrp``. ``--pairs`` changes a recall task's number of pairs (a held-out variant).
+``where`` also takes several ``--model`` folders and prints one table per model.
+
+``train``: the held-out models themselves — ``task.build(seed)`` and ``task.train(model, seed=seed)`` for each
+of ``--seeds``, saved to ``DIR/seed<k>`` (``save_pretrained``), with the training accuracy printed.
 """
 
 from __future__ import annotations
@@ -32,9 +37,28 @@ from lxt_fx.composites.vision import LINEAR_OPS, input_carries_only  # noqa: E40
 from lxt_fx.evaluate import groundtruth as gt  # noqa: E402
 from lxt_fx.evaluate.groundtruth.methods import run_methods  # noqa: E402
 from lxt_fx.evaluate.groundtruth.text import NOT  # noqa: E402
-from lxt_fx.rules import Gamma, Gradient  # noqa: E402
+from lxt_fx.rules import Attention, Gamma, Gradient  # noqa: E402
+from lxt_fx.rules.attention import attention  # noqa: E402
 
 aten = torch.ops.aten
+
+
+class AttentionSplit(Attention):
+    """The fused attention kernel with fixed gradient factors ``(q, k, v)`` (AttnLRP: ``(¼, ¼, ½)``): a
+    candidate split of the softmax's relevance between the query and the key side."""
+
+    def __init__(self, scales: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.scales = scales
+
+    def gxi(self, op, carrying):  # noqa: ANN001, ANN201
+        return attention, {"scales": self.scales}
+
+
+def _split(scales: tuple[float, float, float], name: str) -> Composite:
+    return Composite([(aten.scaled_dot_product_attention, AttentionSplit(scales))]).extend(attnlrp, name=name)
+
+
 CANDIDATES = {
     "attnlrp": attnlrp,
     "cp_lrp": cp_lrp,
@@ -42,6 +66,9 @@ CANDIDATES = {
     "gamma0.25": Composite([((LINEAR_OPS, input_carries_only), Gamma(0.25, 1e-6))]).extend(attnlrp,
                                                                                          name="attnlrp+gamma0.25"),
     "tanh_gradient": Composite([(aten.tanh, Gradient())], name="tanh-gradient").extend(attnlrp),
+    # the softmax's half of a head's relevance all to the keys (query constant) or all to the query
+    "query_constant": _split((0.0, 0.5, 0.5), "attnlrp+query-constant"),
+    "key_constant": _split((0.5, 0.0, 0.5), "attnlrp+key-constant"),
 }
 
 
@@ -109,7 +136,7 @@ def load(task_name: str, path: str | None) -> tuple[torch.nn.Module, gt.Task]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["where", "rules"])
+    p.add_argument("what", choices=["where", "rules", "train"])
     p.add_argument("task")
     p.add_argument("--rows", type=int, default=128)
     p.add_argument("--seed", type=int, default=7)
@@ -117,9 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="attnlrp,cp_lrp,ixg,ig")
     p.add_argument("--candidates", default="attnlrp,cp_lrp,gamma0.25,tanh_gradient")
     p.add_argument("--pairs", type=int, default=0, help="recall tasks: the number of pairs (a held-out variant)")
+    p.add_argument("--seeds", default="1,2", help="train: the training seeds")
+    p.add_argument("--out", default="heldout", help="train: the folder that gets one model per seed")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    paths = [args.model[0] if args.model else None] if args.what == "where" else [None, *args.model]
+    if args.what == "train":
+        task = gt.get(args.task)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            model = task.build(seed)
+            stats = task.train(model, seed=seed, log=lambda *a, **k: None)
+            model.save_pretrained(Path(args.out) / f"seed{seed}")
+            print(f"{args.task} seed {seed}: {stats}", flush=True)
+        return 0
+    paths = (args.model or [None]) if args.what == "where" else [None, *args.model]
     for path in paths:
         model, task = load(args.task, path)
         if args.pairs:
