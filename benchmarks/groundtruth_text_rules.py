@@ -11,8 +11,8 @@ positive relevance per row, and the negative share of ``Σ|R|``. A method is a n
 ``groundtruth.methods.METHODS`` or of a composite (``lxt_fx.composites.named``: ``attnlrp`` is then the
 generic rules, whatever the model's default).
 
-``rules``: mass accuracy of candidate composites (:data:`CANDIDATES`) on the shipped model and on every
-``--model`` (a model of the task trained from another seed with ``task.build(seed)``,
+``rules``: mass and rank accuracy (with ``--abpc`` also the deletion ABPC) of candidate composites
+(:data:`CANDIDATES`) on the shipped model and on every ``--model`` (a model of the task trained from another seed with ``task.build(seed)``,
 ``task.train(model, seed=seed)`` and ``save_pretrained``: held out while the rules were chosen), paired per
 row against the generic ``attnlrp``. ``--pairs`` changes a recall task's number of pairs (a held-out variant).
 ``where`` also takes several ``--model`` folders and prints one table per model.
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="attnlrp,cp_lrp,ixg,ig")
     p.add_argument("--candidates", default="attnlrp,cp_lrp,gamma0.25,tanh_gradient")
     p.add_argument("--pairs", type=int, default=0, help="recall tasks: the number of pairs (a held-out variant)")
+    p.add_argument("--abpc", action="store_true", help="rules: also the paired deletion ABPC (Task.ablate)")
     p.add_argument("--seeds", default="1,2", help="train: the training seeds")
     p.add_argument("--out", default="heldout", help="train: the folder that gets one model per seed")
     args = p.parse_args(argv)
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         sample = task.sample(args.rows, seed=args.seed)
         names = (args.methods if args.what == "where" else args.candidates).split(",")
         maps = {k: maps_of(model, task, sample, k) for k in names}
-        mass = {k: gt.score(v, sample.mask)["mass"].double() for k, v in maps.items()}
+        scores = {k: gt.score(v, sample.mask) for k, v in maps.items()}
+        mass = {k: v["mass"].double() for k, v in scores.items()}
         print(f"\n### {args.task} ({path or 'shipped model'}; {args.rows} rows, seed {args.seed}"
               f"{f', {args.pairs} pairs' if args.pairs else ''})\n")
         if args.what == "where":
@@ -174,13 +176,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {c} | " + " | ".join(f"{float(table[k][c].mean()):.3f}" for k in names) + " |")
             print("| mass | " + " | ".join(f"{float(mass[k].mean()):.3f}" for k in names) + " |")
         else:
-            print("| composite | mass | paired − attnlrp |\n|---|---|---|")
-            ref = mass.get("attnlrp", mass[names[0]])
+            metrics = {"mass": mass, "rank": {k: v["rank"].double() for k, v in scores.items()}}
+            if args.abpc:
+                metrics["ABPC"] = {k: torch.cat([gt.deletion_abpc(model, task, sample.rows(slice(i, i + 128)),
+                                                                   {m: r[i:i + 128] for m, r in v.items()})
+                                                 for i in range(0, len(sample), 128)]).double()
+                                   for k, v in maps.items()}
+            print("| composite | " + " | ".join(f"{m} | paired − attnlrp" for m in metrics) + " |\n|---|"
+                  + "---|---|" * len(metrics))
             se = math.sqrt(args.rows)
-            for k, v in mass.items():
-                d = v - ref
-                print(f"| {k} | {float(v.mean()):.3f} ± {float(v.std() / se):.3f} | "
-                      f"{float(d.mean()):+.3f} ± {float(d.std() / se):.3f} |", flush=True)
+            for k in maps:
+                cells = []
+                for per in metrics.values():
+                    v, d = per[k], per[k] - per.get("attnlrp", per[names[0]])
+                    cells.append(f"{float(v.mean()):.3f} ± {float(v.std() / se):.3f} | "
+                                 f"{float(d.mean()):+.3f} ± {float(d.std() / se):.3f}")
+                print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 
