@@ -95,7 +95,13 @@ def register_defaults() -> None:
     patch's pixels (0.03–0.04 of the mass), CP-LRP's frozen attention costs 0.02–0.03, γ = 0.05 on Linear
     0.003–0.009 (``benchmarks/results/groundtruth_vision.md``). The LXT-style recipe stays selectable:
     ``composite=lxt_fx.composites.vision`` or ``composite="vision"``, or ``register("vit", vision)`` to make
-    it the default again."""
+    it the default again.
+
+    DINOv2 keeps the generic ``attnlrp`` on the same evidence: on ``shapes-dinov2`` Integrated Gradients is
+    ahead by 0.017 (384 rows), the lost mass is far background entering through the classifier's mean over
+    the patch tokens, and no rule tried — γ on the Linear layers, z⁺ / flat / zB on the patch embedding,
+    queries held constant in ``QKᵀ``, CP-LRP — raised the mass on a DINOv2 trained from another seed, held
+    out while choosing (``docs/groundtruth.md``, ``benchmarks/groundtruth_dinov2_rules.py``)."""
     from .dynamic_mask import dynamic_mask
     from .router_constant import router_constant
 
