@@ -9,7 +9,8 @@ rules were chosen), ``--rows`` held-out rows of ``--seed``:
 
 * **where**: the mean share of each map's positive relevance on the evidence cell, on the ring of patches
   around it (background or distractor), on the other distractor cells and on the far background; beside it
-  the negative share of ``Σ|R|``. The classifier of ``Dinov2WithRegistersForImageClassification`` reads
+  the negative share of ``Σ|R|`` and, over the far-background patches, Spearman's ρ between a patch's
+  positive relevance and its pixels' L2 norm (does the relevance follow the texture?). The classifier of ``Dinov2WithRegistersForImageClassification`` reads
   ``[CLS ; mean of the patch tokens]``: its weight is split into the two halves (the other half zeroed, so
   the forward pass up to the logits is unchanged) and each *head path* is explained on its own — LRP's
   backward is linear in the relevance it starts from, so the two maps add up to the full one.
@@ -37,7 +38,8 @@ from lxt_fx.composites import Composite, attnlrp, cp_lrp
 from lxt_fx.composites.vision import CONV_OPS, LINEAR_OPS, input_carries_only
 from lxt_fx.evaluate import groundtruth as gt
 from lxt_fx.evaluate.groundtruth.methods import integrated_gradients
-from lxt_fx.evaluate.groundtruth.vision import cell_mask
+from lxt_fx.evaluate.groundtruth.vision import PATCH, cell_mask
+from lxt_fx.modalities import patch_grid
 from lxt_fx.rules import Gamma
 from lxt_fx.rules.attention import Attention, attention
 from lxt_fx.rules.gamma import ZPlus
@@ -105,6 +107,13 @@ def regions(sample: gt.Sample) -> dict[str, torch.Tensor]:
             "other distractors": distractors & ~ring, "far background": background & ~ring}
 
 
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties broken by position)."""
+    ra, rb = (v.argsort().argsort().double() for v in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-30))
+
+
 def where(model: torch.nn.Module, task: gt.Task, sample: gt.Sample, label: str) -> None:
     maps = {"AttnLRP": maps_of(model, task, sample, attnlrp)["patches"],
             "CP-LRP": maps_of(model, task, sample, cp_lrp)["patches"],
@@ -114,14 +123,17 @@ def where(model: torch.nn.Module, task: gt.Task, sample: gt.Sample, label: str) 
         maps[f"IG, {path}"] = integrated_gradients(m, task, sample, 32)["patches"]
     parts = regions(sample)
     print(f"\n### {label}: where the positive relevance lies (mean share of Σ R⁺ per row)\n")
-    print("| map | " + " | ".join(parts) + " | negative share of Σ\\|R\\| |\n|---|" + "---|" * (len(parts) + 1))
+    print("| map | " + " | ".join(parts) + " | negative share of Σ\\|R\\| | ρ(R⁺, pixel norm), far background |\n|---|"
+          + "---|" * (len(parts) + 2))
+    far = parts["far background"]
+    norm = patch_grid((sample.inputs["pixel_values"].double() ** 2).sum(1), PATCH).sqrt()[far]
     for name, r in maps.items():
         r = r.double()
         pos = r.clamp_min(0)
         total = pos.sum((1, 2)).clamp_min(1e-30)
         cells = [f"{mean_se((pos * m).sum((1, 2)) / total)[0]:.4f}" for m in parts.values()]
         neg = r.clamp_max(0).abs().sum((1, 2)) / r.abs().sum((1, 2)).clamp_min(1e-30)
-        print(f"| {name} | " + " | ".join(cells) + f" | {float(neg.mean()):.3f} |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {float(neg.mean()):.3f} | {spearman(pos[far], norm):+.3f} |")
 
 
 def layers(model: torch.nn.Module, task: gt.Task, sample: gt.Sample, label: str) -> None:
