@@ -18,19 +18,21 @@ rules were chosen), ``--rows`` held-out rows of ``--seed``:
   embeddings and after each layer (``explain(..., capture=...)``), with the share of ``|R|`` on CLS and the
   registers.
 * **rules**: mass accuracy of candidate composites (:data:`CANDIDATES`), paired per row against the generic
-  ``attnlrp``; with ``--vit`` also on the shipped ``shapes-vit``.
+  ``attnlrp``; with ``--vit`` also on the shipped ``shapes-vit``. The two attention candidates are
+  diagnostics (GxI form only): the kernel's gradient factors on (q, k, v) set to ``(0, ½, ½)`` hold the
+  queries constant in ``QKᵀ`` (the weights' half goes to the keys whole), ``(½, 0, ½)`` the keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from groundtruth import mean_se  # benchmarks/groundtruth.py, beside this script
+from groundtruth_text_rules import AttentionSplit  # beside this script: fixed (q, k, v) factors
 from groundtruth_vision import maps_of  # benchmarks/groundtruth_vision.py, beside this script
 
 import lxt_fx
@@ -41,24 +43,9 @@ from lxt_fx.evaluate.groundtruth.methods import integrated_gradients
 from lxt_fx.evaluate.groundtruth.vision import PATCH, cell_mask
 from lxt_fx.modalities import patch_grid
 from lxt_fx.rules import Gamma
-from lxt_fx.rules.attention import Attention, attention
 from lxt_fx.rules.gamma import ZPlus
 
 aten = torch.ops.aten
-
-
-class _Scaled(Attention):
-    """Diagnostic only (GxI form, no explicit form): the attention kernel's gradient factors on (q, k, v)
-    set by hand. ``(0, ½, ½)`` holds the queries constant — ``QKᵀ`` is then linear in the keys and the
-    weight branch's half goes to the keys whole; ``(½, 0, ½)`` holds the keys constant. Both conserve as
-    AttnLRP's ``(¼, ¼, ½)`` does."""
-
-    def __init__(self, scales: tuple[float, float, float]) -> None:
-        super().__init__(through_weights=True)
-        self.scales = scales
-
-    def gxi(self, op: Any, carrying: Sequence[int]) -> tuple[Any, dict[str, Any]]:
-        return attention, {"scales": self.scales}
 
 
 def _on(pattern: Any, rule: Any, name: str) -> Composite:
@@ -72,8 +59,8 @@ CANDIDATES: dict[str, Composite] = {
     "γ = 0.25, every Linear": _on((LINEAR_OPS, input_carries_only), Gamma(0.25, 1e-6), "gamma0.25"),
     "γ = 0.25, MLP Linear": _on((LINEAR_OPS, input_carries_only, "MLP"), Gamma(0.25, 1e-6), "gamma0.25-mlp"),
     "γ = 1, MLP Linear": _on((LINEAR_OPS, input_carries_only, "MLP"), Gamma(1.0, 1e-6), "gamma1-mlp"),
-    "queries constant: q, k, v = 0, ½, ½": _on(aten.scaled_dot_product_attention, _Scaled((0.0, 0.5, 0.5)), "q-const"),
-    "keys constant: q, k, v = ½, 0, ½": _on(aten.scaled_dot_product_attention, _Scaled((0.5, 0.0, 0.5)), "k-const"),
+    "queries constant: q, k, v = 0, ½, ½": _on(aten.scaled_dot_product_attention, AttentionSplit((0.0, 0.5, 0.5)), "q-const"),
+    "keys constant: q, k, v = ½, 0, ½": _on(aten.scaled_dot_product_attention, AttentionSplit((0.5, 0.0, 0.5)), "k-const"),
     "CP-LRP (attention constant)": cp_lrp,
 }
 

@@ -33,11 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lxt_fx.composites import Composite, attnlrp, cp_lrp, named, router_constant  # noqa: E402
+from lxt_fx.composites.patterns import AnyOf  # noqa: E402
 from lxt_fx.composites.vision import LINEAR_OPS, input_carries_only  # noqa: E402
 from lxt_fx.evaluate import groundtruth as gt  # noqa: E402
 from lxt_fx.evaluate.groundtruth.methods import run_methods  # noqa: E402
 from lxt_fx.evaluate.groundtruth.text import NOT  # noqa: E402
-from lxt_fx.rules import Attention, Gamma, Gradient  # noqa: E402
+from lxt_fx.ops import SOFTMAX  # noqa: E402
+from lxt_fx.rules import Attention, Gamma, Gradient, Stop  # noqa: E402
 from lxt_fx.rules.attention import attention  # noqa: E402
 
 aten = torch.ops.aten
@@ -59,6 +61,13 @@ def _split(scales: tuple[float, float, float], name: str) -> Composite:
     return Composite([(aten.scaled_dot_product_attention, AttentionSplit(scales))]).extend(attnlrp, name=name)
 
 
+def _constant_in(modules: str, name: str) -> Composite:
+    """CP-LRP's attention rule (the weights constant: the fused kernel's ``through_weights=False``, an eager
+    softmax stopped) in the attention modules whose path matches the glob ``modules``; AttnLRP elsewhere."""
+    return Composite([((aten.scaled_dot_product_attention, modules), Attention(through_weights=False)),
+                      ((AnyOf(*SOFTMAX), modules), Stop())]).extend(attnlrp, name=name)
+
+
 CANDIDATES = {
     "attnlrp": attnlrp,
     "cp_lrp": cp_lrp,
@@ -69,6 +78,10 @@ CANDIDATES = {
     # the softmax's half of a head's relevance all to the keys (query constant) or all to the query
     "query_constant": _split((0.0, 0.5, 0.5), "attnlrp+query-constant"),
     "key_constant": _split((0.5, 0.0, 0.5), "attnlrp+key-constant"),
+    # CP-LRP's attention rule in one kind of T5 attention only, AttnLRP's elsewhere
+    "cp_cross": _constant_in("*EncDecAttention*", "attnlrp+cp-cross"),
+    "cp_encoder_self": _constant_in("encoder.*SelfAttention*", "attnlrp+cp-encoder-self"),
+    "cp_decoder_self": _constant_in("decoder.*SelfAttention*", "attnlrp+cp-decoder-self"),
 }
 
 
