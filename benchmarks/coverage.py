@@ -534,6 +534,7 @@ class Row:
     verdict_reason: str = ""
     input_share: float | None = None  # zero-bias mode: input ΣR / score
     check_seconds: float = 0.0
+    verdict_dtype: str = ""  # "float64": the verdict of the float64 re-check (:func:`recheck_float64`)
 
     @property
     def covered(self) -> bool:
@@ -883,15 +884,52 @@ def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: A
 
     start = time.perf_counter()
     try:
-        report = check(model, check_inputs(model, call), composite=composite, target=target, zero_bias=True)
+        inputs = check_inputs(model, call)
+        report = check(model, inputs, composite=composite, target=target, zero_bias=True)
         verdict = report.verdict
         row.verified, row.verdict, row.verdict_reason = verdict.verified, verdict.status, verdict.reason
         zero = report.zero_bias
         row.input_share = zero.input_sum / zero.score if zero.score else None
     except Exception as exc:  # noqa: BLE001 - a check that fails is a row's verdict, not a crash
         row.verified, row.verdict, row.verdict_reason = False, "check failed", f"check: {_short(exc)}"
+    if row.verdict == SCORE_NEAR_ZERO:
+        try:
+            recheck_float64(row, model, inputs, composite, target)
+        except Exception as exc:  # noqa: BLE001 - the float32 verdict stands, with why the re-check failed
+            row.verdict_reason += f"; float64 re-check failed: {_short(exc)}"
     row.check_seconds = time.perf_counter() - start
     row.seconds += row.check_seconds
+    return row
+
+
+SCORE_NEAR_ZERO = "score ~0"
+# The rounding floor of a float64 bookkeeping: ATOL (a float32 floor, ~100 float32 ulps of Σ|R|) scaled by the
+# ratio of the two machine epsilons, 2⁻⁵² / 2⁻²³ = 2⁻²⁹ (the same ~100 ulps, of float64).
+FLOAT64_ATOL = ATOL * torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
+
+
+def recheck_float64(row: Row, model: Any, inputs: dict[str, Any], composite: Any, target: Any) -> Row:
+    """Re-check a family whose float32 verdict is ``score ~0`` in float64: the zero-bias books of a copy of
+    the model and of the float inputs in float64 (same weights, same rules, same target), judged by the same
+    relative bound ``RTOL·|score|`` with the rounding floor of float64, :data:`FLOAT64_ATOL`.
+
+    ``score ~0`` means the float32 floor ``ATOL·Σ|R|`` exceeds 1 % of ``|score|``: the tiny random-init model's
+    relevance cancels (Σ|R| ≫ |score|), so float32 rounding could hide a leak of the size the check must
+    catch, and it cannot judge. In float64 the floor is 2⁻²⁹ of that, the check judges, and the row takes its
+    verdict (``verdict_dtype`` ``float64``, the float32 reason kept). The sweep's model, never the library's:
+    ``lxt_fx.check`` itself is unchanged."""
+    import copy
+
+    from lxt_fx.check import check
+
+    wide = copy.deepcopy(model).to(torch.float64)
+    wide_inputs = {k: v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                   for k, v in inputs.items()}
+    report = check(wide, wide_inputs, composite=composite, target=target, zero_bias=True)
+    verdict = report.zero_bias.verdict(atol=FLOAT64_ATOL)
+    float32 = row.verdict_reason
+    row.verified, row.verdict, row.verdict_dtype = verdict.verified, verdict.status, "float64"
+    row.verdict_reason = f"float64 re-check: {verdict.reason} (float32: {float32})"
     return row
 
 
@@ -1007,6 +1045,11 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     row.verified, row.verdict, row.verdict_reason = verdict.verified, verdict.status, verdict.reason
     zero = report.zero_bias
     row.input_share = zero.input_sum / zero.score if zero.score else None
+    if verdict.status == SCORE_NEAR_ZERO:
+        try:
+            recheck_float64(row, checked, checked_call, composite, target)
+        except Exception as exc:  # noqa: BLE001 - the float32 verdict stands, with why the re-check failed
+            row.verdict_reason += f"; float64 re-check failed: {_short(exc)}"
     row.check_seconds = time.perf_counter() - start
     try:
         with composite.context(checked), torch.no_grad():
@@ -1133,6 +1176,7 @@ def totals(rows: list[Row]) -> dict[str, Any]:
         "finite": sum(bool(r.finite) for r in captured),
         "verified": sum(r.is_verified for r in captured),
         "verified_pct": 100.0 * sum(r.is_verified for r in captured) / len(captured) if captured else math.nan,
+        "verified_float64": sum(r.is_verified and r.verdict_dtype == "float64" for r in captured),
         "timeouts": sum("timeout" in r.error or r.verdict == "check timeout" for r in rows),
         "not_run": sum(r.verdict == NOT_RUN for r in rows),
         "seconds": sum(r.seconds for r in rows),
@@ -1170,7 +1214,8 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"- relevance finite: {t['finite']} of {t['captured']}",
         f"- **verified** (zero unhandled ops and the zero-bias books close, `lxt_fx.check`): "
         f"**{t['verified']}** of {t['captured']} captured = **{t['verified_pct']:.1f} %** "
-        f"(goal ≥ 90 %: {'met' if t['verified_pct'] >= 90 else '**not met**'})",
+        f"(goal ≥ 90 %: {'met' if t['verified_pct'] >= 90 else '**not met**'}); of these, by the float64 "
+        f"re-check of a float32 \"score ~0\": {t['verified_float64']}",
         f"- timeouts: {t['timeouts']}",
         "",
         f"Verified: `lxt_fx.check` in zero-bias mode (biases and ε zeroed in a copy of the graph) on the same "
@@ -1178,7 +1223,10 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"relevance, plus the telescoping residual, is at most {RTOL:g}·|score| + {ATOL:g}·Σ|R| (Σ|R|: the "
         f"largest over the cuts — a rounding floor for scores near 0). Meant to absorb: the softmax rule's bias "
         f"term, position/token-type embeddings, other constants added or concatenated (masks, CLS tokens), "
-        f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge.",
+        f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge; such a "
+        f"family is re-checked in float64 (a copy of the model and inputs; the same rules, target and relative "
+        f"bound, the floor {FLOAT64_ATOL:.2g}·Σ|R| of float64's precision) and its row takes that verdict, "
+        f"marked \"float64 re-check\".",
         "",
     ]
     if gaps:
@@ -1201,7 +1249,7 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         captured = "not built" if not r.built else "not run" if r.verdict == NOT_RUN else _mark(r.captured)
         unhandled = "–" if not r.explained else (
             ", ".join(f"`{op}`×{n}" for op, n in sorted(r.unhandled.items())) or "0")
-        note = "; ".join(x for x in (r.error, "" if r.verified else r.verdict_reason) if x)
+        note = "; ".join(x for x in (r.error, "" if r.verified and not r.verdict_dtype else r.verdict_reason) if x)
         note = note.replace("|", "\\|").replace("\n", " ")
         verified = "–" if r.verified is None else ("yes" if r.verified else f"**{r.verdict or 'no'}**")
         note = r.error if r.verdict == NOT_RUN else note
