@@ -17,9 +17,10 @@ forward equal (the model called inside ``composite.context`` gives the untouched
 finite, **verified** (``lxt_fx.check`` in zero-bias mode on the same inputs and target: the books close — the
 gap between the input sum and the score is all absorbed by the softmax rule, constants and the target
 function, and nothing else gains or loses more than ``RTOL·|score| + ATOL·Σ|R|``, see
-:meth:`lxt_fx.check.conservation.Conservation.verdict`), and seconds. Each family runs in a forked child
-process with a timeout, so a hang or a crash costs one row. A by-mapping table counts each family under the
-first mapping that lists it.
+:meth:`lxt_fx.check.conservation.Conservation.verdict`; a family whose float32 books cannot be judged,
+``score ~0``, is re-checked in float64 by :func:`recheck_float64`, and its row says so), and seconds. Each
+family runs in a forked child process with a timeout, so a hang or a crash costs one row. A by-mapping table
+counts each family under the first mapping that lists it.
 
 Inputs per task: token ids for the text tasks (image-text-to-text: text only, the image side is not fed);
 pixels for image classification; for :data:`CHECKED_TASKS` (zero-shot image classification: pixels and
