@@ -904,21 +904,34 @@ def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: A
 
 
 SCORE_NEAR_ZERO = "score ~0"
-# The rounding floor of a float64 bookkeeping: ATOL (a float32 floor, ~100 float32 ulps of Σ|R|) scaled by the
-# ratio of the two machine epsilons, 2⁻⁵² / 2⁻²³ = 2⁻²⁹ (the same ~100 ulps, of float64).
-FLOAT64_ATOL = ATOL * torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
+
+
+def path_precision(model: Any, inputs: dict[str, Any], composite: Any) -> torch.dtype:
+    """The least precise float dtype among the values on the relevance path of ``model``'s rewritten graph
+    for ``inputs`` (the graph ``lxt_fx.check`` just used: cached). A float64 model whose own code computes a
+    part in float32 (``x.float()`` inside a norm) has float32 there."""
+    from lxt_fx.session import rewritten_graph, split_inputs
+
+    tensors, static = split_inputs(model, inputs)
+    graph = rewritten_graph(model, composite, {k: v.detach() for k, v in tensors.items()}, static)
+    values = [n.meta.get("val") for n in graph.module.graph.nodes if n.name in graph.plan.on_path]
+    dtypes = {v.dtype for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=torch.float64)
 
 
 def recheck_float64(row: Row, model: Any, inputs: dict[str, Any], composite: Any, target: Any) -> Row:
     """Re-check a family whose float32 verdict is ``score ~0`` in float64: the zero-bias books of a copy of
     the model and of the float inputs in float64 (same weights, same rules, same target), judged by the same
-    relative bound ``RTOL·|score|`` with the rounding floor of float64, :data:`FLOAT64_ATOL`.
+    relative bound ``RTOL·|score|`` with the rounding floor of the precision the relevance path ran in.
 
     ``score ~0`` means the float32 floor ``ATOL·Σ|R|`` exceeds 1 % of ``|score|``: the tiny random-init model's
     relevance cancels (Σ|R| ≫ |score|), so float32 rounding could hide a leak of the size the check must
-    catch, and it cannot judge. In float64 the floor is 2⁻²⁹ of that, the check judges, and the row takes its
-    verdict (``verdict_dtype`` ``float64``, the float32 reason kept). The sweep's model, never the library's:
-    ``lxt_fx.check`` itself is unchanged."""
+    catch, and it cannot judge. The floor is ``ATOL`` (~100 float32 ulps of Σ|R|) scaled by the machine
+    epsilon of the least precise value on the relevance path (:func:`path_precision`) over float32's, never
+    above ``ATOL``: 2⁻⁵² / 2⁻²³ = 2⁻²⁹ when the whole path is float64, and ``ATOL`` itself — no gain — where the
+    model's own code computes part of it in float32. The row takes the re-check's verdict (``verdict_dtype``
+    ``float64``, the float32 reason kept). The sweep's model, never the library's: ``lxt_fx.check`` itself is
+    unchanged."""
     import copy
 
     from lxt_fx.check import check
@@ -927,10 +940,13 @@ def recheck_float64(row: Row, model: Any, inputs: dict[str, Any], composite: Any
     wide_inputs = {k: v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                    for k, v in inputs.items()}
     report = check(wide, wide_inputs, composite=composite, target=target, zero_bias=True)
-    verdict = report.zero_bias.verdict(atol=FLOAT64_ATOL)
+    lowest = path_precision(wide, wide_inputs, composite)
+    atol = ATOL * min(1.0, torch.finfo(lowest).eps / torch.finfo(torch.float32).eps)
+    verdict = report.zero_bias.verdict(atol=atol)
     float32 = row.verdict_reason
     row.verified, row.verdict, row.verdict_dtype = verdict.verified, verdict.status, "float64"
-    row.verdict_reason = f"float64 re-check: {verdict.reason} (float32: {float32})"
+    path = "" if lowest == torch.float64 else f", relevance path in part {str(lowest).removeprefix('torch.')}"
+    row.verdict_reason = f"float64 re-check{path}: {verdict.reason} (float32: {float32})"
     return row
 
 
@@ -1226,8 +1242,9 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"term, position/token-type embeddings, other constants added or concatenated (masks, CLS tokens), "
         f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge; such a "
         f"family is re-checked in float64 (a copy of the model and inputs; the same rules, target and relative "
-        f"bound, the floor {FLOAT64_ATOL:.2g}·Σ|R| of float64's precision) and its row takes that verdict, "
-        f"marked \"float64 re-check\".",
+        f"bound; the floor scaled to the least precise value on the relevance path: "
+        f"{ATOL * torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps:.2g}·Σ|R| where all of it is "
+        f"float64) and its row takes that verdict, marked \"float64 re-check\".",
         "",
     ]
     if gaps:

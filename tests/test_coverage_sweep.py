@@ -316,22 +316,24 @@ def test_a_zero_initialized_layer_is_drawn(coverage) -> None:
 class _Cancelling(torch.nn.Module):
     """``a(x) − b(x)`` with ``b`` within 1e-4 of ``a``: a score ~1e-4 of Σ|R|, as a tiny random-init model's
     cancelling relevance gives (float32's rounding floor then exceeds 1 % of the score); with ``leak`` also
-    ``+ d(silu(x))``, ``d`` scaled by ``leak``."""
+    ``+ d(silu(x))``, ``d`` scaled by ``leak``; with ``cast``, the difference taken in float32 (``.float()``, as norms write it)."""
 
-    def __init__(self, leak: float = 0.0) -> None:
+    def __init__(self, leak: float = 0.0, cast: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.a = torch.nn.Linear(16, 4, bias=False)
         self.b = torch.nn.Linear(16, 4, bias=False)
         self.d = torch.nn.Linear(16, 4, bias=False)
-        self.leak = leak
+        self.leak, self.cast = leak, cast
         with torch.no_grad():
             self.b.weight.copy_(self.a.weight + 1e-4 * torch.randn(4, 16))
             self.d.weight.mul_(leak)
 
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        y = self.a(inputs_embeds) - self.b(inputs_embeds)
-        return y + self.d(torch.nn.functional.silu(inputs_embeds)) if self.leak else y
+        x = inputs_embeds
+        # with cast, the difference in float32 (what a float64 copy then still computes in float32)
+        y = self.a(x).float() - self.b(x).float() if self.cast else self.a(x) - self.b(x)
+        return y + self.d(torch.nn.functional.silu(x)) if self.leak else y
 
 
 def _cancelling_inputs() -> dict[str, torch.Tensor]:
@@ -349,7 +351,7 @@ def test_float64_recheck_judges_what_float32_cannot(coverage) -> None:
     row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
     coverage.recheck_float64(row, model, inputs, lxt_fx.attnlrp, None)
     assert row.verified and row.verdict == "closes" and row.verdict_dtype == "float64", row.verdict_reason
-    assert "float32: score ~0" in row.verdict_reason
+    assert "float32: score ~0" in row.verdict_reason and "in part" not in row.verdict_reason
     assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was widened, not the model
     wide = _Cancelling().double().eval()
     x = inputs["inputs_embeds"].double().requires_grad_(True)
@@ -379,3 +381,17 @@ def test_float64_recheck_still_catches_a_leak(coverage) -> None:
     row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
     coverage.recheck_float64(row, model, inputs, composite, None)
     assert not row.verified and row.verdict == "gain", row.verdict_reason
+
+
+def test_float64_recheck_gains_nothing_where_the_model_computes_in_float32(coverage) -> None:
+    """``x.float()`` inside the forward keeps the relevance path float32 in the float64 copy: the re-check
+    keeps float32's floor and cannot judge either."""
+    import lxt_fx
+
+    model, inputs = _Cancelling(cast=True).eval(), _cancelling_inputs()
+    first = lxt_fx.check(model, inputs, zero_bias=True).verdict
+    assert first.status == coverage.SCORE_NEAR_ZERO, first.reason
+    row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
+    coverage.recheck_float64(row, model, inputs, lxt_fx.attnlrp, None)
+    assert not row.verified and row.verdict == coverage.SCORE_NEAR_ZERO, row.verdict_reason
+    assert "relevance path in part float32" in row.verdict_reason
