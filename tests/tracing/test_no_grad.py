@@ -84,8 +84,9 @@ def test_the_rerouted_graph_has_the_model_gradient() -> None:
 
 def test_the_books_close_through_the_gate() -> None:
     """Zero-bias conservation: the gate's relevance reaches the input through its rules, booked on edges
-    (without the reroute, the plain gradient through the alias adds relevance at ``h`` that no edge carries:
-    a gain, Dots3-Note's 5.5e-3 of the score)."""
+    (without the reroute, the plain gradient through the alias reaches ``h`` on no edge, and the books of the
+    op making ``h`` do not balance: an unexplained loss there, 5.4e-2 of the score here, 5.5e-3 at
+    Dots3-Note's input norm)."""
     report = lxt_fx.check(IndexedGate().eval(), _inputs(), zero_bias=True)
     assert report.verdict.verified, report.verdict.reason
     zero = report.zero_bias
