@@ -17,9 +17,10 @@ forward equal (the model called inside ``composite.context`` gives the untouched
 finite, **verified** (``lxt_fx.check`` in zero-bias mode on the same inputs and target: the books close — the
 gap between the input sum and the score is all absorbed by the softmax rule, constants and the target
 function, and nothing else gains or loses more than ``RTOL·|score| + ATOL·Σ|R|``, see
-:meth:`lxt_fx.check.conservation.Conservation.verdict`), and seconds. Each family runs in a forked child
-process with a timeout, so a hang or a crash costs one row. A by-mapping table counts each family under the
-first mapping that lists it.
+:meth:`lxt_fx.check.conservation.Conservation.verdict`; a family whose float32 books cannot be judged,
+``score ~0``, is re-checked in float64 by :func:`recheck_float64`, and its row says so), and seconds. Each
+family runs in a forked child process with a timeout, so a hang or a crash costs one row. A by-mapping table
+counts each family under the first mapping that lists it.
 
 Inputs per task: token ids for the text tasks (image-text-to-text: text only, the image side is not fed);
 pixels for image classification; for :data:`CHECKED_TASKS` (zero-shot image classification: pixels and
@@ -534,6 +535,7 @@ class Row:
     verdict_reason: str = ""
     input_share: float | None = None  # zero-bias mode: input ΣR / score
     check_seconds: float = 0.0
+    verdict_dtype: str = ""  # "float64": the verdict of the float64 re-check (:func:`recheck_float64`)
 
     @property
     def covered(self) -> bool:
@@ -883,15 +885,68 @@ def verify(row: Row, model: Any, call: dict[str, Any], composite: Any, target: A
 
     start = time.perf_counter()
     try:
-        report = check(model, check_inputs(model, call), composite=composite, target=target, zero_bias=True)
+        inputs = check_inputs(model, call)
+        report = check(model, inputs, composite=composite, target=target, zero_bias=True)
         verdict = report.verdict
         row.verified, row.verdict, row.verdict_reason = verdict.verified, verdict.status, verdict.reason
         zero = report.zero_bias
         row.input_share = zero.input_sum / zero.score if zero.score else None
     except Exception as exc:  # noqa: BLE001 - a check that fails is a row's verdict, not a crash
         row.verified, row.verdict, row.verdict_reason = False, "check failed", f"check: {_short(exc)}"
+    if row.verdict == SCORE_NEAR_ZERO:
+        try:
+            recheck_float64(row, model, inputs, composite, target)
+        except Exception as exc:  # noqa: BLE001 - the float32 verdict stands, with why the re-check failed
+            row.verdict_reason += f"; float64 re-check failed: {_short(exc)}"
     row.check_seconds = time.perf_counter() - start
     row.seconds += row.check_seconds
+    return row
+
+
+SCORE_NEAR_ZERO = "score ~0"
+
+
+def path_precision(model: Any, inputs: dict[str, Any], composite: Any) -> torch.dtype:
+    """The least precise float dtype among the values on the relevance path of ``model``'s rewritten graph
+    for ``inputs`` (the graph ``lxt_fx.check`` just used: cached). A float64 model whose own code computes a
+    part in float32 (``x.float()`` inside a norm) has float32 there."""
+    from lxt_fx.session import rewritten_graph, split_inputs
+
+    tensors, static = split_inputs(model, inputs)
+    graph = rewritten_graph(model, composite, {k: v.detach() for k, v in tensors.items()}, static)
+    values = [n.meta.get("val") for n in graph.module.graph.nodes if n.name in graph.plan.on_path]
+    dtypes = {v.dtype for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=torch.float64)
+
+
+def recheck_float64(row: Row, model: Any, inputs: dict[str, Any], composite: Any, target: Any) -> Row:
+    """Re-check a family whose float32 verdict is ``score ~0`` in float64: the zero-bias books of a copy of
+    the model and of the float inputs in float64 (same weights, same rules, same target), judged by the same
+    relative bound ``RTOL·|score|`` with the rounding floor of the precision the relevance path ran in.
+
+    ``score ~0`` means the float32 floor ``ATOL·Σ|R|`` exceeds 1 % of ``|score|``: the tiny random-init model's
+    relevance cancels (Σ|R| ≫ |score|), so float32 rounding could hide a leak of the size the check must
+    catch, and it cannot judge. The floor is ``ATOL`` (~100 float32 ulps of Σ|R|) scaled by the machine
+    epsilon of the least precise value on the relevance path (:func:`path_precision`) over float32's, never
+    above ``ATOL``: 2⁻⁵² / 2⁻²³ = 2⁻²⁹ when the whole path is float64, and ``ATOL`` itself — no gain — where the
+    model's own code computes part of it in float32. The row takes the re-check's verdict (``verdict_dtype``
+    ``float64``, the float32 reason kept). The sweep's model, never the library's: ``lxt_fx.check`` itself is
+    unchanged."""
+    import copy
+
+    from lxt_fx.check import check
+
+    wide = copy.deepcopy(model).to(torch.float64)
+    wide_inputs = {k: v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                   for k, v in inputs.items()}
+    report = check(wide, wide_inputs, composite=composite, target=target, zero_bias=True)
+    lowest = path_precision(wide, wide_inputs, composite)
+    atol = ATOL * min(1.0, torch.finfo(lowest).eps / torch.finfo(torch.float32).eps)
+    verdict = report.zero_bias.verdict(atol=atol)
+    float32 = row.verdict_reason
+    row.verified, row.verdict, row.verdict_dtype = verdict.verified, verdict.status, "float64"
+    path = "" if lowest == torch.float64 else f", relevance path in part {str(lowest).removeprefix('torch.')}"
+    row.verdict_reason = f"float64 re-check{path}: {verdict.reason} (float32: {float32})"
     return row
 
 
@@ -1007,6 +1062,11 @@ def _check_family(row: Row, model: Any, call: dict[str, Any], plain: torch.Tenso
     row.verified, row.verdict, row.verdict_reason = verdict.verified, verdict.status, verdict.reason
     zero = report.zero_bias
     row.input_share = zero.input_sum / zero.score if zero.score else None
+    if verdict.status == SCORE_NEAR_ZERO:
+        try:
+            recheck_float64(row, checked, checked_call, composite, target)
+        except Exception as exc:  # noqa: BLE001 - the float32 verdict stands, with why the re-check failed
+            row.verdict_reason += f"; float64 re-check failed: {_short(exc)}"
     row.check_seconds = time.perf_counter() - start
     try:
         with composite.context(checked), torch.no_grad():
@@ -1133,6 +1193,7 @@ def totals(rows: list[Row]) -> dict[str, Any]:
         "finite": sum(bool(r.finite) for r in captured),
         "verified": sum(r.is_verified for r in captured),
         "verified_pct": 100.0 * sum(r.is_verified for r in captured) / len(captured) if captured else math.nan,
+        "verified_float64": sum(r.is_verified and r.verdict_dtype == "float64" for r in captured),
         "timeouts": sum("timeout" in r.error or r.verdict == "check timeout" for r in rows),
         "not_run": sum(r.verdict == NOT_RUN for r in rows),
         "seconds": sum(r.seconds for r in rows),
@@ -1170,7 +1231,8 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"- relevance finite: {t['finite']} of {t['captured']}",
         f"- **verified** (zero unhandled ops and the zero-bias books close, `lxt_fx.check`): "
         f"**{t['verified']}** of {t['captured']} captured = **{t['verified_pct']:.1f} %** "
-        f"(goal ≥ 90 %: {'met' if t['verified_pct'] >= 90 else '**not met**'})",
+        f"(goal ≥ 90 %: {'met' if t['verified_pct'] >= 90 else '**not met**'}); of these, by the float64 "
+        f"re-check of a float32 \"score ~0\": {t['verified_float64']}",
         f"- timeouts: {t['timeouts']}",
         "",
         f"Verified: `lxt_fx.check` in zero-bias mode (biases and ε zeroed in a copy of the graph) on the same "
@@ -1178,7 +1240,11 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         f"relevance, plus the telescoping residual, is at most {RTOL:g}·|score| + {ATOL:g}·Σ|R| (Σ|R|: the "
         f"largest over the cuts — a rounding floor for scores near 0). Meant to absorb: the softmax rule's bias "
         f"term, position/token-type embeddings, other constants added or concatenated (masks, CLS tokens), "
-        f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge.",
+        f"the target's own function. \"score ~0\": the floor exceeds 1 % of |score|, so it cannot judge; such a "
+        f"family is re-checked in float64 (a copy of the model and inputs; the same rules, target and relative "
+        f"bound; the floor scaled to the least precise value on the relevance path: "
+        f"{ATOL * torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps:.2g}·Σ|R| where all of it is "
+        f"float64) and its row takes that verdict, marked \"float64 re-check\".",
         "",
     ]
     if gaps:
@@ -1201,7 +1267,7 @@ def render(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         captured = "not built" if not r.built else "not run" if r.verdict == NOT_RUN else _mark(r.captured)
         unhandled = "–" if not r.explained else (
             ", ".join(f"`{op}`×{n}" for op, n in sorted(r.unhandled.items())) or "0")
-        note = "; ".join(x for x in (r.error, "" if r.verified else r.verdict_reason) if x)
+        note = "; ".join(x for x in (r.error, "" if r.verified and not r.verdict_dtype else r.verdict_reason) if x)
         note = note.replace("|", "\\|").replace("\n", " ")
         verified = "–" if r.verified is None else ("yes" if r.verified else f"**{r.verdict or 'no'}**")
         note = r.error if r.verdict == NOT_RUN else note

@@ -311,3 +311,87 @@ def test_a_zero_initialized_layer_is_drawn(coverage) -> None:
     assert coverage.draw_zero_layers(model) == ["1"]
     assert torch.equal(model[0].weight, kept) and model[1].weight.all()
     assert 0.005 < float(model[1].weight.std()) < 0.06
+
+
+class _Cancelling(torch.nn.Module):
+    """``a(x) − b(x)`` with ``b`` within 1e-4 of ``a``: a score ~1e-4 of Σ|R|, as a tiny random-init model's
+    cancelling relevance gives (float32's rounding floor then exceeds 1 % of the score); with ``leak`` also
+    ``+ d(silu(x))``, ``d`` scaled by ``leak``; with ``cast``, the difference taken in float32 (``.float()``, as norms write it)."""
+
+    def __init__(self, leak: float = 0.0, cast: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(16, 4, bias=False)
+        self.b = torch.nn.Linear(16, 4, bias=False)
+        self.d = torch.nn.Linear(16, 4, bias=False)
+        self.leak, self.cast = leak, cast
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight + 1e-4 * torch.randn(4, 16))
+            self.d.weight.mul_(leak)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        x = inputs_embeds
+        # with cast, the difference in float32 (what a float64 copy then still computes in float32)
+        y = self.a(x).float() - self.b(x).float() if self.cast else self.a(x) - self.b(x)
+        return y + self.d(torch.nn.functional.silu(x)) if self.leak else y
+
+
+def _cancelling_inputs() -> dict[str, torch.Tensor]:
+    return {"inputs_embeds": 10 * torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(2))}
+
+
+def test_float64_recheck_judges_what_float32_cannot(coverage) -> None:
+    """A linear model's books close exactly: float32 cannot judge (score ~0), the float64 re-check closes,
+    and its float64 relevance is the explicit ``x ⊙ (W_a − W_b)ᵀ e_t`` at the target logit."""
+    import lxt_fx
+
+    model, inputs = _Cancelling().eval(), _cancelling_inputs()
+    first = lxt_fx.check(model, inputs, zero_bias=True).verdict
+    assert first.status == coverage.SCORE_NEAR_ZERO, first.reason
+    row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
+    coverage.recheck_float64(row, model, inputs, lxt_fx.attnlrp, None)
+    assert row.verified and row.verdict == "closes" and row.verdict_dtype == "float64", row.verdict_reason
+    assert "float32: score ~0" in row.verdict_reason and "in part" not in row.verdict_reason
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was widened, not the model
+    wide = _Cancelling().double().eval()
+    x = inputs["inputs_embeds"].double().requires_grad_(True)
+    with lxt_fx.attnlrp.context(wide):
+        logits = wide(inputs_embeds=x)[:, -1]
+        target = logits.argmax(-1)
+        logits.gather(1, target[:, None]).sum().backward()
+    with torch.no_grad():
+        w = (wide.a.weight - wide.b.weight)[target]
+        explicit = x[:, -1] * w  # the relevance of a bias-free linear map, exactly
+    torch.testing.assert_close((x * x.grad)[:, -1], explicit, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close((x * x.grad)[:, -1].sum(-1), logits.gather(1, target[:, None])[:, 0].detach(),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_float64_recheck_still_catches_a_leak(coverage) -> None:
+    """A SiLU without its identity rule (plain gradient) gains 3 % of the score: float32 cannot see it under
+    its floor (score ~0), the float64 re-check does."""
+    import lxt_fx
+    from lxt_fx.composites import Composite
+
+    model, inputs = _Cancelling(leak=1e-3).eval(), _cancelling_inputs()
+    composite = Composite([(p, r) for p, r in lxt_fx.attnlrp.entries if type(r).__name__ != "Identity"],
+                          name="no-identity")
+    first = lxt_fx.check(model, inputs, composite=composite, zero_bias=True).verdict
+    assert first.status == coverage.SCORE_NEAR_ZERO, first.reason
+    row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
+    coverage.recheck_float64(row, model, inputs, composite, None)
+    assert not row.verified and row.verdict == "gain", row.verdict_reason
+
+
+def test_float64_recheck_gains_nothing_where_the_model_computes_in_float32(coverage) -> None:
+    """``x.float()`` inside the forward keeps the relevance path float32 in the float64 copy: the re-check
+    keeps float32's floor and cannot judge either."""
+    import lxt_fx
+
+    model, inputs = _Cancelling(cast=True).eval(), _cancelling_inputs()
+    first = lxt_fx.check(model, inputs, zero_bias=True).verdict
+    assert first.status == coverage.SCORE_NEAR_ZERO, first.reason
+    row = coverage.Row("toy", verdict=first.status, verdict_reason=first.reason)
+    coverage.recheck_float64(row, model, inputs, lxt_fx.attnlrp, None)
+    assert not row.verified and row.verdict == coverage.SCORE_NEAR_ZERO, row.verdict_reason
+    assert "relevance path in part float32" in row.verdict_reason

@@ -38,6 +38,7 @@ from .disk_cache import store as store_captured
 from .errors import CaptureError, LXTError, capture_hint, failing_location
 from .guards import InputSpec, spec_of
 from .modes import eval_semantics
+from .no_grad import reroute_passthrough
 from .offload import Placeholders, device_map_key, opened, placeholders
 from .quantized import dequantizing
 from .spliced import shape_keyed
@@ -150,11 +151,16 @@ class CapturedGraph:
 
     def module(self) -> torch.fx.GraphModule:
         """A fresh, unrewritten ``GraphModule`` sharing the model's parameters, its nodes named canonically
-        (:func:`~.stamp.canonical`): the same graph whether exported in full, stamped or read from disk."""
+        (:func:`~.stamp.canonical`): the same graph whether exported in full, stamped or read from disk. A
+        no-grad region's output that is one of its inputs itself is read from that input
+        (:func:`~.no_grad.reroute_passthrough`)."""
         if self.build is not None:
-            return self.build()
-        assert self.program is not None
-        return canonical(self.program.module())
+            gm = self.build()
+        else:
+            assert self.program is not None
+            gm = canonical(self.program.module())
+        reroute_passthrough(gm)
+        return gm
 
 
 def fingerprint(model: nn.Module) -> tuple:

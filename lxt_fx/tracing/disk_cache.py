@@ -77,7 +77,8 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
 
 
 def _source_digest(classes: Sequence[type]) -> str:
-    files = {str(_HERE / name) for name in ("capture.py", "graph_codec.py", "disk_cache.py", "blocks.py", "stamp.py")}
+    files = {str(_HERE / name) for name in ("capture.py", "graph_codec.py", "disk_cache.py", "blocks.py", "stamp.py",
+                                       "no_grad.py")}
     for cls in classes:
         try:
             files.add(inspect.getsourcefile(cls) or "")
