@@ -12,7 +12,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from .common import PROG, Parser, pop_debug, run_guarded
-from .process import collect_rarely, exit_now
+from .process import exit_now, pause_collection
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The ``lxt-fx`` process: :func:`main` on ``sys.argv[1:]``, then exit with its status. The process
-    collects cyclic garbage rarely and ends without freeing its heap object by object (:mod:`.process`:
-    about two seconds of a warm ``lxt-fx explain``); the output is the same as :func:`main`'s."""
-    collect_rarely()
+    """The ``lxt-fx`` process: :func:`main` on ``sys.argv[1:]``, then exit with its status. The garbage
+    collector stays off until the model is loaded, and the process ends without freeing its heap object by
+    object (:mod:`.process`: about two seconds of a warm ``lxt-fx explain``); the output is :func:`main`'s."""
+    pause_collection()
     exit_now(main())
 
 

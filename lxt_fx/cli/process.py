@@ -3,17 +3,18 @@
 A run of ``lxt-fx`` builds a large heap that lives until the process ends: torch, transformers, the model and
 its captured graph — millions of objects. The interpreter spends seconds on that heap that buy nothing here:
 
-* **collecting it while it is built.** The cyclic garbage collector scans the whole old generation again each
-  time it has grown by a quarter, and importing torch and transformers grows it many times over.
-  :func:`collect_rarely` collects a hundred times less often (``gc.set_threshold``; young cyclic garbage
-  is still collected, every ``GC_YOUNG`` allocations, so a long run does not grow without bound).
+* **scanning it for garbage while it is built.** The cyclic garbage collector scans the whole old generation
+  again each time it has grown by a quarter, and importing torch and transformers grows it many times over.
+  :func:`pause_collection` stops the collector at the start; :func:`resume_collection`, once the model is
+  loaded, freezes the heap built so far (``gc.freeze``: never scanned again, the few cycles it holds stay)
+  and collects again at the usual thresholds, so a long run (a dataset, an index) does not grow unbounded.
 * **freeing it object by object at exit.** :func:`exit_now` runs the ``atexit`` handlers (logging flushes,
   temporary folders, ``weakref.finalize``), flushes standard output and error, and ends the process with
   ``os._exit`` — the operating system takes the memory back at once. When another thread is still alive
   (which a normal exit would wait for), it exits normally instead.
 
-Only :func:`lxt_fx.cli.entry.run`, the process entry, calls them: :func:`lxt_fx.cli.main` (what tests and
-other programs call) changes nothing about the interpreter.
+Only :func:`lxt_fx.cli.entry.run`, the process entry, pauses and exits so: under :func:`lxt_fx.cli.main`
+(what tests and other programs call) :func:`resume_collection` does nothing and nothing changes.
 """
 
 from __future__ import annotations
@@ -25,15 +26,25 @@ import sys
 import threading
 from typing import NoReturn
 
-# Allocations between two collections of the youngest generation (the interpreter's default is 700).
-GC_YOUNG = 70_000
+_paused = False
 
 
-def collect_rarely() -> None:
-    """Collect cyclic garbage every :data:`GC_YOUNG` net allocations instead of every 700 (the older
-    generations' thresholds stay as they are, so full scans of the long-lived heap become as rare)."""
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, middle, old)
+def pause_collection() -> None:
+    """Stop the cyclic garbage collector until :func:`resume_collection` (when it runs at all)."""
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
+
+
+def resume_collection() -> None:
+    """The startup is over (the model is loaded): when :func:`pause_collection` stopped the collector, freeze
+    the heap built so far and collect again (see the module docstring); else nothing."""
+    global _paused
+    if _paused:
+        gc.freeze()
+        gc.enable()
+        _paused = False
 
 
 def exit_now(code: int) -> NoReturn:

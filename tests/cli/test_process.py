@@ -1,5 +1,6 @@
-"""The ``lxt-fx`` process (lxt_fx.cli.process): garbage collected rarely, and an exit that runs the ``atexit``
-handlers and flushes the output but skips the teardown — unless another thread is still alive."""
+"""The ``lxt-fx`` process (lxt_fx.cli.process): no garbage collection until the model is loaded, then the heap
+frozen and collection on; an exit that runs the ``atexit`` handlers and flushes the output but skips the
+teardown — unless another thread is still alive."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lxt_fx.cli.process import GC_YOUNG, collect_rarely
+from lxt_fx.cli import process
 
 SCRIPT = """
 import atexit, sys, threading, time
@@ -48,10 +49,19 @@ def test_exit_now_with_another_thread_alive_exits_normally(tmp_path: Path) -> No
     assert files == {"atexit", "thread", "teardown"}  # the thread was waited for, the heap torn down
 
 
-def test_collect_rarely_raises_only_the_young_threshold() -> None:
-    before = gc.get_threshold()
+def test_collection_is_paused_until_resumed_and_untouched_otherwise() -> None:
+    assert gc.isenabled()
+    process.resume_collection()  # not paused by the process entry (a test, a program calling main): nothing
+    assert gc.isenabled() and gc.get_freeze_count() == 0
     try:
-        collect_rarely()
-        assert gc.get_threshold() == (GC_YOUNG, *before[1:]) and gc.isenabled()
+        process.pause_collection()
+        assert not gc.isenabled()
+        cycle: list = []
+        cycle.append(cycle)
+        process.resume_collection()
+        assert gc.isenabled() and gc.get_freeze_count() > 0  # the startup heap is frozen, collection is on
+        process.resume_collection()  # once only
+        assert gc.isenabled()
     finally:
-        gc.set_threshold(*before)
+        gc.enable()
+        gc.unfreeze()
