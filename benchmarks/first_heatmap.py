@@ -21,6 +21,15 @@ closer of the two to what an idle one gives). ``1b`` is a random-weight LLaMA sh
 its prompt is 8 seeded random ids. ``tiny``: a 2-block random LLaMA (smoke runs). ``--repeats`` runs the
 cold/warm pair that many times (each with a new empty folder) and reports the median per step.
 Results: ``benchmarks/results/first_heatmap.md`` (``--out``).
+
+``--cli-baseline DIR`` compares only the warm CLI of this tree with the tree in DIR (e.g. ``git worktree add
+DIR main``, or ``git archive main | tar -x -C DIR``): each tree gets its own cache folder, filled by one
+untimed run, then ``--repeats`` interleaved rounds (baseline, this tree, and the floor under both: a fresh
+process that only imports torch, and one that imports torch and what transformers needs to load a LLaMA);
+medians of wall and CPU seconds and their ratios to the baseline, with the load average
+(``benchmarks/results/first_heatmap_cli.md``, ``--out``).
+
+    python benchmarks/first_heatmap.py --models smollm2 --threads 1 --cli-baseline /tmp/main --repeats 7
 """
 
 from __future__ import annotations
@@ -103,12 +112,13 @@ def run_child(name: str, folder: Path, threads: int) -> dict[str, float]:
     return row
 
 
-def run_cli(name: str, folder: Path, threads: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``lxt-fx explain --model NAME --prompt PROMPT`` in a fresh process."""
+def run_cli(name: str, folder: Path, threads: int, root: Path = ROOT) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``lxt-fx explain --model NAME --prompt PROMPT`` in a fresh process, with the
+    ``lxt_fx`` of the tree ``root``."""
     cpu, start = _cpu(), time.perf_counter()
+    env = {**_env(folder, threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "lxt_fx.cli", "explain", "--model", name, "--prompt", PROMPT,
-                           "--threads", str(threads)], env=_env(folder, threads), capture_output=True, text=True,
-                          cwd=ROOT)
+                           "--threads", str(threads)], env=env, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"lxt-fx explain --model {name} failed:\n{done.stderr[-3000:]}")
@@ -132,17 +142,80 @@ def measure(name: str, threads: int, repeats: int) -> dict[str, Any]:
     return {"rows": med, "cli": cli_median}
 
 
+# What every warm `lxt-fx explain --model smollm2` must import before it can load the model (with the garbage
+# collector off, as the lxt-fx process has it until the model is loaded): the floor under the CLI rows.
+FLOORS = {
+    "floor: import torch": "import torch",
+    "floor: import torch, transformers (LLaMA)": "import torch; from transformers import AutoModelForCausalLM, "
+                                                   "AutoTokenizer; import transformers.models.llama.modeling_llama",
+}
+
+
+def run_floor(code: str, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of a fresh ``python -c CODE`` with the garbage collector off."""
+    cpu, start = _cpu(), time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", f"import gc; gc.disable(); {code}"],
+                          env=_env(Path(tempfile.gettempdir()), threads), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{code} failed:\n{done.stderr[-3000:]}")
+    return wall, _cpu() - cpu
+
+
+def compare_cli(names: list[str], baseline: Path, threads: int, repeats: int, out: Path) -> None:
+    """The warm CLI of the tree ``baseline`` against this tree: interleaved pairs, medians, ratios."""
+    load_before = os.getloadavg()
+    lines = ["# Warm `lxt-fx explain`: this tree against a baseline tree (fresh process per run)", "",
+             f"Made by `benchmarks/first_heatmap.py --cli-baseline` (its docstring says how). CPU, {threads} torch "
+             f"thread(s), median of {repeats} interleaved rounds after one untimed run per tree; {os.cpu_count()} "
+             f"cores, load average (1, 5, 15 min) {tuple(round(x, 1) for x in load_before)} before and "
+             "{after} after. Seconds.", "",
+             "| model | tree | wall | CPU (user + sys) | wall ratio | CPU ratio |", "|---|---|---:|---:|---:|---:|"]
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="lxt-fx-cli-") as tmp:
+            folders = {"baseline": Path(tmp) / "baseline", "this tree": Path(tmp) / "this"}
+            roots = {"baseline": baseline, "this tree": ROOT}
+            for tree in roots:  # fills each tree's model and capture caches
+                run_cli(name, folders[tree], threads, roots[tree])
+            got: dict[str, list[tuple[float, float]]] = {tree: [] for tree in (*roots, *FLOORS)}
+            for _ in range(repeats):
+                for tree in roots:
+                    got[tree].append(run_cli(name, folders[tree], threads, roots[tree]))
+                for floor, code in FLOORS.items():
+                    got[floor].append(run_floor(code, threads))
+        med = {tree: (statistics.median(w for w, _ in rows), statistics.median(c for _, c in rows))
+               for tree, rows in got.items()}
+        base = med["baseline"]
+        for tree, (wall, cpu) in med.items():
+            print(f"{name:12s} {tree:9s} warm {wall:.2f}s wall {cpu:.2f}s CPU "
+                  f"(all: {', '.join(f'{w:.2f}/{c:.2f}' for w, c in got[tree])})", flush=True)
+            lines.append(f"| {name} | {tree} | {wall:.2f} | {cpu:.2f} | {wall / base[0]:.2f} | {cpu / base[1]:.2f} |")
+    after = tuple(round(x, 1) for x in os.getloadavg())
+    lines[2] = lines[2].replace("{after}", str(after))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=["smollm2", "gemma3-270m", "1b"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "first_heatmap.md")
+    parser.add_argument("--cli-baseline", type=Path, default=None, metavar="DIR",
+                        help="compare only the warm CLI with the lxt-fx tree in DIR")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.threads)
         return
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.cli_baseline is not None:
+        compare_cli(args.models, args.cli_baseline.resolve(), args.threads, args.repeats,
+                    args.out or results_dir / "first_heatmap_cli.md")
+        return
+    args.out = args.out or results_dir / "first_heatmap.md"
     sys.path.insert(0, str(ROOT))
     from lxt_fx import models
 

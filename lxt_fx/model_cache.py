@@ -2,10 +2,11 @@
 
 Where: ``<capture cache folder>/models/<name>-<digest>/`` — the folder of :func:`lxt_fx.tracing.disk_cache.cache_dir`
 (``$LXT_FX_CACHE``, else ``~/.cache/lxt-fx``; ``off``, ``0`` or empty turns both caches off and every load
-builds the model afresh). One folder per built-in name, dtype and source: the digest is the SHA-256 of the
-key (the name, the dtype, the installed versions of the model's packages and of torch, transformers, gguf,
+builds the model afresh). One folder per built-in name, dtype and source: the digest is the SHA-256 of the folder
+format and the key (the name, the dtype, the installed versions of the model's packages and of torch, transformers, gguf,
 tokenizers and lxt-fx, and the size and modification time of every file of the model's packages). A folder
-holds the weights as the first load built them (``model.safetensors``, e.g. SmolLM2's dequantized GGUF), the
+holds the weights as the first load built them (``model.safetensors``, e.g. SmolLM2's dequantized GGUF; a tied
+tensor once, under the name ``from_pretrained`` reads it by), the
 config without the GGUF loader's ``quantization_config`` (the weights in it are plain tensors), the generation
 config, the tokenizer's files, and ``manifest.json``: the key and every other file's size and SHA-256.
 
@@ -33,7 +34,7 @@ from typing import Any
 from torch import nn
 
 MAGIC = "lxt-fx model"
-FORMAT = 1
+FORMAT = 2  # 2: a tied tensor is stored under the tie's source name (weights())
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 _CHUNK = 1 << 22
@@ -70,8 +71,9 @@ def models_dir() -> Path | None:
 
 
 def folder_for(directory: Path, name: str, key: dict[str, Any]) -> Path:
-    """The folder of the built-in model ``name`` under ``key`` in ``directory``: ``<name>-<sha256 of key>``."""
-    return directory / f"{name}-{_sha(json.dumps(key, sort_keys=True))[:32]}"
+    """The folder of the built-in model ``name`` under ``key`` in ``directory``: ``<name>-<sha256 of the key and
+    the folder format>`` (a folder of an older format is another folder: rebuilt once, the old one removed)."""
+    return directory / f"{name}-{_sha(json.dumps({'format': FORMAT, 'key': key}, sort_keys=True))[:32]}"
 
 
 def problem(folder: Path, key: dict[str, Any]) -> str | None:
@@ -135,9 +137,9 @@ def _restore_verified(folder: Path, listed: dict[str, Any],
 
 def write(model: nn.Module, tokenizer: Any, folder: Path) -> None:
     """The files of ``model`` and ``tokenizer`` in the empty ``folder``: weights (safetensors, tied tensors
-    once), config (without ``quantization_config``: the weights are plain tensors), generation config and the
-    tokenizer's own files."""
-    from safetensors.torch import save_model
+    once, under the name transformers loads them by: :func:`weights`), config (without
+    ``quantization_config``: the weights are plain tensors), generation config and the tokenizer's own files."""
+    from safetensors.torch import save_file
 
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
@@ -146,9 +148,22 @@ def write(model: nn.Module, tokenizer: Any, folder: Path) -> None:
     generation = getattr(model, "generation_config", None)
     if generation is not None and getattr(model, "can_generate", lambda: False)():
         generation.save_pretrained(folder)
-    save_model(model, str(folder / WEIGHTS), metadata={"format": "pt"})
+    save_file(weights(model), str(folder / WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+
+
+def weights(model: nn.Module) -> dict[str, Any]:
+    """``model``'s state dict with each tied tensor once, under the name ``from_pretrained`` reads it by (the
+    tie's source, e.g. ``model.embed_tokens.weight``, not ``lm_head.weight``: a file holding only the tied
+    name makes ``from_pretrained`` initialize the source at random before tying it, a wasted pass over the
+    embedding on every load); transformers' own rule (``save_pretrained``'s) picks the name."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    state = model.state_dict()
+    if hasattr(model, "all_tied_weights_keys"):  # a transformers model
+        state = remove_tied_weights_from_state_dict(state, model)
+    return {name: t.contiguous() for name, t in state.items()}
 
 
 def _manifest(folder: Path, key: dict[str, Any]) -> dict[str, Any]:

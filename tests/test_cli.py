@@ -81,6 +81,34 @@ def test_explain_writes_every_output(tiny: Path, tmp_path: Path) -> None:
         assert "matplotlib" in done.stderr
 
 
+def test_the_process_explains_bit_identically_to_explain_in_process(tiny: Path, tmp_path: Path) -> None:
+    """``python -m lxt_fx.cli explain`` (the process entry: rare garbage collection, exit without teardown),
+    cold and then warm from the capture cache it wrote, gives the relevance, target and score of
+    ``lxt_fx.explain`` in this process on an uncached export, bit for bit."""
+    import torch
+
+    from lxt_fx import explain, models
+
+    prompts = ["the capital of france is", "a b c"]
+    env = {**ENV, "LXT_FX_CACHE": str(tmp_path / "cache")}
+    rows = []
+    for run in ("cold", "warm"):
+        done = subprocess.run([sys.executable, "-m", "lxt_fx.cli", "explain", "--model", str(tiny), "--prompt",
+                               prompts[0], "--prompt", prompts[1], "--json", f"{run}.json"], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=240, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        rows.append(json.loads((tmp_path / f"{run}.json").read_text())["rows"])
+    assert len(list((tmp_path / "cache").glob("*.lxtcap"))) == 1  # the warm run read what the cold one wrote
+    model, tokenizer = models.load(str(tiny))
+    att = explain(model, prompts, tokenizer=tokenizer)  # LXT_FX_CACHE is off in the suite: a fresh export
+    for got in rows:
+        for i, row in enumerate(got):
+            keep = att.kept(i)
+            assert row["input_ids"] == att.input_ids[i][keep].tolist()
+            assert torch.equal(torch.tensor(row["relevance"], dtype=att.relevance.dtype), att.relevance[i][keep])
+            assert (row["target_id"], row["target_score"]) == (int(att.target_ids[i]), float(att.target_scores[i]))
+
+
 def test_generate_explains_the_span_and_each_token(tiny: Path, tmp_path: Path) -> None:
     done = lxt_fx("generate", "--model", str(tiny), "--prompt", "the capital of", "--max-new-tokens", "3",
                   "--per-token", "--json", str(tmp_path / "g.json"), "--html", str(tmp_path / "g.html"))
@@ -200,7 +228,8 @@ def test_console_entry_point_is_declared() -> None:
     found = [ep for ep in entry_points(group="console_scripts") if ep.name == "lxt-fx"]
     if not found:
         pytest.skip("lxt-fx is not installed as a distribution (pip install -e .)")
-    assert found[0].value == "lxt_fx.cli:main"
+    # the process entry (an install made before it existed declares main, which does the same but slower)
+    assert found[0].value in ("lxt_fx.cli:run", "lxt_fx.cli:main") and callable(found[0].load())
 
 
 # ---- every failure is one line, whatever raised it; --debug shows the traceback ---------------------------

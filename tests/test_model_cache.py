@@ -87,6 +87,30 @@ def test_another_key_is_another_folder(cache: Path) -> None:
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1  # the older key's folder goes
 
 
+def test_a_tied_tensor_is_stored_once_under_the_name_it_is_loaded_by(cache: Path) -> None:
+    """A model whose output embedding is its input embedding: the file holds the tensor once, under the tie's
+    source name (a file with only ``lm_head.weight`` makes from_pretrained draw the embedding at random before
+    tying it); read back, the two are one tensor again and the logits are the built model's, exactly."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    def build():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(WORDS) + 4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+        built.append((AutoModelForCausalLM.from_config(config).eval(), word_tokenizer(WORDS)))
+        return built[-1]
+
+    built: list = []
+    model, tokenizer = model_cache.load("tied", KEY, build, restore)
+    assert built[0][0].lm_head.weight is built[0][0].model.embed_tokens.weight
+    with safe_open(only_folder(cache) / model_cache.WEIGHTS, "pt") as f:
+        names = set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(logits(model, tokenizer), logits(*built[0]))
+
+
 def _flip_one_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01

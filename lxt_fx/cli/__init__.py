@@ -11,12 +11,12 @@ target that is not one token, any :class:`~lxt_fx.LXTError`, …), 1 when a requ
 written (e.g. no LaTeX engine for ``--pdf``) or for an unexpected failure (its type is named). ``--debug``
 (anywhere on the command line) prints the traceback before that line.
 
-The entry point is :mod:`.entry` (:func:`main`), the steps the sub-commands share (the one-line errors,
+The entry point is :mod:`.entry` (:func:`main`; the process runs :func:`run`), the steps the sub-commands share (the one-line errors,
 loading a model, writing outputs) are :mod:`.common`; each sub-command is one module: ``explain``,
 ``generate``, ``check``, ``evaluate``, ``attribute_dataset``, ``index_features``, ``neuron``, ``circuit``.
 """
 
 from .common import CLIError, load_model, run_guarded, standalone_main, target_argument
-from .entry import build_parser, main
+from .entry import build_parser, main, run
 
-__all__ = ["CLIError", "build_parser", "load_model", "main", "run_guarded", "standalone_main", "target_argument"]
+__all__ = ["CLIError", "build_parser", "load_model", "main", "run", "run_guarded", "standalone_main", "target_argument"]

@@ -1,7 +1,5 @@
 """``python -m lxt_fx.cli``: the same as the ``lxt-fx`` command."""
 
-import sys
+from .entry import run
 
-from .entry import main
-
-sys.exit(main())
+run()

@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+from .process import resume_collection
+
 PROG = "lxt-fx"
 DEFAULT_MODEL = "smollm2"
 
@@ -148,6 +150,7 @@ def _load(name: str, status: Console) -> tuple[Any, Any]:
     try:
         with status.status(f"[bold]loading {name} …"), _quiet_hf():
             model, tokenizer = load(name)
+        resume_collection()  # the startup is over (lxt-fx's own process paused the garbage collector)
     except NotCausalLMError as exc:
         raise CLIError(str(exc), "explain it from Python with lxt_fx.explain (see the message); the sub-commands "
                        "take causal LMs") from exc

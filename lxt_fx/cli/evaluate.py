@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..tracing.errors import LXTError
+from .process import resume_collection
 
 PERTURBATIONS = ("zero", "pad", "unk", "mask")
 
@@ -156,6 +157,7 @@ def _run(args: argparse.Namespace, console: object) -> int:
         torch.set_num_threads(args.threads)
     console.print(f"loading {args.model} …")
     model, tokenizer = load(args.model)
+    resume_collection()  # the startup is over (lxt-fx's own process paused the garbage collector)
     kind = "cloze" if isinstance(items[0], data_mod.ClozeItem) else "passages"
     if kind == "cloze":
         examples, skipped = data_mod.encode_cloze(items, tokenizer, args.limit)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .graph_codec import CodecError, constants_bytes, constants_from, decode, encode, same_graph
+from .graph_codec import CodecError, constants_bytes, constants_from, decode, encode, same_graph, still_bound
 from .guards import InputSpec
 
 ENV = "LXT_FX_CACHE"
@@ -197,15 +197,32 @@ def load(entry: nn.Module, key: dict[str, Any]) -> Stored | None:
             raise CodecError("its checksum does not match its content (corrupt or truncated)")
         data = json.loads(zlib.decompress(payload))
         constants = constants_from(data["constants"])
-        decode(data["graph"], entry, constants)  # binds and checks every referenced tensor now
+        checked = decode(data["graph"], entry, constants)  # binds and checks every referenced tensor now
         output_class = _class_from(data["output_class"])
         output_keys = tuple(str(k) for k in data["output_keys"])
         guards = InputSpec.from_json(data["guards"])
     except (CodecError, ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         _warn(f"capture cache file {path} ignored: {exc}; capturing afresh")
         return None
-    return Stored(lambda: decode(data["graph"], entry, constants), output_class, output_keys, path,
+    return Stored(_builder(data["graph"], entry, constants, checked), output_class, output_keys, path,
                   time.perf_counter() - start, guards)
+
+
+def _builder(graph: dict[str, Any], entry: nn.Module, constants: dict[str, torch.Tensor],
+             checked: fx.GraphModule) -> Callable[[], fx.GraphModule]:
+    """``build()`` of a stored capture: a fresh ``GraphModule`` per call. The first call hands out ``checked``,
+    the module :func:`load` decoded to check the file, when it still reads the model's own tensors
+    (:func:`~.graph_codec.still_bound`: then it is what a new decode gives), so a capture read from disk is
+    decoded once; every other call decodes afresh."""
+    unused = [checked]
+
+    def build() -> fx.GraphModule:
+        if unused and still_bound(unused[0], graph, entry):
+            return unused.pop()
+        unused.clear()
+        return decode(graph, entry, constants)
+
+    return build
 
 
 def store(entry: nn.Module, key: dict[str, Any], gm: fx.GraphModule, output_class: type | None,

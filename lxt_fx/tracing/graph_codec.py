@@ -302,6 +302,13 @@ def decode(data: Mapping[str, Any], live: nn.Module, constants: Mapping[str, Ten
     return gm
 
 
+def still_bound(gm: fx.GraphModule, data: Mapping[str, Any], live: nn.Module) -> bool:
+    """Whether ``gm``, decoded from ``data`` against ``live``, still reads ``live``'s own tensors: every
+    parameter and buffer the data references by name is the very object ``live`` holds under that name now
+    (what :func:`decode` would bind again)."""
+    return all(_attr(gm, target) is _attr(live, target) for target, spec in data["attrs"].items() if "live" in spec)
+
+
 def _dec_attr(target: str, spec: Mapping[str, Any], live: nn.Module, constants: Mapping[str, Tensor]) -> Any:
     if "graph" in spec:
         return decode(spec["graph"], nn.Module(), constants)

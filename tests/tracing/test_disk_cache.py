@@ -233,3 +233,34 @@ def test_a_graph_from_disk_keeps_the_export_input_constraints(cache) -> None:
             again = capture(model, {"inputs_embeds": short})
             assert again.source == source and again.admits({"inputs_embeds": short}) is None
             torch.testing.assert_close(again.module()({"inputs_embeds": short})["output"], model(short))
+
+
+def test_a_graph_from_disk_is_decoded_once_and_bound_to_the_live_tensors(cache, monkeypatch) -> None:
+    """The module the loader decoded to check the file is the first one handed out (one decode per read), while
+    it reads the model's own tensors; a later module is a new decode, and one after a tensor was swapped binds
+    the new tensor, exactly as a fresh decode does. The reference: the eager model."""
+    from lxt_fx.tracing import graph_codec
+    from lxt_fx.tracing.capture import capture
+
+    torch.manual_seed(0)
+    capture(_Threshold().eval(), {"inputs_embeds": torch.randn(2, 6, 4)})  # writes the file
+    decodes = []
+    real = disk_cache.decode
+    monkeypatch.setattr(disk_cache, "decode", lambda *a: decodes.append(real(*a)) or decodes[-1])
+    x = torch.randn(2, 6, 4)
+    for swap in (False, True):
+        model = _Threshold().eval()
+        captured = capture(model, {"inputs_embeds": x})
+        assert captured.source == "disk" and len(decodes) == 1
+        if swap:  # a new parameter object under the same name, between the read and the first module
+            model.proj.weight = torch.nn.Parameter(torch.randn_like(model.proj.weight))
+        first = captured.module()
+        assert (first is decodes[0]) is not swap and len(decodes) == 1 + swap
+        assert first.get_parameter("model.proj.weight") is model.proj.weight
+        second = captured.module()
+        assert second is decodes[-1] and second is not first and len(decodes) == 2 + swap
+        assert graph_codec.same_graph(first, second) is None
+        with torch.no_grad():
+            for gm in (first, second):
+                torch.testing.assert_close(gm({"inputs_embeds": x})["output"], model(x), rtol=0, atol=0)
+        decodes.clear()
