@@ -336,6 +336,7 @@ def main() -> None:
                         + ", ".join(ABLATIONS))
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the tables of these runs' .json files "
                         "(the same model and components, different tasks) as one result at --out")
+    parser.add_argument("--cost-from", metavar="JSON", help="with --merge: the cost table of this run's .json")
     parser.add_argument("--out", default=None, help="results path without suffix (default "
                         "benchmarks/results/circuits[_<model>][_denoise])")
     args = parser.parse_args()
@@ -385,7 +386,8 @@ def _merge(args: argparse.Namespace) -> str:
     for path in args.merge:
         saved = json.loads(Path(path).read_text())
         meta = meta or saved["meta"]
-        if saved["meta"] != meta:
+        if {k: v for k, v in saved["meta"].items() if k != "command"} != {k: v for k, v in meta.items()
+                                                                          if k != "command"}:
             raise SystemExit(f"{path}: another model, pair count, direction or head layers than {args.merge[0]}")
         for task in saved["scores"]:
             results[task] = {"components": [tuple(c) for c in saved["components"][task]],
@@ -393,9 +395,13 @@ def _merge(args: argparse.Namespace) -> str:
                              "seconds": saved["seconds"][task], "pairs": saved["pairs"][task]}
         cost = cost or saved["cost"]
         total += saved["total_s"]
+    commands = [_saved_command(path) for path in args.merge]
+    if args.cost_from:
+        cost = json.loads(Path(args.cost_from).read_text())["cost"]
+        commands.append(_saved_command(args.cost_from) + " (the cost table)")
     args.pairs, args.direction = meta["pairs"], meta["direction"]
     return _write(args, meta["model"], set(meta["head_layers"]), meta["layers"], results, cost, total,
-                  "; ".join(_saved_command(path) for path in args.merge))
+                  "`; `".join(commands))
 
 
 def _saved_command(path: str) -> str:
