@@ -12,9 +12,11 @@ Measured with ``benchmarks/circuits.py`` on SmolLM2-135M, 50 prompt pairs per ta
 with activation patching over the MLP outputs of all 30 layers; ``benchmarks/results/circuits_ablation.md``):
 on IOI, where the variant was chosen, 0.835 → 0.967; on the held-out tasks capitals 0.829 → 0.939,
 greater-than 0.684 → 0.848, subject–verb agreement 0.601 → 0.670. Heads move by at most 0.025 (IOI 0.982 →
-0.957), the residual stream by at most 0.032 (IOI 0.964 → 0.996). It stays below AtP on MLP outputs except in
-agreement (AtP: 0.917, 0.983, 0.973, 0.597). It is a patching estimate, not LRP: the relevance it implies is not
-conserved through attention, so the default of every entry point stays AttnLRP.
+0.957), the residual stream by at most 0.032 (IOI 0.964 → 0.996). On MLP outputs it passes AtP on IOI and
+agreement and stays below it on capitals and greater-than (AtP: 0.917, 0.983, 0.973, 0.597). On Gemma-3-270M
+(20 pairs) MLP outputs go 0.871 → 0.888 (IOI) and 0.770 → 0.916 (greater-than), heads 0.894 → 0.939 and
+0.842 → 0.750. It is a patching estimate, not LRP: the relevance it implies is not conserved through attention,
+so the default of every entry point stays AttnLRP.
 """
 
 from __future__ import annotations
