@@ -4,7 +4,10 @@
     python benchmarks/circuits.py --pairs 12 --head-layers 0,5,10,15,20,25
     python benchmarks/circuits.py --cost                # also: the whole table for all heads and MLPs, one pair
     python benchmarks/circuits.py --tiny --pairs 2      # a random tiny LLaMA: a smoke run, seconds
-    python benchmarks/circuits.py --ablate --pairs 8 --head-layers 0,6,12,18,24   # after a run: which rule
+    python benchmarks/circuits.py --model gemma3-270m --pairs 20          # Gemma-3-270M, every head
+    python benchmarks/circuits.py --direction denoise                     # clean values into the corrupted run
+    python benchmarks/circuits.py --ablate --pairs 50 --head-layers 0,6,12,18,24   # after a run: which rule
+    python benchmarks/circuits.py --ablate --tasks fact --variants attention ...   # one variant, another task
 
 Tasks (synthetic pairs, same token length for clean and corrupted, metric a logit difference):
 
@@ -14,16 +17,18 @@ Tasks (synthetic pairs, same token length for clean and corrupted, metric a logi
   digit minus the mean of those below; corrupted: YY → 01.
 * ``agree`` (subject–verb agreement): "The N in the P" → " is" vs " are"; corrupted: N → its plural.
 
-Per pair, in the noising direction: RelP and AtP (one forward on each input, one backward) and activation
-patching (one forward per component, batched) for the MLP output of every layer, the heads of
+Per pair, in the noising direction (or ``--direction denoise``): RelP and AtP (one forward on each input, one
+backward) and activation patching (one forward per component, batched) for the MLP output of every layer, the heads of
 ``--head-layers`` and the residual stream after every layer at the last position. Per task and component type:
 Pearson and Spearman of RelP and of AtP against activation patching over components, the scores averaged over
-the pairs (the patching of the pairs' mean metric), with a 95 % bootstrap interval over pairs; the top-k
-overlap of ``|score|``; the wall time of each method per pair. Results: ``benchmarks/results/circuits.{md,json}``.
+the pairs (the patching of the pairs' mean metric), with a 95 % bootstrap interval over pairs; the Pearson
+correlation within each pair, its mean and standard error over pairs; the top-k overlap of ``|score|``; the
+wall time of each method per pair. Results: ``benchmarks/results/circuits[_gemma3][_denoise].{md,json}``.
 
-``--ablate`` reads the IOI activation-patching scores of the last run (``circuits.json``) and recomputes RelP on
-the same pairs with AttnLRP's rules for one op family at a time replaced by the plain gradient (attention,
-the gated-MLP and other products, the norms): which rule moves RelP away from activation patching.
+``--ablate`` reads the activation-patching scores of the last run (``circuits.json``; IOI unless ``--tasks``) and
+recomputes RelP on the same pairs with AttnLRP's rules for one op family at a time replaced by the plain
+gradient (attention, the gated-MLP and other products, the norms): which rule moves RelP away from activation
+patching. Results: ``circuits_ablation.md``.
 """
 
 from __future__ import annotations
@@ -159,7 +164,18 @@ def summarize(est: torch.Tensor, truth: torch.Tensor, k: int, boots: int, seed: 
         draws = draws[~draws.isnan()]
         lo, hi = (float(draws.quantile(0.025)), float(draws.quantile(0.975))) if len(draws) else (float("nan"),) * 2
         out[name] = [value, lo, hi]
+    out["pair_pearson"] = per_pair_pearson(est, truth)
     return out
+
+
+def per_pair_pearson(est: torch.Tensor, truth: torch.Tensor) -> list[float]:
+    """Pearson over components within each pair (rows of ``[pairs, components]``): ``[mean, standard error,
+    pairs]``, the pairs where either side is constant left out."""
+    values = torch.tensor([pearson(e, t) for e, t in zip(est, truth, strict=True)], dtype=torch.float64)
+    values = values[~values.isnan()]
+    if len(values) < 2:
+        return [float(values.mean()) if len(values) else float("nan"), float("nan"), float(len(values))]
+    return [float(values.mean()), float(values.std() / len(values) ** 0.5), float(len(values))]
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -170,19 +186,26 @@ def _components(all_comps: list[Component], head_layers: set[int], length: int) 
             or (c.kind == "resid" and c.position == length - 1)]
 
 
+def _pair_components(model: Any, tokenizer: Any, pair: tuple[Any, Any, Any], head_layers: set[int]
+                     ) -> list[Component]:
+    clean, corrupt, target = pair
+    listed = patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
+                      components=("heads", "mlp", "resid"), methods=())
+    length = max(c.position for c in listed.components if c.kind == "resid") + 1
+    return _components(listed.components, head_layers, length)
+
+
 def run_task(model: Any, tokenizer: Any, task: str, pairs: list[tuple[Any, Any, Any]], head_layers: set[int],
-             batch: int) -> dict[str, Any]:
+             batch: int, direction: str = "noise") -> dict[str, Any]:
     rows: dict[str, list[torch.Tensor]] = {"relp": [], "atp": [], "activation": []}
     seconds: dict[str, list[float]] = {"relp": [], "atp": [], "activation": []}
     comps = None
     for i, (clean, corrupt, target) in enumerate(pairs):
-        listed = patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
-                          components=("heads", "mlp", "resid"), methods=())
-        length = max(c.position for c in listed.components if c.kind == "resid") + 1
-        keep = _components(listed.components, head_layers, length)
-        est = patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=keep)
+        keep = _pair_components(model, tokenizer, (clean, corrupt, target), head_layers)
+        est = patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=keep,
+                       direction=direction)
         ap = activation_patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=keep,
-                                 batch_size=batch)
+                                 batch_size=batch, direction=direction)
         if comps is None:
             comps = [(c.kind, c.layer, c.index) for c in keep]
         for m in ("relp", "atp"):
@@ -193,15 +216,22 @@ def run_task(model: Any, tokenizer: Any, task: str, pairs: list[tuple[Any, Any, 
         print(f"  {task} {i + 1}/{len(pairs)}: clean {est.clean:+.2f} corrupt {est.corrupt:+.2f} "
               f"relp {est.seconds['relp']:.1f}s atp {est.seconds['atp']:.1f}s ap {ap.seconds['activation']:.1f}s",
               flush=True)
-    return {"components": comps, "scores": {m: torch.stack(v) for m, v in rows.items()}, "seconds": seconds}
+    return {"components": comps, "scores": {m: torch.stack(v) for m, v in rows.items()}, "seconds": seconds,
+            "pairs": [[clean, corrupt] for clean, corrupt, _ in pairs if isinstance(clean, str)]}
 
 
 KS = {"head": 10, "mlp": 5, "resid": 5}
 
 
+def _cells(s: dict[str, list[float]]) -> str:
+    mean, se, _ = s["pair_pearson"]
+    cells = [f"{v:.3f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in (s["pearson"], s["spearman"], s["overlap"])]
+    return " | ".join([cells[0], f"{mean:.3f} ± {se:.3f}", *cells[1:]])
+
+
 def _table(results: dict[str, Any], boots: int) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| task | component | n | method | Pearson [95 % CI] | Spearman [95 % CI] | top-k overlap [95 % CI] |",
-             "|---|---|---:|---|---|---|---|"]
+    lines = ["| task | component | n | method | Pearson [95 % CI] | per-pair Pearson (mean ± s.e.) | "
+             "Spearman [95 % CI] | top-k overlap [95 % CI] |", "|---|---|---:|---|---|---|---|---|"]
     stats: dict[str, Any] = {}
     for task, res in results.items():
         kinds = [c[0] for c in res["components"]]
@@ -213,77 +243,115 @@ def _table(results: dict[str, Any], boots: int) -> tuple[list[str], dict[str, An
             for method in ("relp", "atp"):
                 s = summarize(res["scores"][method][:, idx], truth, KS[kind], boots, seed=len(idx))
                 stats[f"{task}/{kind}/{method}"] = s
-                cells = [f"{v:.3f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in (s["pearson"], s["spearman"], s["overlap"])]
                 lines.append(f"| {task} | {kind} (k={KS[kind]}) | {len(idx)} | {'AtP' if method == 'atp' else 'RelP'}"
-                             f" | {' | '.join(cells)} |")
+                             f" | {_cells(s)} |")
     return lines, stats
 
 
-def ablate(model: Any, tokenizer: Any, pairs: list[tuple[Any, Any, Any]], head_layers: set[int], out: Path) -> str:
-    """RelP on the IOI pairs of the last run under AttnLRP with one op family's rule removed (plain gradient
-    there), against that run's activation patching."""
+ABLATIONS = ("attention", "products", "attention+products", "norms")
+
+
+def _variant(name: str) -> Any:
+    """AttnLRP with the rules of one op family removed (the plain gradient there)."""
     from lxt_fx.composites.attnlrp import attnlrp
     from lxt_fx.composites.composite import Composite
     from lxt_fx.rules import Attention, GatedUnit, NormIdentity, Stop, Uniform
 
+    families = {"attention": (Attention,), "products": (Uniform, GatedUnit),
+                "attention+products": (Uniform, GatedUnit, Attention), "norms": (NormIdentity, Stop)}
+    return Composite([(p, r) for p, r in attnlrp.entries if not isinstance(r, families[name])],
+                     name=f"attnlrp, plain gradient through {name}")
+
+
+ABLATION_LABELS = {"attention": "attention plain", "products": "products (gate · up) plain",
+                   "attention+products": "attention and products plain", "norms": "norms plain"}
+
+
+def ablate(model: Any, tokenizer: Any, tasks: dict[str, list[tuple[Any, Any, Any]]], head_layers: set[int],
+           out: Path, variants: list[str], boots: int) -> str:
+    """RelP on the pairs of the last run under AttnLRP with one op family's rule removed (plain gradient
+    there), against that run's activation patching; the run's RelP (AttnLRP) and AtP rows beside them."""
     saved = json.loads(out.with_suffix(".json").read_text())
-    truth = torch.tensor(saved["scores"]["ioi"]["activation"])[:len(pairs)]
-    kinds = [c[0] for c in saved["components"]["ioi"]]
-
-    def without(name: str, *rules: type) -> Composite:
-        return Composite([(p, r) for p, r in attnlrp.entries if not isinstance(r, rules)], name=name)
-
-    variants = {"AttnLRP (RelP)": attnlrp, "products (gate · up) plain": without("p", Uniform, GatedUnit),
-                "attention plain": without("a", Attention),
-                "attention and products plain": without("pa", Uniform, GatedUnit, Attention),
-                "norms plain": without("n", NormIdentity, Stop)}
-    lines = ["| RelP rules | heads Pearson | MLP Pearson | resid Pearson | heads Spearman | MLP Spearman | "
-             "resid Spearman |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, composite in variants.items():
-        rows = []
-        for clean, corrupt, target in pairs:
-            listed = patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
-                              components=("heads", "mlp", "resid"), methods=())
-            length = max(c.position for c in listed.components if c.kind == "resid") + 1
-            keep = _components(listed.components, head_layers, length)
-            rows.append(patching(model, clean, corrupt, tokenizer=tokenizer, target=target, components=keep,
-                                 methods=("relp",), composite=composite).scores["relp"])
-        est = torch.stack(rows)
-        cells = {}
-        for kind in ("head", "mlp", "resid"):
-            idx = [i for i, k in enumerate(kinds) if k == kind]
-            cells[kind] = (pearson(est[:, idx].mean(0), truth[:, idx].mean(0)),
-                           spearman(est[:, idx].mean(0), truth[:, idx].mean(0)))
-        lines.append(f"| {name} | " + " | ".join(f"{cells[k][0]:.3f}" for k in ("head", "mlp", "resid")) + " | "
-                     + " | ".join(f"{cells[k][1]:.3f}" for k in ("head", "mlp", "resid")) + " |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+    lines = ["| task | RelP rules | heads Pearson [95 % CI] | MLP Pearson [95 % CI] | resid Pearson [95 % CI] | "
+             "MLP per-pair Pearson | heads Spearman | MLP Spearman | resid Spearman |",
+             "|---|---|---|---|---|---|---:|---:|---:|"]
+    for task, pairs in tasks.items():
+        truth = torch.tensor(saved["scores"][task]["activation"])[:len(pairs)]
+        kinds = [c[0] for c in saved["components"][task]]
+        rows = {"AttnLRP (RelP), the run's": torch.tensor(saved["scores"][task]["relp"])[:len(pairs)]}
+        for name in variants:
+            composite = _variant(name)
+            rows[ABLATION_LABELS[name]] = torch.stack([
+                patching(model, clean, corrupt, tokenizer=tokenizer, target=target,
+                         components=_pair_components(model, tokenizer, (clean, corrupt, target), head_layers),
+                         methods=("relp",), composite=composite).scores["relp"] for clean, corrupt, target in pairs])
+            print(f"  {task}: {name} done", flush=True)
+        rows["AtP (plain gradient everywhere), the run's"] = torch.tensor(saved["scores"][task]["atp"])[:len(pairs)]
+        for label, est in rows.items():
+            cells = {}
+            for kind in ("head", "mlp", "resid"):
+                idx = [i for i, k in enumerate(kinds) if k == kind]
+                cells[kind] = summarize(est[:, idx], truth[:, idx], KS[kind], boots, seed=len(idx))
+            mean, se, _ = cells["mlp"]["pair_pearson"]
+            lines.append(f"| {task} | {label} | " + " | ".join(
+                "{:.3f} [{:.2f}, {:.2f}]".format(*cells[k]["pearson"]) for k in ("head", "mlp", "resid"))
+                + f" | {mean:.3f} ± {se:.3f} | " + " | ".join(f"{cells[k]['spearman'][0]:.3f}"
+                                                              for k in ("head", "mlp", "resid")) + " |")
+            print(lines[-1], flush=True)
+    text = (f"RelP with one AttnLRP rule family replaced by the plain gradient; {len(next(iter(tasks.values())))} "
+            f"pairs per task, the activation patching of `{out.with_suffix('.json').name}`; 95 % bootstrap over pairs "
+            f"({boots} draws).\n\nCommand: `python benchmarks/circuits.py " + " ".join(sys.argv[1:]) + "`\n\n"
+            + "\n".join(lines) + "\n")
     out.with_name(out.name + "_ablation.md").write_text(text)
     return text
+
+
+def _command() -> str:
+    return "python benchmarks/circuits.py " + " ".join(a for a in sys.argv[1:])
 
 
 def _median(xs: list[float]) -> float:
     return float(torch.tensor(xs).median()) if xs else float("nan")
 
 
+MODELS = {"smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized, float32)",
+          "gemma3-270m": "Gemma-3-270M (GGUF Q4_K_M, dequantized, float32)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", choices=sorted(MODELS))
     parser.add_argument("--pairs", type=int, default=50)
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=None, help=f"comma-separated, of {', '.join(TASKS)} (default: all; "
+                        "with --ablate: ioi)")
+    parser.add_argument("--direction", default="noise", choices=("noise", "denoise"))
     parser.add_argument("--head-layers", default="all", help="comma-separated layers whose heads are scored, or all")
     parser.add_argument("--batch", type=int, default=64, help="components per activation-patching forward")
     parser.add_argument("--boots", type=int, default=1000)
     parser.add_argument("--cost", action="store_true", help="also time the whole table (all heads and MLPs)")
     parser.add_argument("--tiny", action="store_true", help="a random tiny LLaMA (smoke run)")
-    parser.add_argument("--ablate", action="store_true", help="RelP with one rule family removed, on the IOI "
-                        "pairs of the last run (needs its circuits.json)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "circuits"))
+    parser.add_argument("--ablate", action="store_true", help="RelP with one rule family removed, on the pairs "
+                        "of the last run (needs its .json)")
+    parser.add_argument("--variants", default=",".join(ABLATIONS), help="with --ablate: comma-separated, of "
+                        + ", ".join(ABLATIONS))
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the tables of these runs' .json files "
+                        "(the same model and components, different tasks) as one result at --out")
+    parser.add_argument("--cost-from", metavar="JSON", help="with --merge: the cost table of this run's .json")
+    parser.add_argument("--out", default=None, help="results path without suffix (default "
+                        "benchmarks/results/circuits[_<model>][_denoise])")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / ("circuits" + ("" if args.model == "smollm2" else
+                                                                         "_" + args.model.split("-")[0])
+                                                          + ("_denoise" if args.direction == "denoise" else "")))
+    names = (args.tasks or ("ioi" if args.ablate else ",".join(TASKS))).split(",")
+    if args.merge:
+        print(_merge(args))
+        return
     if args.tiny:
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import make_model
-        from transformers import AutoTokenizer  # noqa: F401  (tokenizer-free: ids)
 
         model, tokenizer, name = make_model("llama", "sdpa", layers=2), None, "tiny random LLaMA (2 layers)"
         gen = torch.Generator().manual_seed(0)
@@ -292,24 +360,53 @@ def main() -> None:
     else:
         from lxt_fx.models import load
 
-        model, tokenizer = load("smollm2")
-        name = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized, float32)"
-        tasks = {t: make_pairs(t, tokenizer, args.pairs, seed=i) for i, t in enumerate(args.tasks.split(","))}
+        model, tokenizer = load(args.model)
+        name = MODELS[args.model]
+        tasks = {t: make_pairs(t, tokenizer, args.pairs, seed=TASKS.index(t)) for t in names}
     layers = len(model.model.layers)
     head_layers = set(range(layers)) if args.head_layers == "all" else {int(x) for x in args.head_layers.split(",")}
     if args.ablate:
-        print(ablate(model, tokenizer, make_pairs("ioi", tokenizer, args.pairs, seed=0), head_layers, Path(args.out)))
+        print(ablate(model, tokenizer, tasks, head_layers, Path(args.out), args.variants.split(","), args.boots))
         return
     started = time.perf_counter()
     results = {}
     for task, pairs in tasks.items():
         print(f"{task}: {len(pairs)} pairs", flush=True)
-        results[task] = run_task(model, tokenizer, task, pairs, head_layers, args.batch)
+        results[task] = run_task(model, tokenizer, task, pairs, head_layers, args.batch, args.direction)
         _write(args, name, head_layers, layers, results, [], time.perf_counter() - started)
     cost_lines: list[str] = []
     if args.cost:
         cost_lines = _cost(model, tokenizer, next(iter(tasks.values()))[0], args.batch)
     print(_write(args, name, head_layers, layers, results, cost_lines, time.perf_counter() - started))
+
+
+def _merge(args: argparse.Namespace) -> str:
+    """One result from several runs' ``.json`` files (tasks in the order given); the total wall is their sum."""
+    results, cost, total, meta = {}, [], 0.0, {}
+    for path in args.merge:
+        saved = json.loads(Path(path).read_text())
+        meta = meta or saved["meta"]
+        if {k: v for k, v in saved["meta"].items() if k != "command"} != {k: v for k, v in meta.items()
+                                                                          if k != "command"}:
+            raise SystemExit(f"{path}: another model, pair count, direction or head layers than {args.merge[0]}")
+        for task in saved["scores"]:
+            results[task] = {"components": [tuple(c) for c in saved["components"][task]],
+                             "scores": {m: torch.tensor(v) for m, v in saved["scores"][task].items()},
+                             "seconds": saved["seconds"][task], "pairs": saved["pairs"][task]}
+        cost = cost or saved["cost"]
+        total += saved["total_s"]
+    commands = [_saved_command(path) for path in args.merge]
+    if args.cost_from:
+        cost = json.loads(Path(args.cost_from).read_text())["cost"]
+        commands.append(_saved_command(args.cost_from) + " (the cost table)")
+    args.pairs, args.direction = meta["pairs"], meta["direction"]
+    return _write(args, meta["model"], set(meta["head_layers"]), meta["layers"], results, cost, total,
+                  "`; `".join(commands))
+
+
+def _saved_command(path: str) -> str:
+    """The command line of the run that wrote ``path``."""
+    return json.loads(Path(path).read_text())["meta"]["command"]
 
 
 def _cost(model: Any, tokenizer: Any, pair: tuple[Any, Any, Any], batch: int) -> list[str]:
@@ -327,20 +424,23 @@ def _cost(model: Any, tokenizer: Any, pair: tuple[Any, Any, Any], batch: int) ->
 
 
 def _write(args: argparse.Namespace, name: str, head_layers: set[int], layers: int, results: dict[str, Any],
-           cost_lines: list[str], total: float) -> str:
+           cost_lines: list[str], total: float, command: str | None = None) -> str:
     lines, stats = _table(results, args.boots)
     timing = ["| task | RelP s / pair | AtP s / pair | activation patching s / pair | components |", "|---|---:|---:|---:|---:|"]
     for task, res in results.items():
         sec = res["seconds"]
         timing.append(f"| {task} | {_median(sec['relp']):.2f} | {_median(sec['atp']):.2f} | "
                       f"{_median(sec['activation']):.2f} | {len(res['components'])} |")
+    how = ("noise (clean run, one component set to its corrupted value)" if args.direction == "noise" else
+           "denoise (corrupted run, one component set to its clean value)")
     header = ["# Circuits: RelP and AtP against activation patching", "",
-              f"Model: {name}; {args.pairs} pairs per task; direction: noise (clean run, one component set to its "
-              f"corrupted value); components: MLP output of every layer, heads of layers "
-              f"{sorted(head_layers) if len(head_layers) < layers else 'all'}, residual stream after every layer at "
-              f"the last position. Statistics over components of the pair-mean scores; 95 % bootstrap over pairs "
-              f"({args.boots} draws). torch threads: 1. Total wall: {total:.0f} s (tasks done: {', '.join(results)}).", "",
-              "Command: `python benchmarks/circuits.py " + " ".join(sys.argv[1:]) + "`", ""]
+              f"Model: {name}; {args.pairs} pairs per task; direction: {how}; components: MLP output of every "
+              f"layer, heads of layers {sorted(head_layers) if len(head_layers) < layers else 'all'}, residual stream "
+              f"after every layer at the last position. Statistics over components of the pair-mean scores; 95 % "
+              f"bootstrap over pairs ({args.boots} draws); per-pair Pearson: the correlation over components within "
+              f"each pair, its mean and standard error over pairs. torch threads: 1. Total wall: {total:.0f} s"
+              f"{' (summed over the merged runs)' if command else ''} (tasks done: {', '.join(results)}).", "",
+              f"Command: `{command or _command()}`", ""]
     text = "\n".join(header + lines + ["", "## Wall time per pair (median)", ""] + timing +
                      (["", "## Cost: the whole table, all heads and MLPs, one pair", ""] + cost_lines if cost_lines else [])
                      ) + "\n"
@@ -352,7 +452,11 @@ def _write(args: argparse.Namespace, name: str, head_layers: set[int], layers: i
             t: r["seconds"] for t, r in results.items()}, "scores": {
             t: {m: [[float(f"{x:.6g}") for x in row] for row in v.tolist()] for m, v in r["scores"].items()}
             for t, r in results.items()},
-            "components": {t: r["components"] for t, r in results.items()}}, separators=(",", ":")))
+            "components": {t: r["components"] for t, r in results.items()},
+            "pairs": {t: r.get("pairs", []) for t, r in results.items()}, "cost": cost_lines,
+            "total_s": total, "meta": {"model": name, "pairs": args.pairs, "direction": args.direction,
+                                       "head_layers": sorted(head_layers), "layers": layers,
+                                       "command": command or _command()}}, separators=(",", ":")))
     return text
 
 

@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from circuits import overlap, pearson, spearman  # noqa: E402
+from circuits import overlap, pearson, per_pair_pearson, spearman  # noqa: E402
 
 
 def test_statistics_match_their_textbook_forms() -> None:
@@ -24,6 +24,17 @@ def test_statistics_match_their_textbook_forms() -> None:
     rx, ry = np.argsort(np.argsort(x.numpy())), np.argsort(np.argsort(y.numpy()))  # no ties
     assert abs(spearman(x, y) - np.corrcoef(rx, ry)[0, 1]) < 1e-9
     assert overlap(torch.tensor([3.0, -2.0, 0.1, 0.0]), torch.tensor([-5.0, 0.0, 1.0, 4.0]), 2) == 0.5
+
+
+def test_per_pair_pearson_is_the_mean_and_standard_error_of_row_correlations() -> None:
+    gen = torch.Generator().manual_seed(1)
+    est, truth = torch.randn(6, 20, generator=gen), torch.randn(6, 20, generator=gen)
+    est[:3] += truth[:3]
+    truth[5] = 1.0  # a constant row has no correlation: left out
+    rows = [np.corrcoef(est[i].numpy(), truth[i].numpy())[0, 1] for i in range(5)]
+    mean, se, n = per_pair_pearson(est, truth)
+    assert n == 5 and abs(mean - np.mean(rows)) < 1e-9
+    assert abs(se - np.std(rows, ddof=1) / np.sqrt(5)) < 1e-9
 
 
 def test_tiny_run_prints_the_tables() -> None:

@@ -9,6 +9,8 @@ Built on the latent relevance ``x ⊙ grad`` that ``explain(..., capture=[...])`
 * :func:`ablate` — knock out or scale neurons in every forward, reversibly;
 * :func:`patching` / :func:`activation_patching` — RelP and AtP scores of components (heads, MLPs, neurons,
   the residual stream per position) against the activation-patching ground truth;
+* :func:`attention_gradient` — AttnLRP without its attention rule, a RelP variant closer to activation
+  patching on MLP outputs;
 * :func:`attribution_graph` — the top components and the relevance flowing between them (networkx, JSON, HTML);
 * :class:`FeatureIndex` / :func:`build_index` — reference snippets per neuron over a corpus; :mod:`.card`.
 """
@@ -23,8 +25,9 @@ from .index import FeatureIndex, IndexMismatchError, Snippet, build_index
 from .neurons import Neuron, neurons, per_neuron
 from .patching import LengthMismatchError, Patching, activation_patching, patching
 from .places import AttentionPlace, PlaceError, attention_places, graph_for
+from .relp_variants import attention_gradient
 
 __all__ = ["AttentionPlace", "CircuitGraph", "Component", "FeatureIndex", "IndexMismatchError", "LengthMismatchError", "Neuron",
-           "NeuronCard", "Patching", "PlaceError", "Snippet", "ablate", "activation_patching", "attention_places", "attribution_graph",
+           "NeuronCard", "Patching", "PlaceError", "Snippet", "ablate", "activation_patching", "attention_gradient", "attention_places", "attribution_graph",
            "build_index", "conditional", "find_components", "graph_for", "heads", "neurons", "patching",
            "per_neuron"]
