@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import fx
 from torch._ops import OpOverload, OpOverloadPacket
 from torch._ops import ops as _ops
+
+from .tracing.no_grad import grad_disabled_region
 
 if TYPE_CHECKING:
     from .rules.base import Position
@@ -136,10 +139,9 @@ def factors(target: Any, carrying: Sequence[Position]) -> tuple[Position, ...]:
 
 
 def grad_disabled(node: Any) -> bool:
-    """A ``torch.no_grad()`` region the exporter kept as a higher-order op: its outputs carry nothing."""
-    target = getattr(node, "target", None)
-    return (getattr(target, "__name__", "") == "wrap_with_set_grad_enabled" and bool(node.args)
-            and node.args[0] is False)
+    """A ``torch.no_grad()`` region the exporter kept as a higher-order op: its outputs carry nothing
+    (:func:`lxt_fx.tracing.no_grad.grad_disabled_region`, which the capture uses too)."""
+    return isinstance(node, fx.Node) and grad_disabled_region(node)
 
 
 def writes_first_argument(op: Any) -> bool:
