@@ -24,10 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch._ops import ops as _ops
 
 from ..composites.composite import Composite
 from ..composites.registry import resolve_composite
-from ..rules import Attention
+from ..rules import Attention, Gradient
 
 __all__ = ["attention_gradient"]
 
@@ -39,5 +40,7 @@ def attention_gradient(composite: Composite | str | None = None, model: nn.Modul
     activation patching more closely (see the module docstring for the measurements); ``composite`` itself is
     left as it is."""
     base = resolve_composite(composite, model)
-    entries: list[tuple[Any, Any]] = [(p, r) for p, r in base.entries if not isinstance(r, Attention)]
+    # the fused kernel gets the Gradient rule by name, so the rewrite reports a decision, not an unhandled op
+    entries: list[tuple[Any, Any]] = [(_ops.aten.scaled_dot_product_attention, Gradient())]
+    entries += [(p, r) for p, r in base.entries if not isinstance(r, Attention)]
     return Composite(entries, name=f"{base.name}, plain gradient through attention")

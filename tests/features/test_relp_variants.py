@@ -23,7 +23,9 @@ def test_only_paths_through_a_later_attention_change() -> None:
     variant = attention_gradient(model=model)
     assert attnlrp.entries is entries and any(isinstance(r, Attention) for _, r in entries)
     assert not any(isinstance(r, Attention) for _, r in variant.entries)
-    assert len(variant.entries) == len(entries) - sum(isinstance(r, Attention) for _, r in entries)
+    assert len(variant.entries) == len(entries) - sum(isinstance(r, Attention) for _, r in entries) + 1
+    _, report = variant.rewrite(model, clean)
+    assert not report.unhandled and report.rule_counts().get("gradient") == 2  # the kernel of each layer, decided
     kwargs = {"target": Contrastive(3, 5), "components": ("heads", "mlp")}
     lrp = patching(model, clean, corrupt, methods=("relp",), **kwargs)
     alt = patching(model, clean, corrupt, methods=("relp",), composite=variant, **kwargs)
